@@ -1,0 +1,4 @@
+"""vsedvr: EDVR video restoration for VapourSynth."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
