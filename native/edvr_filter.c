@@ -1,0 +1,543 @@
+/*
+ * edvr.Restore: the native VapourSynth side of vsedvr.
+ *
+ * This library does the VapourSynth work (validation of the clip, frame requests for the
+ * temporal window, clip-end and scene-cut handling by remapping frame numbers, output
+ * allocation with the centre frame's properties) and hands only the tensor work to Python
+ * (`vsedvr.vsfilter`). It never links libpython: every Python symbol is looked up at run time
+ * in the host process, so one build serves every Python 3 version, and in a host without Python
+ * Restore fails with a clear error instead of the plugin failing to load.
+ */
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "VapourSynth4.h"
+
+#define FILTER_NAME "Restore"
+#define MAX_FRAMES 15 /* longest temporal window accepted from the Python side */
+
+/* ---------------------------------------------------------------- Python, reached at run time */
+
+typedef struct _object PyObject;
+typedef ssize_t Py_ssize_t;
+typedef int PyGILState_STATE;
+
+static struct {
+    int ok;
+    int (*IsInitialized)(void);
+    int (*IsFinalizing)(void);
+    PyGILState_STATE (*GILState_Ensure)(void);
+    void (*GILState_Release)(PyGILState_STATE);
+    PyObject *(*Import_ImportModule)(const char *);
+    PyObject *(*Object_GetAttrString)(PyObject *, const char *);
+    PyObject *(*Object_CallObject)(PyObject *, PyObject *);
+    PyObject *(*Object_Str)(PyObject *);
+    PyObject *(*Tuple_New)(Py_ssize_t);
+    int (*Tuple_SetItem)(PyObject *, Py_ssize_t, PyObject *);
+    PyObject *(*Dict_New)(void);
+    int (*Dict_SetItemString)(PyObject *, const char *, PyObject *);
+    PyObject *(*Long_FromLongLong)(long long);
+    long long (*Long_AsLongLong)(PyObject *);
+    PyObject *(*Float_FromDouble)(double);
+    PyObject *(*Unicode_FromStringAndSize)(const char *, Py_ssize_t);
+    const char *(*Unicode_AsUTF8AndSize)(PyObject *, Py_ssize_t *);
+    PyObject *(*MemoryView_FromMemory)(char *, Py_ssize_t, int);
+    PyObject *(*Err_Occurred)(void);
+    void (*Err_Fetch)(PyObject **, PyObject **, PyObject **);
+    void (*Err_Clear)(void);
+    void (*DecRef)(PyObject *);
+    PyObject *None;
+} py;
+
+#define PYBUF_READ 0x100
+#define PYBUF_WRITE 0x200
+
+static void *pySymbol(const char *name) {
+    return dlsym(RTLD_DEFAULT, name);
+}
+
+/* Looks the Python C API up in the host process; returns 0 when there is no usable Python. */
+static int pyResolve(void) {
+    if (py.ok)
+        return 1;
+#define RESOLVE(field, name) if (!(*(void **)&py.field = pySymbol(name))) return 0
+    RESOLVE(IsInitialized, "Py_IsInitialized");
+    RESOLVE(GILState_Ensure, "PyGILState_Ensure");
+    RESOLVE(GILState_Release, "PyGILState_Release");
+    RESOLVE(Import_ImportModule, "PyImport_ImportModule");
+    RESOLVE(Object_GetAttrString, "PyObject_GetAttrString");
+    RESOLVE(Object_CallObject, "PyObject_CallObject");
+    RESOLVE(Object_Str, "PyObject_Str");
+    RESOLVE(Tuple_New, "PyTuple_New");
+    RESOLVE(Tuple_SetItem, "PyTuple_SetItem");
+    RESOLVE(Dict_New, "PyDict_New");
+    RESOLVE(Dict_SetItemString, "PyDict_SetItemString");
+    RESOLVE(Long_FromLongLong, "PyLong_FromLongLong");
+    RESOLVE(Long_AsLongLong, "PyLong_AsLongLong");
+    RESOLVE(Float_FromDouble, "PyFloat_FromDouble");
+    RESOLVE(Unicode_FromStringAndSize, "PyUnicode_FromStringAndSize");
+    RESOLVE(Unicode_AsUTF8AndSize, "PyUnicode_AsUTF8AndSize");
+    RESOLVE(MemoryView_FromMemory, "PyMemoryView_FromMemory");
+    RESOLVE(Err_Occurred, "PyErr_Occurred");
+    RESOLVE(Err_Fetch, "PyErr_Fetch");
+    RESOLVE(Err_Clear, "PyErr_Clear");
+    RESOLVE(DecRef, "Py_DecRef");
+    RESOLVE(None, "_Py_NoneStruct");
+#undef RESOLVE
+    /* renamed in 3.13; one of the two exists in every supported version */
+    *(void **)&py.IsFinalizing = pySymbol("Py_IsFinalizing");
+    if (!py.IsFinalizing)
+        *(void **)&py.IsFinalizing = pySymbol("_Py_IsFinalizing");
+    if (!py.IsFinalizing)
+        return 0;
+    py.ok = 1;
+    return 1;
+}
+
+/* True when Python calls are safe: resolved, initialised, not shutting down. */
+static int pyUsable(void) {
+    return pyResolve() && py.IsInitialized() && !py.IsFinalizing();
+}
+
+static void pyDecRef(PyObject *o) {
+    if (o)
+        py.DecRef(o);
+}
+
+/* Copies str(o) into buf; used for results and for exceptions raised outside vsedvr's handlers. */
+static void pyStrInto(PyObject *o, char *buf, size_t size) {
+    PyObject *s = o ? py.Object_Str(o) : NULL;
+    Py_ssize_t len = 0;
+    const char *utf8 = s ? py.Unicode_AsUTF8AndSize(s, &len) : NULL;
+    snprintf(buf, size, "%s", utf8 ? utf8 : "unknown Python error");
+    pyDecRef(s);
+    if (py.Err_Occurred())
+        py.Err_Clear();
+}
+
+/* Takes the pending Python exception (if any) into buf as "Type: message". */
+static void pyTakeError(char *buf, size_t size) {
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    py.Err_Fetch(&type, &value, &tb);
+    char typeName[128] = "";
+    PyObject *name = type ? py.Object_GetAttrString(type, "__name__") : NULL;
+    if (name)
+        pyStrInto(name, typeName, sizeof typeName);
+    if (py.Err_Occurred())
+        py.Err_Clear();
+    char message[4096];
+    pyStrInto(value, message, sizeof message);
+    snprintf(buf, size, "%s%s%s", typeName, *typeName ? ": " : "", message);
+    pyDecRef(name);
+    pyDecRef(type);
+    pyDecRef(value);
+    pyDecRef(tb);
+}
+
+/* vsedvr.vsfilter.<name>, a new reference, or NULL with the error in buf. */
+static PyObject *pyFilterFunction(const char *name, char *err, size_t errSize) {
+    PyObject *module = py.Import_ImportModule("vsedvr.vsfilter");
+    if (!module) {
+        char why[4096];
+        pyTakeError(why, sizeof why);
+        snprintf(err, errSize, "cannot import the vsedvr Python package in this Python (%s)", why);
+        return NULL;
+    }
+    PyObject *fn = py.Object_GetAttrString(module, name);
+    pyDecRef(module);
+    if (!fn)
+        pyTakeError(err, errSize);
+    return fn;
+}
+
+/* Calls fn(*args) (args: a tuple, stolen). The Python side returns None on success or a
+   str with a complete, formatted message (traceback included for unexpected errors). Returns 0
+   on success, else fills err. */
+static int pyCallChecked(PyObject *fn, PyObject *args, PyObject **result, char *err, size_t errSize) {
+    PyObject *r = args ? py.Object_CallObject(fn, args) : NULL;
+    pyDecRef(args);
+    if (!r) {
+        pyTakeError(err, errSize);
+        return 0;
+    }
+    if (result) {
+        *result = r;
+        return 1;
+    }
+    if (r != py.None) {
+        pyStrInto(r, err, errSize);
+        pyDecRef(r);
+        return 0;
+    }
+    pyDecRef(r);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- temporal window rules */
+
+typedef enum { PadReflectionCircle, PadReplicate, PadReflection, PadCircle } Padding;
+
+static const char *const paddingNames[] = { "reflection_circle", "replicate", "reflection", "circle" };
+
+/*
+ * Frame number for window position i (i may lie outside [first, last]) for centre c, window
+ * length t, and a sequence (clip or scene) that runs from first to last. These are the
+ * reference test-time rules (mmediting GenerateFrameIndiceswithPadding, BasicSR
+ * generate_frame_indices) with the clip's ends moved to the scene's ends. Where a rule still
+ * lands outside the sequence (sequences shorter than the window) the edge frame is used.
+ */
+static int windowFrame(Padding padding, int i, int c, int t, int first, int last) {
+    const int half = t / 2;
+    int j = i;
+    if (i < first) {
+        switch (padding) {
+        case PadReflectionCircle: j = first + (c - first) + half - (i - first); break;
+        case PadReplicate: j = first; break;
+        case PadReflection: j = first - (i - first); break;
+        case PadCircle: j = first + t + (i - first); break;
+        }
+    } else if (i > last) {
+        switch (padding) {
+        case PadReflectionCircle: j = first + (c - first) - half - (i - last); break;
+        case PadReplicate: j = last; break;
+        case PadReflection: j = 2 * last - i; break;
+        case PadCircle: j = i - t; break;
+        }
+    }
+    return j < first ? first : (j > last ? last : j);
+}
+
+/* ---------------------------------------------------------------- the filter */
+
+typedef struct {
+    VSNode *node;
+    VSVideoInfo vi;      /* output */
+    int inWidth, inHeight, numInputFrames;
+    int t;               /* window length */
+    Padding padding;
+    int sceneChange;
+    PyObject *restorer;  /* vsedvr.vsfilter.Restorer */
+    PyObject *process;   /* restorer.process */
+} RestoreData;
+
+static int readFlag(const VSMap *props, const char *key, const VSAPI *vsapi) {
+    int err = 0;
+    if (vsapi->mapGetType(props, key) != ptInt)
+        return 0; /* absent, or not an integer (documented: ignored) */
+    return vsapi->mapGetInt(props, key, 0, &err) != 0 && !err;
+}
+
+/* First and last frame of the scene that holds frame n, looking at most t-1 frames away. */
+static void sceneBounds(const RestoreData *d, int n, const VSFrame *const *frames, int lo, int hi,
+                        int *first, int *last, const VSAPI *vsapi) {
+    *first = 0;
+    *last = d->numInputFrames - 1;
+    /* A cut found nowhere in reach leaves the clip's end: the window stays inside the reach. */
+    for (int k = n; k >= lo; k--) {
+        const VSMap *props = vsapi->getFramePropertiesRO(frames[k - lo]);
+        if (k < n && readFlag(props, "_SceneChangeNext", vsapi)) { *first = k + 1; break; }
+        if (readFlag(props, "_SceneChangePrev", vsapi)) { *first = k; break; }
+    }
+    for (int k = n; k <= hi; k++) {
+        const VSMap *props = vsapi->getFramePropertiesRO(frames[k - lo]);
+        if (k > n && readFlag(props, "_SceneChangePrev", vsapi)) { *last = k - 1; break; }
+        if (readFlag(props, "_SceneChangeNext", vsapi)) { *last = k; break; }
+    }
+}
+
+static PyObject *planeViews(const VSFrame *f, int writable, const VSAPI *vsapi) {
+    PyObject *tuple = py.Tuple_New(4);
+    if (!tuple)
+        return NULL;
+    const VSVideoFormat *fmt = vsapi->getVideoFrameFormat(f);
+    ptrdiff_t stride = vsapi->getStride(f, 0);
+    Py_ssize_t size = (Py_ssize_t)stride * vsapi->getFrameHeight(f, 0);
+    for (int p = 0; p < fmt->numPlanes; p++) {
+        char *ptr = writable ? (char *)vsapi->getWritePtr((VSFrame *)f, p) : (char *)vsapi->getReadPtr(f, p);
+        py.Tuple_SetItem(tuple, p, py.MemoryView_FromMemory(ptr, size, writable ? PYBUF_WRITE : PYBUF_READ));
+    }
+    py.Tuple_SetItem(tuple, 3, py.Long_FromLongLong(stride));
+    return tuple;
+}
+
+/* Runs restorer.process(n, window, sources, output) under the GIL; 0 and err on failure. */
+static int runPython(RestoreData *d, int n, const int *window, const VSFrame *const *frames, int lo,
+                     VSFrame *dst, char *err, size_t errSize, const VSAPI *vsapi) {
+    if (!pyUsable()) {
+        snprintf(err, errSize, "the Python interpreter is shutting down; frame %d was not computed", n);
+        return 0;
+    }
+    PyGILState_STATE gil = py.GILState_Ensure();
+    int ok = 0;
+    PyObject *windowTuple = py.Tuple_New(d->t);
+    PyObject *sources = py.Tuple_New(d->t); /* the planes of window[i] */
+    PyObject *output = planeViews(dst, 1, vsapi);
+    if (windowTuple && sources && output) {
+        ok = 1;
+        for (int i = 0; i < d->t && ok; i++) {
+            PyObject *views = planeViews(frames[window[i] - lo], 0, vsapi);
+            ok = views != NULL;
+            py.Tuple_SetItem(windowTuple, i, py.Long_FromLongLong(window[i]));
+            if (ok)
+                py.Tuple_SetItem(sources, i, views);
+        }
+    }
+    if (ok) {
+        PyObject *args = py.Tuple_New(4);
+        if (args) {
+            py.Tuple_SetItem(args, 0, py.Long_FromLongLong(n));
+            py.Tuple_SetItem(args, 1, windowTuple);
+            py.Tuple_SetItem(args, 2, sources);
+            py.Tuple_SetItem(args, 3, output);
+            windowTuple = sources = output = NULL; /* stolen */
+        }
+        ok = pyCallChecked(d->process, args, NULL, err, errSize);
+    } else {
+        pyTakeError(err, errSize);
+    }
+    pyDecRef(windowTuple);
+    pyDecRef(sources);
+    pyDecRef(output);
+    py.GILState_Release(gil);
+    return ok;
+}
+
+static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *instanceData, void **frameData,
+                                            VSFrameContext *frameCtx, VSCore *core, const VSAPI *vsapi) {
+    (void)frameData;
+    RestoreData *d = (RestoreData *)instanceData;
+    /* Frames up to t-1 away: reflection_circle reaches that far, and scene props are read there. */
+    const int reach = d->t - 1;
+    int lo = n - reach < 0 ? 0 : n - reach;
+    int hi = n + reach > d->numInputFrames - 1 ? d->numInputFrames - 1 : n + reach;
+
+    if (activationReason == arInitial) {
+        for (int k = lo; k <= hi; k++)
+            vsapi->requestFrameFilter(k, d->node, frameCtx);
+        return NULL;
+    }
+    if (activationReason != arAllFramesReady)
+        return NULL;
+
+    const VSFrame *frames[4 * MAX_FRAMES];
+    for (int k = lo; k <= hi; k++)
+        frames[k - lo] = vsapi->getFrameFilter(k, d->node, frameCtx);
+
+    int first = 0, last = d->numInputFrames - 1;
+    if (d->sceneChange)
+        sceneBounds(d, n, frames, lo, hi, &first, &last, vsapi);
+    int window[MAX_FRAMES];
+    for (int i = 0; i < d->t; i++)
+        window[i] = windowFrame(d->padding, n - d->t / 2 + i, n, d->t, first, last);
+
+    const VSFrame *centre = frames[n - lo];
+    VSFrame *dst = vsapi->newVideoFrame(&d->vi.format, d->vi.width, d->vi.height, centre, core);
+    char err[16384];
+    int ok = runPython(d, n, window, frames, lo, dst, err, sizeof err, vsapi);
+    for (int k = lo; k <= hi; k++)
+        vsapi->freeFrame(frames[k - lo]);
+    if (!ok) {
+        char msg[16500];
+        snprintf(msg, sizeof msg, FILTER_NAME ": frame %d: %s", n, err);
+        vsapi->setFilterError(msg, frameCtx);
+        vsapi->freeFrame(dst);
+        return NULL;
+    }
+    return dst;
+}
+
+static void VS_CC restoreFree(void *instanceData, VSCore *core, const VSAPI *vsapi) {
+    (void)core;
+    RestoreData *d = (RestoreData *)instanceData;
+    /* While Python shuts down its objects must not be touched (releasing then crashes): leak. */
+    if (d->restorer && pyUsable()) {
+        PyGILState_STATE gil = py.GILState_Ensure();
+        pyDecRef(d->process);
+        pyDecRef(d->restorer);
+        py.GILState_Release(gil);
+    }
+    vsapi->freeNode(d->node);
+    free(d);
+}
+
+/* The arguments of the call (all but clip) as a Python dict, so new Python-side options need
+   no change here. */
+static PyObject *argumentDict(const VSMap *in, const VSAPI *vsapi) {
+    PyObject *dict = py.Dict_New();
+    if (!dict)
+        return NULL;
+    for (int k = 0; k < vsapi->mapNumKeys(in); k++) {
+        const char *key = vsapi->mapGetKey(in, k);
+        if (!strcmp(key, "clip"))
+            continue;
+        int count = vsapi->mapNumElements(in, key), err = 0;
+        int type = vsapi->mapGetType(in, key);
+        PyObject *value = NULL;
+        if (type == ptInt || type == ptFloat) {
+            /* a list unless registered as a single value; the Python side checks the shape */
+            value = py.Tuple_New(count);
+            for (int i = 0; value && i < count; i++)
+                py.Tuple_SetItem(value, i, type == ptInt ? py.Long_FromLongLong(vsapi->mapGetInt(in, key, i, &err))
+                                                         : py.Float_FromDouble(vsapi->mapGetFloat(in, key, i, &err)));
+        } else if (type == ptData) {
+            value = py.Unicode_FromStringAndSize(vsapi->mapGetData(in, key, 0, &err), vsapi->mapGetDataSize(in, key, 0, &err));
+        }
+        if (!value || py.Dict_SetItemString(dict, key, value) != 0) {
+            pyDecRef(value);
+            pyDecRef(dict);
+            return NULL;
+        }
+        pyDecRef(value);
+    }
+    return dict;
+}
+
+static int attrInt(PyObject *o, const char *name, int *out, char *err, size_t errSize) {
+    PyObject *v = py.Object_GetAttrString(o, name);
+    if (!v) {
+        pyTakeError(err, errSize);
+        return 0;
+    }
+    *out = (int)py.Long_AsLongLong(v);
+    pyDecRef(v);
+    if (py.Err_Occurred()) {
+        pyTakeError(err, errSize);
+        return 0;
+    }
+    return 1;
+}
+
+/* Builds the Python restorer and reads back what the VapourSynth side needs from it. */
+static int createRestorer(RestoreData *d, const VSMap *in, const VSVideoInfo *vi, char *err, size_t errSize,
+                          const VSAPI *vsapi) {
+    PyGILState_STATE gil = py.GILState_Ensure();
+    int ok = 0, scale = 0, padding = 0;
+    PyObject *create = pyFilterFunction("create", err, errSize);
+    PyObject *options = create ? argumentDict(in, vsapi) : NULL;
+    PyObject *args = options ? py.Tuple_New(5) : NULL;
+    PyObject *result = NULL;
+    if (create && !options)
+        pyTakeError(err, errSize);
+    if (args) {
+        py.Tuple_SetItem(args, 0, options);
+        py.Tuple_SetItem(args, 1, py.Long_FromLongLong(vi->width));
+        py.Tuple_SetItem(args, 2, py.Long_FromLongLong(vi->height));
+        py.Tuple_SetItem(args, 3, py.Long_FromLongLong(vi->format.bitsPerSample));
+        py.Tuple_SetItem(args, 4, py.Long_FromLongLong(vi->numFrames));
+        options = NULL;
+    }
+    /* create() returns a Restorer, or a str with the message when the arguments are wrong */
+    if (create && args && pyCallChecked(create, args, &result, err, errSize)) {
+        PyObject *errorText = py.Object_GetAttrString(result, "error");
+        if (errorText && errorText != py.None) {
+            pyStrInto(errorText, err, errSize);
+        } else if (!errorText) {
+            pyTakeError(err, errSize);
+        } else if (attrInt(result, "num_frames", &d->t, err, errSize) && attrInt(result, "scale", &scale, err, errSize) &&
+                   attrInt(result, "padding_index", &padding, err, errSize) &&
+                   attrInt(result, "scenechange", &d->sceneChange, err, errSize)) {
+            d->process = py.Object_GetAttrString(result, "process");
+            if (!d->process) {
+                pyTakeError(err, errSize);
+            } else if (d->t < 1 || d->t > MAX_FRAMES || scale < 1 || padding < 0 || padding > PadCircle) {
+                snprintf(err, errSize, "the model's window (%d frames) or scale (%d) is not supported", d->t, scale);
+            } else {
+                d->restorer = result;
+                result = NULL;
+                d->padding = (Padding)padding;
+                d->vi.width = vi->width * scale;
+                d->vi.height = vi->height * scale;
+                ok = 1;
+            }
+        }
+        pyDecRef(errorText);
+    }
+    if (!ok && d->process) {
+        pyDecRef(d->process);
+        d->process = NULL;
+    }
+    pyDecRef(result);
+    pyDecRef(options);
+    pyDecRef(create);
+    py.GILState_Release(gil);
+    return ok;
+}
+
+static void VS_CC restoreCreate(const VSMap *in, VSMap *out, void *userData, VSCore *core, const VSAPI *vsapi) {
+    (void)userData;
+    char err[16384];
+    VSNode *node = vsapi->mapGetNode(in, "clip", 0, NULL);
+    const VSVideoInfo *vi = vsapi->getVideoInfo(node);
+    const VSVideoFormat *fmt = &vi->format;
+
+    int rgbFloat = fmt->colorFamily == cfRGB && fmt->sampleType == stFloat &&
+                   (fmt->bitsPerSample == 32 || fmt->bitsPerSample == 16);
+    if (!rgbFloat || vi->width == 0 || vi->height == 0) {
+        char name[32] = "a variable format";
+        if (fmt->colorFamily != cfUndefined)
+            vsapi->getVideoFormatName(fmt, name);
+        snprintf(err, sizeof err,
+                 FILTER_NAME ": \"clip\" must be RGBS or RGBH with a constant format and size, got %s%s; convert "
+                 "first, e.g. clip = core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s=\"709\")",
+                 name, rgbFloat ? " of variable size" : "");
+        vsapi->mapSetError(out, err);
+        vsapi->freeNode(node);
+        return;
+    }
+    if (vi->numFrames < 1) {
+        vsapi->mapSetError(out, FILTER_NAME ": \"clip\" has no frames");
+        vsapi->freeNode(node);
+        return;
+    }
+    if (!pyResolve() || !py.IsInitialized()) {
+        vsapi->mapSetError(out, FILTER_NAME ": needs a Python interpreter in the host process (vspipe, vsedit or a "
+                                "Python script with vsedvr installed); none is loaded here");
+        vsapi->freeNode(node);
+        return;
+    }
+
+    RestoreData *d = (RestoreData *)calloc(1, sizeof *d);
+    d->node = node;
+    d->vi = *vi;
+    d->inWidth = vi->width;
+    d->inHeight = vi->height;
+    d->numInputFrames = vi->numFrames;
+    if (!createRestorer(d, in, vi, err, sizeof err, vsapi)) {
+        char msg[16500];
+        snprintf(msg, sizeof msg, FILTER_NAME ": %s", err);
+        vsapi->mapSetError(out, msg);
+        vsapi->freeNode(node);
+        free(d);
+        return;
+    }
+    VSFilterDependency deps[] = { { d->node, rpGeneral } };
+    VSNode *filter = vsapi->createVideoFilter2(FILTER_NAME, &d->vi, restoreGetFrame, restoreFree, fmParallelRequests,
+                                               deps, 1, d, core);
+    if (!filter) {
+        vsapi->mapSetError(out, FILTER_NAME ": the core refused to create the filter");
+        return; /* the core has called restoreFree */
+    }
+    vsapi->mapConsumeNode(out, "clip", filter, maAppend);
+}
+
+static void VS_CC versionCreate(const VSMap *in, VSMap *out, void *userData, VSCore *core, const VSAPI *vsapi) {
+    (void)in; (void)core;
+    VSPlugin *plugin = (VSPlugin *)userData;
+    vsapi->mapSetData(out, "version", VSEDVR_VERSION, -1, dtUtf8, maReplace);
+    vsapi->mapSetData(out, "path", vsapi->getPluginPath(plugin), -1, dtUtf8, maReplace);
+    for (int i = 0; i < (int)(sizeof paddingNames / sizeof *paddingNames); i++)
+        vsapi->mapSetData(out, "paddings", paddingNames[i], -1, dtUtf8, maAppend);
+}
+
+VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin *plugin, const VSPLUGINAPI *vspapi) {
+    vspapi->configPlugin("io.github.vsedvr", "edvr", "EDVR video restoration (super-resolution, deblurring)",
+                         VS_MAKE_VERSION(VSEDVR_VERSION_MAJOR, VSEDVR_VERSION_MINOR), VAPOURSYNTH_API_VERSION, 0, plugin);
+    vspapi->registerFunction(FILTER_NAME,
+                             "clip:vnode;model:data:opt;device:data:opt;padding:data:opt;scenechange:int:opt;",
+                             "clip:vnode;", restoreCreate, NULL, plugin);
+    vspapi->registerFunction("Version", "", "version:data;path:data;paddings:data[];", versionCreate, plugin, plugin);
+}

@@ -1,0 +1,122 @@
+"""The Python half of ``core.edvr.Restore``: argument checks and the per-frame call.
+
+The native plugin (``native/edvr_filter.c``) calls :func:`create` once per ``Restore`` call and
+``Restorer.process`` once per output frame. Neither lets an exception escape: they return a
+message, which the plugin turns into a ``vs.Error`` (create) or a frame error (process).
+"""
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine import PlaneViews, WindowEngine
+from .zoo import MODELS, ModelError, load_model
+
+#: Temporal padding modes; the order is the plugin's enum (native/edvr_filter.c).
+PADDINGS = ("reflection_circle", "replicate", "reflection", "circle")
+
+#: The parameters of Restore besides clip, with the Python type each takes.
+PARAMETERS = {"model": str, "device": str, "padding": str, "scenechange": int}
+
+
+class ArgumentError(ValueError):
+    """A Restore argument is wrong; the message names it and says what is allowed."""
+
+
+class Failure:
+    """What :func:`create` returns instead of a Restorer when it cannot make one."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class Restorer:
+    """One Restore instance: a model, an engine, and what the plugin reads back."""
+
+    error = None
+
+    def __init__(self, engine: WindowEngine, padding: str, scenechange: bool) -> None:
+        self.engine = engine
+        self.num_frames = engine.model.num_frames
+        self.scale = engine.model.scale
+        self.padding = padding
+        self.padding_index = PADDINGS.index(padding)
+        self.scenechange = int(scenechange)
+
+    def process(self, n: int, window: Sequence[int], sources: Sequence[PlaneViews],
+                output: PlaneViews) -> str | None:
+        """Fills ``output`` with restored frame n; returns None, or the error text."""
+        try:
+            self.engine.write(self.engine.restore(window, sources), output)
+            return None
+        except Exception:  # noqa: BLE001 - every error must reach VapourSynth as a frame error
+            return "".join(traceback.format_exc()).rstrip()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` as a torch device, or ArgumentError."""
+    allowed = '"device" must be "auto", "cpu", "cuda" or "cuda:N"'
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ArgumentError(f'"device" is "{device}" but PyTorch sees no CUDA device here; use "cpu" or "auto"')
+        index = int(device[5:]) if ":" in device else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ArgumentError(f'"device" is "{device}" but there are {torch.cuda.device_count()} CUDA devices')
+        return torch.device("cuda", index)
+    raise ArgumentError(f'{allowed}, got "{device}"')
+
+
+def _single(options: dict[str, Any], name: str, default: Any) -> Any:
+    """The value of a scalar option (the plugin passes numbers as tuples)."""
+    value = options.get(name, default)
+    if isinstance(value, tuple):
+        if len(value) != 1:
+            raise ArgumentError(f'"{name}" takes one value, got {len(value)}')
+        value = value[0]
+    return value
+
+
+def _create(options: dict[str, Any], width: int, height: int, bits: int, num_frames: int) -> Restorer:
+    unknown = sorted(set(options) - set(PARAMETERS))
+    if unknown:
+        raise ArgumentError(f"unknown argument {unknown[0]!r}; Restore takes {', '.join(PARAMETERS)}")
+    model_name = _single(options, "model", "edvrm")
+    device = resolve_device(_single(options, "device", "auto"))
+    padding = _single(options, "padding", None)
+    if padding is not None and padding not in PADDINGS:
+        raise ArgumentError(f'"padding" must be one of {", ".join(PADDINGS)}, got "{padding}"')
+    scenechange = _single(options, "scenechange", 1)
+    if scenechange not in (0, 1):
+        raise ArgumentError(f'"scenechange" must be 0 or 1 (False or True), got {scenechange}')
+
+    try:
+        model = load_model(model_name, device=device)
+    except ModelError as e:
+        raise ArgumentError(f'"model": {e}') from None
+    if padding is None:
+        spec = MODELS.get(model_name)
+        padding = spec.padding if spec is not None else ("replicate" if model.scale == 1 else "reflection_circle")
+
+    half = bits == 16
+    compute_dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+    model = model.to(compute_dtype)
+    engine = WindowEngine(model, device, width, height, np.float16 if half else np.float32, compute_dtype)
+    return Restorer(engine, padding, bool(scenechange))
+
+
+def create(options: dict[str, Any], width: int, height: int, bits: int, num_frames: int) -> Restorer | Failure:
+    """Called by the plugin for each ``core.edvr.Restore(...)``; never raises."""
+    try:
+        return _create(options, width, height, bits, num_frames)
+    except ArgumentError as e:
+        return Failure(str(e))
+    except Exception:  # noqa: BLE001 - anything unexpected becomes the create error, traceback included
+        return Failure(traceback.format_exc().rstrip())
