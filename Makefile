@@ -12,4 +12,4 @@ demo: setup
 	$(VENV)/bin/python tools/demo.py
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/pytest -q

@@ -28,3 +28,25 @@ def vs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def vspipe() -> str:
     return str(VENV_BIN / "vspipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small EDVR (8 channels, TSA, 5 frames, x4) with random weights, in BasicSR's layout.
+
+    The conv weights are doubled from PyTorch's default init: with the default init every frame
+    but the centre changes the output by ~1e-5 only, too little for a test to tell windows apart.
+    """
+    import torch
+
+    from vsedvr.nets import EDVR
+
+    torch.manual_seed(0)
+    net = EDVR(num_feat=8, num_frame=5, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if param.dim() == 4 and "conv_offset" not in name:
+                param.mul_(2.0)
+    path = tmp_path_factory.mktemp("checkpoints") / "tiny_edvr.pth"
+    torch.save({"params": net.state_dict()}, path)
+    return path

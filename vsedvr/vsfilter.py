@@ -14,10 +14,8 @@ import numpy as np
 import torch
 
 from .engine import PlaneViews, WindowEngine
+from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
-
-#: Temporal padding modes; the order is the plugin's enum (native/edvr_filter.c).
-PADDINGS = ("reflection_circle", "replicate", "reflection", "circle")
 
 #: The parameters of Restore besides clip, with the Python type each takes.
 PARAMETERS = {"model": str, "device": str, "padding": str, "scenechange": int}

@@ -1,0 +1,256 @@
+"""core.edvr.Restore through a real VapourSynth core and real vspipe, against the network itself."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import vapoursynth as vs
+
+import clips
+from vsedvr import load_model, restore
+from vsedvr.windows import PADDINGS, window_indices
+
+TESTS = Path(__file__).resolve().parent
+W, H, LENGTH = 16, 12, 9
+
+
+def frames_of(clip: vs.VideoNode) -> np.ndarray:
+    """All frames as an (N, 3, H, W) float32 array."""
+    return np.stack([np.stack([np.asarray(f[p]) for p in range(3)]) for f in clip.frames()]).astype(np.float32)
+
+
+def reference(checkpoint: Path, frames: np.ndarray, padding: str, scenes: list[tuple[int, int]] | None = None,
+              only: list[int] | None = None) -> dict[int, np.ndarray]:
+    """The network applied directly to each output frame's window (built with window_indices)."""
+    net = load_model(checkpoint)
+    scenes = scenes or [(0, len(frames) - 1)]
+    out = {}
+    with torch.inference_mode():
+        for first, last in scenes:
+            for n in range(first, last + 1):
+                if only is not None and n not in only:
+                    continue
+                idx = window_indices(n, net.num_frames, first, last, padding)
+                out[n] = net(torch.from_numpy(frames[idx])[None])[0].numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def source() -> vs.VideoNode:
+    return clips.moving_pattern(W, H, LENGTH)
+
+
+def test_output_format_size_and_props(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    tagged = vs.core.std.SetFrameProps(source, Tagged=7, _Matrix=0)
+    out = vs.core.edvr.Restore(tagged, model=str(tiny_checkpoint))
+    assert (out.width, out.height, out.num_frames, out.format.id) == (4 * W, 4 * H, LENGTH, vs.RGBS)
+    frame = out.get_frame(3)
+    assert frame.props["Tagged"] == 7 and frame.props["_Matrix"] == 0
+    assert np.asarray(frame[0]).shape == (4 * H, 4 * W)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_each_padding_matches_its_rule_at_both_ends(tiny_checkpoint: Path, source: vs.VideoNode,
+                                                    padding: str) -> None:
+    frames = frames_of(source)
+    out = vs.core.edvr.Restore(source, model=str(tiny_checkpoint), padding=padding)
+    ends = [0, 1, 2, LENGTH - 3, LENGTH - 2, LENGTH - 1]
+    expected = reference(tiny_checkpoint, frames, padding, only=ends)
+    for n in ends:
+        got = frames_of(out[n])[0]
+        np.testing.assert_allclose(got, expected[n], atol=1e-5, rtol=0, err_msg=f"frame {n}, {padding}")
+
+
+def test_other_paddings_give_other_edges(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    """The padding argument reaches the plugin: the first frame differs between modes."""
+    firsts = [frames_of(vs.core.edvr.Restore(source, model=str(tiny_checkpoint), padding=p)[0])[0] for p in PADDINGS]
+    for a in range(len(firsts)):
+        for b in range(a + 1, len(firsts)):
+            assert not np.array_equal(firsts[a], firsts[b]), (PADDINGS[a], PADDINGS[b])
+
+
+@pytest.mark.parametrize("marker", ["prev", "next"])
+def test_scene_cut_acts_like_a_clip_edge(tiny_checkpoint: Path, source: vs.VideoNode, marker: str) -> None:
+    cut = 4  # frames 0..3 and 4..8 are two scenes
+    if marker == "prev":  # the first frame of the new scene says so
+        marked = source[:cut] + vs.core.std.SetFrameProps(source[cut], _SceneChangePrev=1) + source[cut + 1:]
+    else:  # the last frame of the old scene says so
+        marked = source[:cut - 1] + vs.core.std.SetFrameProps(source[cut - 1], _SceneChangeNext=1) + source[cut:]
+    frames = frames_of(source)
+    expected = reference(tiny_checkpoint, frames, "reflection_circle", scenes=[(0, cut - 1), (cut, LENGTH - 1)])
+    aware = frames_of(vs.core.edvr.Restore(marked, model=str(tiny_checkpoint)))
+    for n in range(LENGTH):
+        np.testing.assert_allclose(aware[n], expected[n], atol=1e-5, rtol=0, err_msg=f"frame {n}")
+    blind = frames_of(vs.core.edvr.Restore(marked, model=str(tiny_checkpoint), scenechange=False))
+    whole = reference(tiny_checkpoint, frames, "reflection_circle", only=[cut])
+    np.testing.assert_allclose(blind[cut], whole[cut], atol=1e-5, rtol=0)
+    assert not np.allclose(blind[cut], aware[cut], atol=1e-4)
+    assert np.array_equal(blind[LENGTH - 1], aware[LENGTH - 1])  # its window stays inside the second scene
+
+
+def test_scene_shorter_than_window_replicates_its_ends(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    """A 2-frame scene: the reference rule leaves the scene, the documented fallback clamps to it."""
+    marked = (vs.core.std.SetFrameProps(source[:3], _SceneChangeNext=0)
+              + vs.core.std.SetFrameProps(source[3], _SceneChangePrev=1)
+              + vs.core.std.SetFrameProps(source[4], _SceneChangeNext=1) + source[5:])
+    assert window_indices(3, 5, 3, 4, "reflection_circle") == [4, 4, 3, 4, 3]
+    frames = frames_of(source)
+    expected = reference(tiny_checkpoint, frames, "reflection_circle", scenes=[(3, 4)])
+    got = frames_of(vs.core.edvr.Restore(marked, model=str(tiny_checkpoint))[3:5])
+    np.testing.assert_allclose(got[0], expected[3], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got[1], expected[4], atol=1e-5, rtol=0)
+
+
+def test_scene_props_of_the_wrong_type_are_ignored(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    floats = vs.core.std.SetFrameProps(source, _SceneChangePrev=1.0, _SceneChangeNext=1.0)
+    got = frames_of(vs.core.edvr.Restore(floats, model=str(tiny_checkpoint))[4])
+    plain = frames_of(vs.core.edvr.Restore(source, model=str(tiny_checkpoint))[4])
+    assert np.array_equal(got, plain)
+
+
+def test_short_clip_is_padded_by_clamping(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    for length in (1, 2, 3):
+        clip = source[:length]
+        frames = frames_of(clip)
+        expected = reference(tiny_checkpoint, frames, "reflection_circle")
+        got = frames_of(vs.core.edvr.Restore(clip, model=str(tiny_checkpoint)))
+        for n in range(length):
+            np.testing.assert_allclose(got[n], expected[n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_random_order_equals_sequential(tiny_checkpoint: Path, threads: int) -> None:
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = threads
+    try:
+        clip = clips.moving_pattern(W, H, 40, seed=3)
+        sequential = frames_of(vs.core.edvr.Restore(clip, model=str(tiny_checkpoint)))
+        shuffled = vs.core.edvr.Restore(clip, model=str(tiny_checkpoint))
+        order = list(range(40)) * 2
+        random.Random(threads).shuffle(order)
+        futures = {n: shuffled.get_frame_async(n) for n in order[:20]}  # in flight together
+        for n, fut in futures.items():
+            assert np.array_equal(frames_of_frame(fut.result()), sequential[n]), n
+        for n in order[20:]:
+            assert np.array_equal(frames_of_frame(shuffled.get_frame(n)), sequential[n]), n
+    finally:
+        core.num_threads = old
+
+
+def frames_of_frame(frame: vs.VideoFrame) -> np.ndarray:
+    return np.stack([np.asarray(frame[p]) for p in range(3)]).astype(np.float32)
+
+
+def test_rgbh_in_rgbh_out(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    half = vs.core.resize.Point(source, format=vs.RGBH)
+    out = vs.core.edvr.Restore(half, model=str(tiny_checkpoint))
+    assert out.format.id == vs.RGBH
+    single = frames_of(vs.core.edvr.Restore(vs.core.resize.Point(half, format=vs.RGBS), model=str(tiny_checkpoint))[2])
+    # on the CPU RGBH is computed in fp32: the only difference is the final rounding to half
+    np.testing.assert_allclose(frames_of(out[2]), single, atol=2e-3, rtol=0)
+
+
+def test_python_helper_is_the_same_filter(tiny_checkpoint: Path, source: vs.VideoNode) -> None:
+    a = frames_of(restore(source, model=tiny_checkpoint)[:3])
+    b = frames_of(vs.core.edvr.Restore(source, model=str(tiny_checkpoint))[:3])
+    assert np.array_equal(a, b)
+
+
+def test_vspipe_renders_what_python_renders(tmp_path: Path, tiny_checkpoint: Path, source: vs.VideoNode,
+                                            vspipe: str, vs_env: dict[str, str]) -> None:
+    script = tmp_path / "restore.vpy"
+    script.write_text(textwrap.dedent(f"""\
+        import sys
+        import vapoursynth as vs
+        sys.path.insert(0, {str(TESTS)!r})
+        import clips
+        clip = clips.moving_pattern({W}, {H}, {LENGTH})
+        clip = vs.core.edvr.Restore(clip, model={str(tiny_checkpoint)!r})
+        clip.set_output()
+        """))
+    raw = tmp_path / "out.raw"
+    done = subprocess.run([vspipe, str(script), str(raw)], env=vs_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # vspipe writes RGB planes in G, B, R order (ffmpeg's gbrpf32le)
+    piped = np.fromfile(raw, dtype=np.float32).reshape(LENGTH, 3, 4 * H, 4 * W)[:, [2, 0, 1]]
+    in_process = frames_of(vs.core.edvr.Restore(source, model=str(tiny_checkpoint)))
+    assert np.array_equal(piped, in_process)
+    expected = reference(tiny_checkpoint, frames_of(source), "reflection_circle")
+    for n in range(LENGTH):
+        np.testing.assert_allclose(piped[n], expected[n], atol=1e-5, rtol=0)
+
+
+def test_error_inside_python_becomes_a_frame_error(tiny_checkpoint: Path, source: vs.VideoNode,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from vsedvr.engine import WindowEngine
+
+    out = vs.core.edvr.Restore(source, model=str(tiny_checkpoint))
+
+    def broken(self, window, sources):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(WindowEngine, "restore", broken)
+    with pytest.raises(vs.Error) as err:
+        out.get_frame(2)
+    text = str(err.value)
+    assert "Restore: frame 2" in text and "Traceback" in text and "RuntimeError: injected fault" in text
+    monkeypatch.undo()
+    assert np.asarray(out.get_frame(3)[0]).shape == (4 * H, 4 * W)  # the filter still works afterwards
+
+
+def test_exit_with_frames_in_flight(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The interpreter exits (and the core is freed) while requests are pending: no crash, no hang."""
+    script = tmp_path / "exit.py"
+    script.write_text(textwrap.dedent(f"""\
+        import sys
+        import vapoursynth as vs
+        sys.path.insert(0, {str(TESTS)!r})
+        import clips
+        clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 60), model={str(tiny_checkpoint)!r})
+        pending = [clip.get_frame_async(n) for n in range(60)]
+        print("requested", len(pending))
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "requested 60" in done.stdout
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"model": "no_such_model"}, ['"model"', "edvrm"]),
+    ({"padding": "mirror"}, ['"padding"', "reflection_circle", "mirror"]),
+    ({"device": "gpu"}, ['"device"', '"cuda:N"', "gpu"]),
+    ({"scenechange": 2}, ['"scenechange"', "0 or 1"]),
+])
+def test_bad_arguments_name_the_parameter(tiny_checkpoint: Path, source: vs.VideoNode, kwargs: dict,
+                                          words: list[str]) -> None:
+    kwargs = {"model": str(tiny_checkpoint), **kwargs}
+    with pytest.raises(vs.Error) as err:
+        vs.core.edvr.Restore(source, **kwargs)
+    text = str(err.value)
+    assert text.startswith("Restore: "), text
+    for word in words:
+        assert word in text, text
+
+
+@pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.RGB24, vs.GRAY32, vs.RGB48])
+def test_wrong_formats_show_the_conversion(source: vs.VideoNode, fmt: int) -> None:
+    clip = vs.core.std.BlankClip(width=16, height=16, format=fmt, length=3)
+    with pytest.raises(vs.Error) as err:
+        vs.core.edvr.Restore(clip)
+    text = str(err.value)
+    assert vs.core.get_video_format(fmt).name in text
+    assert 'core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="709")' in text
+
+
+def test_variable_size_is_refused(source: vs.VideoNode) -> None:
+    mixed = vs.core.std.Splice([source[:2], vs.core.resize.Point(source[:2], width=W * 2, height=H * 2)],
+                               mismatch=True)
+    with pytest.raises(vs.Error, match="variable size"):
+        vs.core.edvr.Restore(mixed)
