@@ -1,0 +1,1 @@
+"""Checkpoints shipped with vsedvr (installed as the ``vsedvr.models`` package)."""
