@@ -179,7 +179,8 @@ class TSAFusion(nn.Module):
         # Temporal attention: per-pixel similarity of every frame to the centre frame.
         embedding_ref = self.temporal_attn1(aligned[:, self.center_frame_idx])
         embedding = self.temporal_attn2(aligned.reshape(n * t, c, h, w)).view(n, t, c, h, w)
-        correlation = torch.sigmoid((embedding * embedding_ref.unsqueeze(1)).sum(dim=2))  # (N, T, h, w)
+        similarity = (embedding * embedding_ref.unsqueeze(1)).sum(dim=2)  # (N, T, h, w)
+        correlation = torch.sigmoid(similarity)
         weighted = (aligned * correlation.unsqueeze(2)).view(n, t * c, h, w)
 
         feat = _lrelu(self.feat_fusion(weighted))
@@ -309,7 +310,9 @@ class EDVR(nn.Module):
             self.conv_1x1 = _conv1x1(num_feat, num_feat)
         else:
             self.conv_first = _conv3x3(num_in_ch, num_feat)
-        self.feature_extraction = make_layer(ResidualBlockNoBN, num_extract_block, num_feat=num_feat)
+        self.feature_extraction = make_layer(
+            ResidualBlockNoBN, num_extract_block, num_feat=num_feat
+        )
         self.conv_l2_1 = _conv3x3(num_feat, num_feat, stride=2)
         self.conv_l2_2 = _conv3x3(num_feat, num_feat)
         self.conv_l3_1 = _conv3x3(num_feat, num_feat, stride=2)
@@ -322,7 +325,9 @@ class EDVR(nn.Module):
         else:
             self.fusion = _conv1x1(num_frame * num_feat, num_feat)
 
-        self.reconstruction = make_layer(ResidualBlockNoBN, num_reconstruct_block, num_feat=num_feat)
+        self.reconstruction = make_layer(
+            ResidualBlockNoBN, num_reconstruct_block, num_feat=num_feat
+        )
         self.upconv1 = _conv3x3(num_feat, 4 * num_feat)
         self.upconv2 = _conv3x3(num_feat, 4 * _HR_FEAT)
         self.conv_hr = _conv3x3(_HR_FEAT, _HR_FEAT)
@@ -372,7 +377,8 @@ class EDVR(nn.Module):
         if len(features) != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frame features, got {len(features)}")
         ref = features[self.center]
-        aligned = torch.stack([self.pcd_align(nbr, ref) for nbr in features], dim=1)  # (N, T, C, h, w)
+        # Every frame, the centre one included, is aligned to the centre: (N, T, C, h, w).
+        aligned = torch.stack([self.pcd_align(nbr, ref) for nbr in features], dim=1)
         if self.with_tsa:
             fused = self.fusion(aligned)
         else:
