@@ -537,7 +537,8 @@ VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin *plugin, const VSPLUGINAPI
     vspapi->configPlugin("io.github.vsedvr", "edvr", "EDVR video restoration (super-resolution, deblurring)",
                          VS_MAKE_VERSION(VSEDVR_VERSION_MAJOR, VSEDVR_VERSION_MINOR), VAPOURSYNTH_API_VERSION, 0, plugin);
     vspapi->registerFunction(FILTER_NAME,
-                             "clip:vnode;model:data:opt;device:data:opt;padding:data:opt;scenechange:int:opt;",
+                             "clip:vnode;model:data:opt;device:data:opt;padding:data:opt;scenechange:int:opt;"
+                             "tile:int[]:opt;tile_overlap:int:opt;precision:data:opt;",
                              "clip:vnode;", restoreCreate, NULL, plugin);
     vspapi->registerFunction("Version", "", "version:data;path:data;paddings:data[];", versionCreate, plugin, plugin);
 }

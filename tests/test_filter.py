@@ -254,3 +254,32 @@ def test_variable_size_is_refused(source: vs.VideoNode) -> None:
                                mismatch=True)
     with pytest.raises(vs.Error, match="variable size"):
         vs.core.edvr.Restore(mixed)
+
+
+def test_tiles_with_enough_overlap_equal_whole_frames(tiny_checkpoint: Path) -> None:
+    clip = clips.moving_pattern(64, 48, 6, seed=5)
+    whole = frames_of(vs.core.edvr.Restore(clip, model=str(tiny_checkpoint)))
+    tiled = frames_of(vs.core.edvr.Restore(clip, model=str(tiny_checkpoint), tile=[32, 24], tile_overlap=32))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    seams = frames_of(vs.core.edvr.Restore(clip, model=str(tiny_checkpoint), tile=[32, 24], tile_overlap=0))
+    assert np.abs(seams - whole).max() > 1e-3  # without overlap the tiles' borders show
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"tile": [30, 24]}, ['"tile"', "multiples of 4", "[30, 24]"]),
+    ({"tile": [-8, 8]}, ['"tile"', "positive"]),
+    ({"tile": [8, 8, 8]}, ['"tile"', "[width, height]"]),
+    ({"tile": [32, 32], "tile_overlap": 6}, ['"tile_overlap"', "multiple of 4"]),
+    ({"tile_overlap": -4}, ['"tile_overlap"', "non-negative"]),
+    ({"precision": "fp8"}, ['"precision"', "fp32", "fp8"]),
+    ({"precision": "fp16", "device": "cpu"}, ['"precision"', "CUDA"]),
+    ({"device": "cuda"}, ['"device"', "no CUDA"]),
+])
+def test_bad_tiling_and_precision_name_the_parameter(tiny_checkpoint: Path, source: vs.VideoNode, kwargs: dict,
+                                                     words: list[str]) -> None:
+    if torch.cuda.is_available() and kwargs.get("device") == "cuda":
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(vs.Error) as err:
+        vs.core.edvr.Restore(source, model=str(tiny_checkpoint), **kwargs)
+    for word in words:
+        assert word in str(err.value), str(err.value)

@@ -1,48 +1,83 @@
-"""Frames to tensors and back, and the temporal cache of per-frame features.
+"""Frames to tensors and back, tiling, and the temporal cache of per-frame features.
 
 The VapourSynth side hands over each output frame's window as frame numbers plus the planes of
-those frames. Each input frame is converted and encoded (``EDVR.frame_features``) once and kept
-in a small LRU keyed by frame number, so the windows that share it (typically five) reuse it.
-Every frame is encoded alone (batch of one) whether it comes from the cache or not, so results
-do not depend on request order.
+those frames. Each input frame (each tile of it, when tiling) is converted and encoded
+(``EDVR.frame_features``) once and kept in a small LRU keyed by frame number, so the windows that
+share it (typically five) reuse it. Every frame is encoded alone (batch of one) whether it comes
+from the cache or not, so results do not depend on request order.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .nets import EDVR, pad_to_multiple
 
+log = logging.getLogger("vsedvr")
+
 PlaneViews = Sequence  # (memoryview R, memoryview G, memoryview B, stride in bytes)
 
 
+@dataclass(frozen=True)
+class Tile:
+    """One tile, in input pixels: the part it outputs, and the larger part it reads."""
+
+    x0: int  # output region [x0, x1) x [y0, y1)
+    y0: int
+    x1: int
+    y1: int
+    rx0: int  # read region, the output region grown by the overlap and clipped to the frame
+    ry0: int
+    rx1: int
+    ry1: int
+
+
+def plan_tiles(width: int, height: int, tile: tuple[int, int] | None, overlap: int) -> list[Tile]:
+    """Tiles covering a width x height frame; one tile (the whole frame) when ``tile`` is None."""
+    if tile is None:
+        return [Tile(0, 0, width, height, 0, 0, width, height)]
+    tw, th = min(tile[0], width), min(tile[1], height)
+    tiles = []
+    for y0 in range(0, height, th):
+        for x0 in range(0, width, tw):
+            x1, y1 = min(x0 + tw, width), min(y0 + th, height)
+            tiles.append(Tile(x0, y0, x1, y1, max(x0 - overlap, 0), max(y0 - overlap, 0),
+                              min(x1 + overlap, width), min(y1 + overlap, height)))
+    return tiles
+
+
 class FeatureCache:
-    """Per-frame encodings, keyed by input frame number, least recently used dropped first."""
+    """Per-frame encodings, keyed by (frame number, tile), least recently used dropped first."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[int, tuple] = OrderedDict()
+        self._items: OrderedDict[tuple[int, int], tuple] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, n: int) -> tuple | None:
-        item = self._items.get(n)
+    def get(self, key: tuple[int, int]) -> tuple | None:
+        item = self._items.get(key)
         if item is None:
             self.misses += 1
             return None
         self.hits += 1
-        self._items.move_to_end(n)
+        self._items.move_to_end(key)
         return item
 
-    def put(self, n: int, item: tuple) -> None:
-        self._items[n] = item
-        self._items.move_to_end(n)
+    def put(self, key: tuple[int, int], item: tuple) -> None:
+        self._items[key] = item
+        self._items.move_to_end(key)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -52,51 +87,101 @@ class WindowEngine:
     """Runs an EDVR model on windows of VapourSynth frames.
 
     Args:
-        model: the network, already on ``device`` and in eval mode.
+        model: the network, already on ``device``, in ``compute_dtype`` and in eval mode.
         device: where to compute.
         width, height: input frame size.
         sample_dtype: numpy dtype of the clip's samples (float32 for RGBS, float16 for RGBH).
         compute_dtype: torch dtype to compute in.
+        tile: (width, height) of tiles in input pixels, or None for whole frames.
+        tile_overlap: input pixels each tile reads beyond its edges.
     """
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
-                 sample_dtype: np.dtype, compute_dtype: torch.dtype) -> None:
+                 sample_dtype: np.dtype, compute_dtype: torch.dtype,
+                 tile: tuple[int, int] | None = None, tile_overlap: int = 0) -> None:
         self.model = model
         self.device = device
         self.width = width
         self.height = height
         self.sample_dtype = np.dtype(sample_dtype)
         self.compute_dtype = compute_dtype
-        # two windows' worth: sequential rendering needs one, a little random access the other
-        self.cache = FeatureCache(2 * model.num_frames)
+        self.tile_overlap = tile_overlap
+        self._set_tiles(tile)
         self._lock = threading.Lock()
 
+    def _set_tiles(self, tile: tuple[int, int] | None) -> None:
+        self.tile = tile
+        self.tiles = plan_tiles(self.width, self.height, tile, self.tile_overlap)
+        # two windows' worth per tile: sequential rendering needs one, a little random access the other
+        self.cache = FeatureCache(2 * self.model.num_frames * len(self.tiles))
+
     def frame_tensor(self, views: PlaneViews) -> torch.Tensor:
-        """(1, 3, H', W') tensor on the device, padded to the model's size multiple."""
+        """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
         *planes, stride = views
         row = stride // self.sample_dtype.itemsize
         chw = np.stack([np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width]
                         for p in planes])
-        t = torch.from_numpy(chw).to(self.device, self.compute_dtype, non_blocking=False)[None]
-        return pad_to_multiple(t, self.model.size_multiple)
+        return torch.from_numpy(chw).to(self.device, self.compute_dtype)[None]
 
-    def encode(self, n: int, views: PlaneViews) -> tuple:
-        """(frame tensor, frame features) of input frame n, from the cache when present."""
-        item = self.cache.get(n)
+    def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
+        """(padded input of tile t, its features) for input frame n, from the cache when present."""
+        item = self.cache.get((n, t))
         if item is None:
-            frame = self.frame_tensor(views)
-            item = (frame, self.model.frame_features(frame))
-            self.cache.put(n, item)
+            tile = self.tiles[t]
+            crop = load_frame()[..., tile.ry0:tile.ry1, tile.rx0:tile.rx1]
+            crop = pad_to_multiple(crop, self.model.size_multiple)
+            item = (crop, self.model.frame_features(crop))
+            self.cache.put((n, t), item)
         return item
 
+    def _restore_tiles(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
+        s = self.model.scale
+        frames: dict[int, torch.Tensor] = {}  # converted at most once per call, only on a cache miss
+
+        def loader(i: int) -> Callable[[], torch.Tensor]:
+            def load() -> torch.Tensor:
+                if window[i] not in frames:
+                    frames[window[i]] = self.frame_tensor(sources[i])
+                return frames[window[i]]
+            return load
+
+        out = None
+        for t, tile in enumerate(self.tiles):
+            encoded = [self._encode(n, t, loader(i)) for i, n in enumerate(window)]
+            result = self.model.restore_window([features for _, features in encoded], encoded[self.model.center][0])
+            ox, oy = tile.x0 - tile.rx0, tile.y0 - tile.ry0
+            part = result[..., s * oy:s * (oy + tile.y1 - tile.y0), s * ox:s * (ox + tile.x1 - tile.x0)]
+            if len(self.tiles) == 1:
+                return part
+            if out is None:
+                out = result.new_empty((1, 3, s * self.height, s * self.width))
+            out[..., s * tile.y0:s * tile.y1, s * tile.x0:s * tile.x1] = part
+        return out
+
     def restore(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
-        """Restored centre frame of the window, (1, 3, s*H, s*W), cropped to the clip's size."""
+        """Restored centre frame of the window, (1, 3, s*H, s*W)."""
         with self._lock, torch.inference_mode():
-            encoded = [self.encode(n, views) for n, views in zip(window, sources)]
-            centre_frame = encoded[self.model.center][0]
-            out = self.model.restore_window([features for _, features in encoded], centre_frame)
-            s = self.model.scale
-            return out[..., :s * self.height, :s * self.width]
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # callbacks arrive on any worker thread
+            while True:
+                try:
+                    return self._restore_tiles(window, sources)
+                except torch.cuda.OutOfMemoryError:
+                    if not self._shrink_tiles():
+                        raise
+                    torch.cuda.empty_cache()
+
+    def _shrink_tiles(self) -> bool:
+        """After CUDA ran out of memory: halve the tiles (down to 64 px); False if already that small."""
+        tw, th = self.tile or (self.width, self.height)
+        smaller = (max(tw // 2, 64), max(th // 2, 64))
+        if smaller == (tw, th) or (smaller[0] >= self.width and smaller[1] >= self.height):
+            return False
+        self.tile_overlap = self.tile_overlap or 16
+        log.warning("CUDA ran out of memory at tile %s; retrying with tiles of %dx%d (tile_overlap=%d)",
+                    self.tile or "none", smaller[0], smaller[1], self.tile_overlap)
+        self._set_tiles(smaller)
+        return True
 
     def write(self, tensor: torch.Tensor, output: PlaneViews) -> None:
         """Copies a (1, 3, h, w) tensor into the output frame's planes."""

@@ -17,8 +17,10 @@ from .engine import PlaneViews, WindowEngine
 from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
 
-#: The parameters of Restore besides clip, with the Python type each takes.
-PARAMETERS = {"model": str, "device": str, "padding": str, "scenechange": int}
+#: The parameters of Restore besides clip (the plugin's registration string lists the same).
+PARAMETERS = ("model", "device", "padding", "scenechange", "tile", "tile_overlap", "precision")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+HALF_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class ArgumentError(ValueError):
@@ -94,6 +96,12 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     scenechange = _single(options, "scenechange", 1)
     if scenechange not in (0, 1):
         raise ArgumentError(f'"scenechange" must be 0 or 1 (False or True), got {scenechange}')
+    precision = _single(options, "precision", "auto")
+    if precision not in PRECISIONS:
+        raise ArgumentError(f'"precision" must be one of {", ".join(PRECISIONS)}, got "{precision}"')
+    if precision in HALF_TYPES and device.type != "cuda":
+        raise ArgumentError(f'"precision" {precision} needs a CUDA device (device is "{device}"); '
+                            'on the CPU vsedvr computes in fp32 (RGBH clips too)')
 
     try:
         model = load_model(model_name, device=device)
@@ -103,11 +111,31 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         spec = MODELS.get(model_name)
         padding = spec.padding if spec is not None else ("replicate" if model.scale == 1 else "reflection_circle")
 
-    half = bits == 16
-    compute_dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+    tile, tile_overlap = _tiling(options, model.size_multiple)
+    if precision == "auto":  # RGBH asks for speed: fp16 where it is fast (CUDA); fp32 on the CPU
+        precision = "fp16" if bits == 16 and device.type == "cuda" else "fp32"
+    compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
-    engine = WindowEngine(model, device, width, height, np.float16 if half else np.float32, compute_dtype)
+    engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
+                          tile=tile, tile_overlap=tile_overlap)
     return Restorer(engine, padding, bool(scenechange))
+
+
+def _tiling(options: dict[str, Any], multiple: int) -> tuple[tuple[int, int] | None, int]:
+    """Checked (tile, tile_overlap): tiles are positive multiples of the model's size multiple."""
+    tile = options.get("tile")
+    if tile is not None:
+        tile = tuple(tile)
+        if len(tile) == 1:
+            tile = (tile[0], tile[0])
+        if len(tile) != 2 or any(v <= 0 or v % multiple for v in tile):
+            raise ArgumentError(f'"tile" must be [width, height] (or one size for both), positive multiples of '
+                                f'{multiple} for this model, got {list(tile)}')
+    overlap = _single(options, "tile_overlap", 16 if tile is not None else 0)
+    if overlap < 0 or overlap % multiple:
+        raise ArgumentError(f'"tile_overlap" must be a non-negative multiple of {multiple} (input pixels), '
+                            f'got {overlap}')
+    return tile, overlap
 
 
 def create(options: dict[str, Any], width: int, height: int, bits: int, num_frames: int) -> Restorer | Failure:
