@@ -108,6 +108,7 @@ class WindowEngine:
         self.tile_overlap = tile_overlap
         self._set_tiles(tile)
         self._lock = threading.Lock()
+        self._warned_nonfinite = False
 
     def _set_tiles(self, tile: tuple[int, int] | None) -> None:
         self.tile = tile
@@ -119,9 +120,16 @@ class WindowEngine:
         """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
         *planes, stride = views
         row = stride // self.sample_dtype.itemsize
-        chw = np.stack([np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width]
-                        for p in planes])
-        return torch.from_numpy(chw).to(self.device, self.compute_dtype)[None]
+        chw = torch.from_numpy(np.stack([
+            np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width] for p in planes]))
+        if not torch.isfinite(chw).all():
+            # one NaN would spread through the convolutions into every output frame whose window holds it
+            if not self._warned_nonfinite:
+                log.warning("Restore: the clip has NaN or infinite samples; they are replaced by 0 (NaN, -inf) "
+                            "and 1 (+inf) before restoration (reported once per filter)")
+                self._warned_nonfinite = True
+            chw = torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0)
+        return chw.to(self.device, self.compute_dtype)[None]
 
     def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
         """(padded input of tile t, its features) for input frame n, from the cache when present."""
