@@ -11,7 +11,7 @@ __all__ = ["__version__", "load_model", "restore", "plugin_path", "MODELS"]
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .zoo import MODELS, load_model
 
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     import vapoursynth as vs
 
 PLUGIN_NAME = "libvsedvr.so"
+
+#: The values of ``padding`` (the plugin's ``Version()["paddings"]``).
+Padding = Literal["reflection_circle", "replicate", "reflection", "circle"]
+#: The values of ``precision``.
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
 def plugin_path() -> Path | None:
@@ -33,14 +38,51 @@ def plugin_path() -> Path | None:
     return None
 
 
-def restore(clip: vs.VideoNode, model: str | os.PathLike = "edvrm", **kwargs: Any) -> vs.VideoNode:
-    """``core.edvr.Restore`` for Python callers; see README for every parameter.
+def restore(
+    clip: vs.VideoNode,
+    model: str | os.PathLike[str] = "edvrm",
+    *,
+    device: str = "auto",
+    padding: Padding | None = None,
+    scenechange: bool = True,
+    tile: int | tuple[int, int] | None = None,
+    tile_overlap: int | None = None,
+    precision: Precision | None = None,
+) -> vs.VideoNode:
+    """Restore *clip* with EDVR: ``core.edvr.Restore`` with typed keyword parameters.
 
-    :param clip: RGBS (computes in fp32) or RGBH clip of constant format and size.
-    :param model: a zoo name (``python -m vsedvr models``) or a checkpoint path.
+    Loads the native plugin first when the core has not autoloaded it (editable installs).
+    Every output frame is computed from a window of ``T`` input frames (5, or 7 for the
+    Vimeo-90K model) centred on it.
+
+    :param clip: RGBS or RGBH clip of constant format and size, values in [0, 1]. RGBS computes
+        in fp32; RGBH computes in fp16 on CUDA (fp32 on the CPU) and returns RGBH. Convert YUV
+        first, e.g. ``core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="709")``.
+    :param model: a zoo name (``python -m vsedvr models``; downloaded into the cache on first use
+        where it can be) or the path of an EDVR checkpoint from mmediting/mmagic or BasicSR.
+        Default ``"edvrm"``: EDVR-M, 4x super-resolution.
+    :param device: ``"auto"`` (the first CUDA device if PyTorch sees one, else the CPU),
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    :param padding: how windows are completed at the clip's ends and at scene changes:
+        ``"reflection_circle"``, ``"replicate"``, ``"reflection"`` or ``"circle"``. ``None``: the
+        model's own (``"replicate"`` for the deblurring models, else ``"reflection_circle"``).
+    :param scenechange: treat frames whose ``_SceneChangePrev``/``_SceneChangeNext`` property is 1
+        as scene edges, so that no window mixes two scenes.
+    :param tile: process each frame in tiles of this many input pixels, ``(width, height)`` or one
+        size for both, to bound memory on large frames; multiples of 4 (16 for deblurring models).
+        ``None``: whole frames.
+    :param tile_overlap: input pixels shared by neighbouring tiles (default 16 with tiles); a
+        multiple of 4 (16 for deblurring models).
+    :param precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (the last two on CUDA only). ``None`` or
+        ``"auto"``: fp16 for RGBH clips on CUDA, else fp32.
+    :return: the restored clip: 4x the size (1x for deblurring models), same format, frame count
+        and frame properties.
+    :raises vapoursynth.Error: a wrong argument, an unusable clip or model; the message names it.
     """
     import vapoursynth as vs
 
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f'edvr: "model" must be a zoo name or a checkpoint path, got {type(model).__name__}')
     core = vs.core
     if not hasattr(core, "edvr"):
         path = plugin_path()
@@ -48,4 +90,7 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike = "edvrm", **kwargs: An
             raise vs.Error("edvr: the native plugin libvsedvr.so is not installed next to VapourSynth; "
                            "reinstall vsedvr with `pip install .` (not editable)")
         core.std.LoadPlugin(str(path))
-    return core.edvr.Restore(clip, model=os.fspath(model), **kwargs)
+    options: dict[str, Any] = {"model": os.fspath(model), "device": device, "scenechange": int(bool(scenechange))}
+    optional = {"padding": padding, "tile": tile, "tile_overlap": tile_overlap, "precision": precision}
+    options.update({name: value for name, value in optional.items() if value is not None})
+    return core.edvr.Restore(clip, **options)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import log
 from .engine import PlaneViews, WindowEngine
 from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
@@ -85,6 +86,7 @@ def _single(options: dict[str, Any], name: str, default: Any) -> Any:
 
 
 def _create(options: dict[str, Any], width: int, height: int, bits: int, num_frames: int) -> Restorer:
+    log.install()  # vsedvr's log records go to the VapourSynth log or stderr, never stdout
     unknown = sorted(set(options) - set(PARAMETERS))
     if unknown:
         raise ArgumentError(f"unknown argument {unknown[0]!r}; Restore takes {', '.join(PARAMETERS)}")
@@ -104,7 +106,8 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
                             'on the CPU vsedvr computes in fp32 (RGBH clips too)')
 
     try:
-        model = load_model(model_name, device=device)
+        with log.stdout_to_stderr():  # downloads and torch may print; stdout may carry the video
+            model = load_model(model_name, device=device)
     except ModelError as e:
         raise ArgumentError(f'"model": {e}') from None
     if padding is None:
