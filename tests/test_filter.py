@@ -283,3 +283,24 @@ def test_bad_tiling_and_precision_name_the_parameter(tiny_checkpoint: Path, sour
         vs.core.edvr.Restore(source, model=str(tiny_checkpoint), **kwargs)
     for word in words:
         assert word in str(err.value), str(err.value)
+
+
+def test_huge_deformable_offsets_are_reported_once(tmp_path: Path, source: vs.VideoNode,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The references warn when the mean |offset| exceeds 50 px; so does the filter (once)."""
+    from vsedvr.nets import EDVR
+
+    torch.manual_seed(1)
+    net = EDVR(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+    state = net.state_dict()
+    path = tmp_path / "calm.pth"
+    torch.save({"params": state}, path)
+    state["pcd_align.cas_dcnpack.conv_offset.bias"][:36] = 80.0  # offsets of 80 px everywhere
+    wild = tmp_path / "wild.pth"
+    torch.save({"params": state}, wild)
+    with caplog.at_level("WARNING", logger="vsedvr"):
+        frames_of(vs.core.edvr.Restore(source, model=str(path))[:3])
+        assert not [r for r in caplog.records if "deformable offset" in r.getMessage()]
+        frames_of(vs.core.edvr.Restore(source, model=str(wild))[:3])
+    warnings = [r.getMessage() for r in caplog.records if "deformable offset" in r.getMessage()]
+    assert len(warnings) == 1 and "80 pixels" in warnings[0], warnings

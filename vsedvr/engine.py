@@ -18,10 +18,15 @@ import numpy as np
 import torch
 
 from .nets import EDVR, pad_to_multiple
+from .nets.blocks import DCNPack
 
 log = logging.getLogger("vsedvr")
 
 PlaneViews = Sequence  # (memoryview R, memoryview G, memoryview B, stride in bytes)
+
+#: Mean |deformable offset| (pixels) above which both references warn: the alignment is lost,
+#: which usually means content unlike the training data (e.g. the wrong model for it).
+OFFSET_WARNING = 50.0
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,36 @@ class WindowEngine:
         self._set_tiles(tile)
         self._lock = threading.Lock()
         self._warned_nonfinite = False
+        self._watch_offsets()
 
     def _set_tiles(self, tile: tuple[int, int] | None) -> None:
         self.tile = tile
         self.tiles = plan_tiles(self.width, self.height, tile, self.tile_overlap)
         # two windows' worth per tile: sequential rendering needs one, a little random access the other
         self.cache = FeatureCache(2 * self.model.num_frames * len(self.tiles))
+
+    def _watch_offsets(self) -> None:
+        """Record each DCN's mean |offset| as a tensor: read once per frame, no sync per layer."""
+        self._offset_means: list[torch.Tensor] = []
+        self._warned_offsets = False
+
+        def record(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+            self._offset_means.append(out[:, :out.shape[1] * 2 // 3].abs().mean())
+
+        for module in self.model.modules():
+            if isinstance(module, DCNPack):
+                module.conv_offset.register_forward_hook(record)
+
+    def _check_offsets(self, n: int) -> None:
+        if self._offset_means and not self._warned_offsets:
+            peak = float(torch.stack(self._offset_means).max())
+            if peak > OFFSET_WARNING:
+                log.warning("Restore: frame %d: the mean deformable offset reaches %.0f pixels (above %.0f): "
+                            "alignment has failed, which usually means content unlike the model's training "
+                            "data (the wrong model for this content?); reported once per filter",
+                            n, peak, OFFSET_WARNING)
+                self._warned_offsets = True
+        self._offset_means.clear()
 
     def frame_tensor(self, views: PlaneViews) -> torch.Tensor:
         """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
@@ -173,7 +202,9 @@ class WindowEngine:
                 torch.cuda.set_device(self.device)  # callbacks arrive on any worker thread
             while True:
                 try:
-                    return self._restore_tiles(window, sources)
+                    out = self._restore_tiles(window, sources)
+                    self._check_offsets(window[self.model.center])
+                    return out
                 except torch.cuda.OutOfMemoryError:
                     if not self._shrink_tiles():
                         raise
