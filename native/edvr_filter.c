@@ -331,8 +331,15 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
     if (d->sceneChange)
         sceneBounds(d, n, frames, lo, hi, &first, &last, vsapi);
     int window[MAX_FRAMES];
-    for (int i = 0; i < d->t; i++)
+    for (int i = 0; i < d->t; i++) {
         window[i] = windowFrame(d->padding, n - d->t / 2 + i, n, d->t, first, last);
+        if (window[i] < lo || window[i] > hi) { /* cannot happen by the rules; never read outside */
+            for (int k = lo; k <= hi; k++)
+                vsapi->freeFrame(frames[k - lo]);
+            vsapi->setFilterError(FILTER_NAME ": internal error: window frame outside the requested range", frameCtx);
+            return NULL;
+        }
+    }
 
     const VSFrame *centre = frames[n - lo];
     VSFrame *dst = vsapi->newVideoFrame(&d->vi.format, d->vi.width, d->vi.height, centre, core);
