@@ -372,11 +372,13 @@ static void VS_CC restoreFree(void *instanceData, VSCore *core, const VSAPI *vsa
 }
 
 /* The arguments of the call (all but clip) as a Python dict, so new Python-side options need
-   no change here. */
-static PyObject *argumentDict(const VSMap *in, const VSAPI *vsapi) {
+   no change here. NULL with the message in errText on failure. */
+static PyObject *argumentDict(const VSMap *in, const VSAPI *vsapi, char *errText, size_t errSize) {
     PyObject *dict = py.Dict_New();
-    if (!dict)
+    if (!dict) {
+        pyTakeError(errText, errSize);
         return NULL;
+    }
     for (int k = 0; k < vsapi->mapNumKeys(in); k++) {
         const char *key = vsapi->mapGetKey(in, k);
         if (!strcmp(key, "clip"))
@@ -392,8 +394,15 @@ static PyObject *argumentDict(const VSMap *in, const VSAPI *vsapi) {
                                                          : py.Float_FromDouble(vsapi->mapGetFloat(in, key, i, &err)));
         } else if (type == ptData) {
             value = py.Unicode_FromStringAndSize(vsapi->mapGetData(in, key, 0, &err), vsapi->mapGetDataSize(in, key, 0, &err));
+            if (!value) { /* bytes that are not UTF-8: name the argument instead of "UnicodeDecodeError" */
+                py.Err_Clear();
+                snprintf(errText, errSize, "\"%s\" must be text (UTF-8), got bytes that are not valid UTF-8", key);
+                pyDecRef(dict);
+                return NULL;
+            }
         }
         if (!value || py.Dict_SetItemString(dict, key, value) != 0) {
+            pyTakeError(errText, errSize);
             pyDecRef(value);
             pyDecRef(dict);
             return NULL;
@@ -424,11 +433,9 @@ static int createRestorer(RestoreData *d, const VSMap *in, const VSVideoInfo *vi
     PyGILState_STATE gil = py.GILState_Ensure();
     int ok = 0, scale = 0, padding = 0;
     PyObject *create = pyFilterFunction("create", err, errSize);
-    PyObject *options = create ? argumentDict(in, vsapi) : NULL;
+    PyObject *options = create ? argumentDict(in, vsapi, err, errSize) : NULL;
     PyObject *args = options ? py.Tuple_New(5) : NULL;
     PyObject *result = NULL;
-    if (create && !options)
-        pyTakeError(err, errSize);
     if (args) {
         py.Tuple_SetItem(args, 0, options);
         py.Tuple_SetItem(args, 1, py.Long_FromLongLong(vi->width));

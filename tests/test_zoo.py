@@ -145,8 +145,14 @@ def test_registry_entries() -> None:
         "basicsr_edvrl_vimeo": "162b54e4", "basicsr_edvrl_srblur": "983d7b8e",
         "basicsr_edvrl_deblur": "ca46bd8c", "basicsr_edvrl_deblurcomp": "0e988e5c",
     }
-    assert set(MODELS) == set(expected_sha)
+    assert set(MODELS) == set(expected_sha) | {"edvr_demo"}
     for name, spec in MODELS.items():
+        if name == "edvr_demo":  # the project's own bundled model, retrained at will
+            assert spec.bundled and spec.url is None and spec.layout == "mmedit"
+            assert spec.sha256 == hash_prefix_from_filename(spec.filename)
+            assert spec.task == "sr" and spec.scale == 4 and spec.padding == "reflection_circle"
+            assert spec.reds4_psnr is None and "NOT comparable" in spec.description
+            continue
         assert spec.name == name and spec.sha256 == expected_sha[name]
         assert not spec.bundled
         if spec.layout == "mmedit":

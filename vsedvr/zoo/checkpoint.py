@@ -243,9 +243,16 @@ def load_model(
     if spec is not None:
         path = fetch(spec, progress=progress)
     else:
-        path = Path(model).expanduser()
-        if not path.is_file():
+        try:
+            path = Path(model).expanduser()
+            found = path.is_file()
             state = "is not a file" if path.exists() else "does not exist"
+        except (OSError, RuntimeError, ValueError) as e:  # name too long, unknown "~user", ...
+            raise ModelError(
+                f"unknown model {os.fspath(model)!r}: not a zoo name and not a usable path "
+                f"({type(e).__name__}: {e}). Zoo names: {', '.join(MODELS)}"
+            ) from None
+        if not found:
             raise ModelError(
                 f"unknown model {os.fspath(model)!r}: not a zoo name and {path} {state}. "
                 f"Zoo names: {', '.join(MODELS)}"

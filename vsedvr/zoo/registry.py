@@ -11,7 +11,9 @@ Two families of official weights exist:
   :func:`vsedvr.zoo.cache_dir` under its original name (the hash in the name is checked).
 
 A spec with ``bundled=True`` names a file shipped inside the installed package
-(``vsedvr/models/<filename>``, resolved with :mod:`importlib.resources`).
+(``vsedvr/models/<filename>``, resolved with :mod:`importlib.resources`). One such file exists:
+``edvr_demo``, a small EDVR the project trains itself (``tools/train_demo.py``) so that the demo
+and the tests restore for real without a download. It is not an official model.
 
 REDS4 figures are the official tables' PSNR/SSIM (RGB channels, no border crop):
 mmediting ``configs/edvr/README.md`` / ``metafile.yml`` for the mmedit files,
@@ -158,6 +160,8 @@ _L_WOTSA = _arch(128, 5, 40, with_tsa=False)
 _L_VIMEO = _arch(128, 7, 40)
 _L_SRBLUR = _arch(128, 5, 40, with_predeblur=True)
 _L_DEBLUR = _arch(128, 5, 40, with_predeblur=True, hr_in=True)
+#: edvr_demo: 32 channels, 2 extraction + 5 reconstruction blocks (tools/train_demo.py ARCH).
+_DEMO = _arch(32, 5, 5) | {"num_extract_block": 2}
 
 
 def _mmedit(name: str, file: str, arch: dict[str, Any], psnr: float, ssim: float, desc: str) -> ModelSpec:
@@ -246,6 +250,21 @@ _ENTRIES = (
              "1fEoSeLFnHSBbIs95Au2W197p8e4ws4DW", _L_DEBLUR,
              "EDVR-L, deblurring of compressed video (x1), REDS (official, BasicSR)",
              psnr=30.24, ssim=0.8567, padding="replicate"),
+    ModelSpec(
+        name="edvr_demo",
+        task="sr",
+        scale=4,
+        num_frames=5,
+        arch=_DEMO,
+        filename="edvr_demo-58e28f69.pth",
+        url=None,
+        layout="mmedit",
+        source="bundled with vsedvr (models/), trained by the project's tools/train_demo.py",
+        description="small demo EDVR (32 channels, TSA), x4 SR, trained by tools/train_demo.py on "
+                    "synthetic motion over scikit-image pictures; NOT comparable to the official models",
+        padding="reflection_circle",
+        bundled=True,
+    ),
 )
 
 #: Known checkpoints by name.

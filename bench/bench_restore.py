@@ -1,0 +1,496 @@
+#!/usr/bin/env python3
+"""Throughput of vsedvr's Restore against the usual ways of running EDVR, in one run.
+
+Same random weights (official BasicSR layout, saved to a temporary checkpoint), same clip, same
+thread count for every variant:
+
+  a_vspipe   vsedvr: ``core.edvr.Restore`` rendered by ``vspipe`` (subprocess, its own
+             XDG_CONFIG_HOME configured by ``vapoursynth config``); time from vspipe's own
+             "Output N frames in S seconds" line (after the script and model have loaded).
+  a_python   vsedvr: the same ``core.edvr.Restore`` pulled from Python with ``clip.frames()``.
+  b_naive    the reference scripts' way: the whole network ``net(x)`` on each output frame's
+             window, frames converted again for every window (uint8 BGR HWC -> RGB float CHW,
+             as ``cv2.imread`` + ``img2tensor`` do), torchvision's DCN (the reference path).
+  c_modify   the pattern of existing Python VapourSynth AI filters: ``std.ModifyFrame`` whose
+             callback fetches the neighbours with synchronous ``clip.get_frame()``, one global
+             lock, the whole network per output frame, torchvision's DCN.
+  c_fastdcn  (only when asked for) c_modify with vsedvr's fast DCN, to separate the plugin's
+             feature cache from the DCN speed-up.
+
+Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``); variants are
+interleaved when ``--repeats`` > 1 and the median is reported. Also: FLOPs per output frame
+(``torch.utils.flop_counter.FlopCounterMode``; the deformable convs counted as 2 x the MACs of
+their weighted sum, 2 * C_out * C_in * 9 * H * W) with the achieved GFLOP/s of each variant, and a
+micro-benchmark of the deformable conv itself (fast path vs torchvision) at EDVR-M's L1 shape.
+
+Examples::
+
+    python bench/bench_restore.py                      # EDVR-M and EDVR-L, 64x112, 8 frames
+    python bench/bench_restore.py --models edvrm --size 180x320 --frames 6 --json m180.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+
+#: EDVR constructor arguments of the benchmarked variants (edvr-facts.md §1).
+MODELS: dict[str, dict[str, Any]] = {
+    "edvrm": {},
+    "edvrl": dict(num_feat=128, num_reconstruct_block=40),
+}
+VARIANTS = ("a_vspipe", "a_python", "b_naive", "c_modify")
+OPTIONAL_VARIANTS = ("c_fastdcn",)
+LABELS = {
+    "a_vspipe": "a  vsedvr Restore, vspipe",
+    "a_python": "a  vsedvr Restore, Python frames()",
+    "b_naive": "b  naive net(x) per window, torchvision DCN",
+    "c_modify": "c  ModifyFrame + get_frame + lock, torchvision DCN",
+    "c_fastdcn": "c' ModifyFrame + get_frame + lock, fast DCN",
+}
+NUM_FRAMES_T = 5  # every benchmarked model has 5-frame windows, centre 2
+
+
+# --------------------------------------------------------------------------- inputs
+
+def make_frames(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random texture that moves a little every frame: (count, 3, H, W) float32 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((3, height + count, width + 2 * count), dtype=np.float32)
+    base = (base + np.roll(base, 1, axis=1) + np.roll(base, 1, axis=2)) / 3
+    return np.stack([base[:, n:n + height, 2 * n:2 * n + width] for n in range(count)]).copy()
+
+
+def source_clip(frames: np.ndarray):  # -> vs.VideoNode
+    """The frames as an RGBS VapourSynth clip (what a source filter would deliver)."""
+    import vapoursynth as vs
+
+    count, _, height, width = frames.shape
+
+    def fill(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        out = f.copy()
+        for p in range(3):
+            np.asarray(out[p])[:] = frames[n, p]
+        return out
+
+    blank = vs.core.std.BlankClip(width=width, height=height, length=count, format=vs.RGBS, fpsnum=24, fpsden=1)
+    return vs.core.std.ModifyFrame(blank, blank, fill)
+
+
+def window(n: int, count: int) -> list[int]:
+    from vsedvr.windows import window_indices
+
+    return window_indices(n, NUM_FRAMES_T, 0, count - 1, "reflection_circle")
+
+
+def make_checkpoint(model: str, path: Path, seed: int = 0) -> None:
+    """Random weights in BasicSR's layout, ``{'params': state_dict}``, with DCN offsets of ~1 px."""
+    import torch
+
+    from vsedvr.nets import EDVR
+
+    torch.manual_seed(seed)
+    net = EDVR(**MODELS[model])
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if ".conv_offset." in name:  # the init zeroes them: offsets 0, a plain conv
+                param.normal_(0.0, 1.0 if param.dim() == 1 else 1e-3)
+    torch.save({"params": net.state_dict()}, path)
+
+
+# --------------------------------------------------------------------------- workers
+
+VPY = """\
+import sys
+import torch
+sys.path.insert(0, benchdir)
+import bench_restore as B
+from vapoursynth import core
+torch.set_num_threads(int(threads))
+clip = B.source_clip(B.make_frames(int(frames), int(height), int(width)))
+core.edvr.Restore(clip, model=checkpoint, device="cpu").set_output()
+"""
+
+
+#: OMP_WAIT_POLICY for every subprocess, None: the caller's environment (see --omp-wait-policy).
+_WAIT_POLICY: str | None = None
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if _WAIT_POLICY:
+        env["OMP_WAIT_POLICY"] = _WAIT_POLICY
+    return env
+
+
+def worker(variant: str, checkpoint: str, height: int, width: int, count: int, threads: int) -> dict[str, Any]:
+    """Runs one variant in this process; returns seconds for ``count`` output frames and more."""
+    if variant == "a_vspipe":
+        return _worker_vspipe(checkpoint, height, width, count, threads)
+    if variant == "dcn_micro":
+        return dcn_micro(threads)
+
+    import torch
+
+    torch.set_num_threads(threads)
+    frames = make_frames(count, height, width)
+    start = time.perf_counter()
+    if variant == "a_python":
+        from vapoursynth import core
+
+        out = core.edvr.Restore(source_clip(frames), model=checkpoint, device="cpu")
+        load = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in out.frames():
+            pass
+    else:
+        import vsedvr
+        from vsedvr.nets.deform import fast_path
+
+        net = vsedvr.load_model(checkpoint)
+        load = time.perf_counter() - start
+        with fast_path(variant == "c_fastdcn"):
+            start = time.perf_counter()
+            if variant == "b_naive":
+                _naive(net, frames)
+            else:
+                _modify_frame(net, frames)
+    seconds = time.perf_counter() - start
+    return dict(seconds=seconds, load_seconds=load, peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF))
+
+
+def _naive(net: Any, frames: np.ndarray) -> None:
+    """Reference test script: per output frame, read its window's images again, run net(x)."""
+    import torch
+
+    # What cv2.imread would have returned for each frame: uint8, BGR, HWC.
+    images = [np.ascontiguousarray((f[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8)) for f in frames]
+    results = []
+    for n in range(len(frames)):
+        # img2tensor(bgr2rgb=True, float32) / 255 for each frame of the window, stacked on T.
+        window_images = [images[i].astype(np.float32) / 255.0 for i in window(n, len(frames))]
+        x = torch.stack([torch.from_numpy(img[:, :, ::-1].transpose(2, 0, 1).copy()) for img in window_images])
+        with torch.inference_mode():
+            out = net(x[None])
+        # tensor2img: clamp, RGB -> BGR, HWC, uint8
+        results.append((out[0].clamp(0, 1).numpy()[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8))
+
+
+def _modify_frame(net: Any, frames: np.ndarray) -> None:
+    """std.ModifyFrame, neighbours fetched with get_frame inside the callback, one global lock."""
+    import torch
+    import vapoursynth as vs
+
+    clip = source_clip(frames)
+    lock = threading.Lock()
+    scale = net.scale
+
+    def restore(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        with lock:
+            planes = [np.stack([np.asarray(clip.get_frame(i)[p]) for p in range(3)])
+                      for i in window(n, clip.num_frames)]
+            with torch.inference_mode():
+                out = net(torch.from_numpy(np.stack(planes))[None])[0].numpy()
+            dst = f.copy()
+            for p in range(3):
+                np.asarray(dst[p])[:] = out[p]
+            return dst
+
+    blank = vs.core.std.BlankClip(clip, width=clip.width * scale, height=clip.height * scale)
+    for _ in vs.core.std.ModifyFrame(blank, blank, restore).frames():
+        pass
+
+
+def _worker_vspipe(checkpoint: str, height: int, width: int, count: int, threads: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
+        env = _thread_env(threads)
+        env["XDG_CONFIG_HOME"] = str(Path(tmp) / "xdg-config")
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        subprocess.run([str(VENV_BIN / "vapoursynth"), "config"], env=env, check=True, capture_output=True)
+        script = Path(tmp) / "bench.vpy"
+        script.write_text(VPY)
+        args = dict(benchdir=str(BENCH_DIR), checkpoint=checkpoint, frames=count, height=height, width=width,
+                    threads=threads)
+        cmd = [str(VENV_BIN / "vspipe"), "--progress"]
+        for key, value in args.items():
+            cmd += ["-a", f"{key}={value}"]
+        cmd += [str(script), "--"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"vspipe failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    found = re.search(r"Output (\d+) frames in ([\d.]+) seconds", done.stderr)
+    if not found or int(found.group(1)) != count:
+        raise RuntimeError(f"no 'Output {count} frames in ... seconds' from vspipe:\n{done.stderr[-3000:]}")
+    seconds = float(found.group(2))
+    return dict(seconds=seconds, load_seconds=wall - seconds, peak_rss_mib=_peak_rss_mib(resource.RUSAGE_CHILDREN))
+
+
+def _peak_rss_mib(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_worker(variant: str, checkpoint: Path, height: int, width: int, count: int,
+               threads: int) -> dict[str, Any]:
+    """One variant in a fresh subprocess of this script."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_file = Path(f.name)
+    try:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--checkpoint", str(checkpoint),
+               "--size", f"{height}x{width}", "--frames", str(count), "--threads", str(threads),
+               "--result-file", str(result_file)]
+        done = subprocess.run(cmd, env=_thread_env(threads), capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"variant {variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(result_file.read_text())
+    finally:
+        result_file.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+def _deform_conv_flops(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
+                       **kwargs: Any) -> int:
+    """torchvision::deform_conv2d: 2 x MACs of the weighted sum (the bilinear sampling not counted)."""
+    n, c_out, h, w = out_shape
+    _, c_in_per_group, kh, kw = weight_shape
+    return 2 * n * c_out * c_in_per_group * kh * kw * h * w
+
+
+def count_flops(model: str, height: int, width: int) -> dict[str, float]:
+    """GFLOP per output frame: whole network (b, c) and vsedvr's per-frame work (a).
+
+    vsedvr encodes each input frame once (``frame_features``) and runs ``restore_window`` per
+    output frame, so its work per output frame is one frame's features plus one window. Conv
+    FLOPs are exactly proportional to H x W for sizes that are multiples of 4, so they are counted
+    on a small frame of the same aspect and scaled (checked on two small sizes).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vsedvr.nets import EDVR
+    from vsedvr.nets.deform import fast_path
+
+    custom = {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}  # keyed by overload packet
+    net = EDVR(**MODELS[model]).eval()
+
+    def count(h: int, w: int) -> tuple[int, int, int]:
+        x = torch.rand(1, NUM_FRAMES_T, 3, h, w)
+        with torch.inference_mode(), fast_path(False):
+            features = [net.frame_features(x[:, i]) for i in range(NUM_FRAMES_T)]
+            totals = []
+            for step in (lambda: net(x), lambda: net.frame_features(x[:, 0]),
+                         lambda: net.restore_window(features, x[:, 2])):
+                with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+                    step()
+                totals.append(counter.get_total_flops())
+        return totals[0], totals[1], totals[2]
+
+    small = (16, 16 * width // height // 4 * 4 or 16)
+    a = count(*small)
+    b = count(small[0] * 2, small[1])
+    if any(2 * p != q for p, q in zip(a, b)):
+        raise RuntimeError(f"FLOPs not proportional to the frame area: {a} vs {b}")
+    scale = height * width / (small[0] * small[1])
+    full, features, window_ = (v * scale / 1e9 for v in a)
+    return dict(full=full, features=features, window=window_, plugin=features + window_)
+
+
+# --------------------------------------------------------------------------- DCN micro-benchmark
+
+def dcn_micro(threads: int, repeats: int = 5) -> dict[str, Any]:
+    """Fast path vs torchvision at EDVR-M's L1 shape: 1 x 64 x 180 x 320, 8 deformable groups."""
+    import torch
+    from torchvision.ops import deform_conv2d
+
+    from vsedvr.nets.deform import modulated_deform_conv3x3
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w, groups = 1, 64, 180, 320, 8
+    x = torch.randn(n, c, h, w, generator=g)
+    offset = torch.randn(n, 18 * groups, h, w, generator=g) * 2
+    mask = torch.sigmoid(torch.randn(n, 9 * groups, h, w, generator=g))
+    weight = torch.randn(c, c, 3, 3, generator=g) / 24
+    bias = torch.randn(c, generator=g)
+    times: dict[str, list[float]] = {"torchvision": [], "fast": []}
+    with torch.inference_mode():
+        reference = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+        fast = modulated_deform_conv3x3(x, offset, mask, weight, bias, groups)
+        for _ in range(repeats):  # interleaved
+            for name in times:
+                start = time.perf_counter()
+                if name == "fast":
+                    modulated_deform_conv3x3(x, offset, mask, weight, bias, groups)
+                else:
+                    deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+                times[name].append(time.perf_counter() - start)
+    tv, fa = statistics.median(times["torchvision"]), statistics.median(times["fast"])
+    return dict(shape=[n, c, h, w], groups=groups, torchvision_ms=tv * 1e3, fast_ms=fa * 1e3, speedup=tv / fa,
+                max_abs_diff=(fast - reference).abs().max().item(), times_s=times)
+
+
+# --------------------------------------------------------------------------- main
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import torch
+    import torchvision
+    import vapoursynth as vs
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                cpu=cpu, logical_cpus=os.cpu_count(), threads=threads, python=platform.python_version(),
+                torch=torch.__version__, torchvision=torchvision.__version__,
+                vapoursynth=vs.core.core_version.release_major, platform=platform.platform(),
+                loadavg_start=os.getloadavg())
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, e.g. 64x112, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Variants:\n" + "\n".join(f"  {k:10s} {v}" for k, v in LABELS.items()))
+    parser.add_argument("--models", default="edvrm,edvrl", help="comma-separated: edvrm, edvrl (default: both)")
+    parser.add_argument("--size", type=parse_size, default=(64, 112), metavar="HxW",
+                        help="input frame size, multiples of 4 (default 64x112)")
+    parser.add_argument("--frames", type=int, default=8,
+                        help="frames of the clip = output frames timed (default 8)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads for every variant (default 2)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS + OPTIONAL_VARIANTS)} "
+                             f"(default: {','.join(VARIANTS)})")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="interleaved repetitions; medians are reported (default 1)")
+    parser.add_argument("--no-micro", action="store_true", help="skip the deformable-conv micro-benchmark")
+    parser.add_argument("--omp-wait-policy", default="passive", metavar="POLICY",
+                        help="OMP_WAIT_POLICY of every measured subprocess (default passive: idle OpenMP "
+                             "workers sleep instead of spinning, which on a machine shared with other "
+                             "busy processes otherwise stalls torch ops by milliseconds each); '' keeps "
+                             "the environment's")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    height, width = args.size
+    global _WAIT_POLICY
+    _WAIT_POLICY = args.omp_wait_policy or None
+
+    if args.worker:
+        result = worker(args.worker, args.checkpoint, height, width, args.frames, args.threads)
+        args.result_file.write_text(json.dumps(result))
+        return 0
+
+    models = [m for m in args.models.split(",") if m]
+    variants = [v for v in args.variants.split(",") if v]
+    for m in models:
+        if m not in MODELS:
+            parser.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    for v in variants:
+        if v not in LABELS:
+            parser.error(f"unknown variant {v!r}; choose from {', '.join(LABELS)}")
+    if height % 4 or width % 4:
+        parser.error("--size must be multiples of 4")
+    if args.frames < NUM_FRAMES_T:
+        parser.error(f"--frames must be at least {NUM_FRAMES_T} (the reference windows need it)")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
+    info["omp_wait_policy"] = _WAIT_POLICY or os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    print(f"# {info['date']}  {info['cpu']} ({info['logical_cpus']} logical CPUs), {args.threads} threads, "
+          f"torch {info['torch']}, torchvision {info['torchvision']}, VapourSynth R{info['vapoursynth']}, "
+          f"OMP_WAIT_POLICY {info['omp_wait_policy']}, load average {info['loadavg_start'][0]:.2f}", flush=True)
+    print(f"# input {height}x{width}, {args.frames} frames, repeats {args.repeats}; "
+          f"command: {' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}",
+          flush=True)
+    report: dict[str, Any] = dict(machine=info, size=[height, width], frames=args.frames, repeats=args.repeats,
+                                  models={})
+
+    if not args.no_micro:
+        micro = run_worker("dcn_micro", Path(), height, width, args.frames, args.threads)
+        report["dcn_micro"] = micro
+        print(f"\nDeformable conv 1x64x180x320, 8 groups (median of 5, interleaved): torchvision "
+              f"{micro['torchvision_ms']:.0f} ms, fast {micro['fast_ms']:.0f} ms -> {micro['speedup']:.2f}x; "
+              f"max |diff| {micro['max_abs_diff']:.1e}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
+        for model in models:
+            checkpoint = Path(tmp) / f"{model}_random.pth"
+            make_checkpoint(model, checkpoint)
+            flops = count_flops(model, height, width)
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+            for _ in range(args.repeats):
+                for v in variants:
+                    runs[v].append(run_worker(v, checkpoint, height, width, args.frames, args.threads))
+                    print(f"  {model} {v}: {runs[v][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+            rows = {}
+            for v in variants:
+                seconds = statistics.median(r["seconds"] for r in runs[v])
+                gflop = flops["plugin"] if v.startswith("a_") else flops["full"]
+                rows[v] = dict(seconds=seconds, fps=args.frames / seconds, s_per_frame=seconds / args.frames,
+                               gflop_per_frame=gflop, gflops=gflop * args.frames / seconds,
+                               peak_rss_mib=max(r["peak_rss_mib"] for r in runs[v]),
+                               load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
+            ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
+                      for a in ("a_vspipe", "a_python") for b in ("b_naive", "c_modify", "c_fastdcn")
+                      if a in rows and b in rows}
+            report["models"][model] = dict(flops_gflop=flops, variants=rows, speed_ratios=ratios)
+            _print_model(model, height, width, args.frames, flops, rows, ratios)
+
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _print_model(model: str, height: int, width: int, count: int, flops: dict[str, float],
+                 rows: dict[str, dict[str, Any]], ratios: dict[str, float]) -> None:
+    print(f"\n{model} at {height}x{width} -> {4 * height}x{4 * width}, {count} output frames; GFLOP per output "
+          f"frame: whole network {flops['full']:.1f}, "
+          f"vsedvr (features of 1 frame + 1 window) {flops['plugin']:.1f}")
+    print(f"  {'variant':52s} {'fps':>7s} {'s/frame':>8s} {'GFLOP/s':>8s} {'peak RSS':>9s}")
+    for v, r in rows.items():
+        print(f"  {LABELS[v]:52s} {r['fps']:7.3f} {r['s_per_frame']:8.2f} {r['gflops']:8.1f} "
+              f"{r['peak_rss_mib']:6.0f} MiB")
+    if ratios:
+        print("  speed ratios (fps / fps): " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,590 @@
+"""Train the small EDVR that ships with vsedvr as ``edvr_demo`` (models/edvr_demo-<sha8>.pth).
+
+The official EDVR checkpoints are downloaded on first use; this one is trained by the project
+itself so that the demo and the tests have a model that genuinely restores, offline. It is a
+*demo*: a small network (32 channels, 2 + 5 residual blocks) trained for ~20 minutes on a CPU on
+synthetic clips, not comparable to the official REDS models.
+
+Data: pictures that ship inside the scikit-image wheel (``skimage.data``, read from the installed
+package, hash-checked by scikit-image, never downloaded). A clip is made by moving a crop window
+over one picture: every clip gets its own constant velocity (integer HR pixels per frame, both
+axes, -6..6) plus an integer jitter of -1..1 px per frame, so consecutive LR frames are shifted by
+sub-pixel amounts (HR shifts that are not multiples of 4). No zoom or rotation. LR frames are made
+the way REDS LR frames are (MATLAB ``imresize`` bicubic, i.e. an antialiased bicubic x1/4): here
+``torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)`` on a crop
+with a 16 px margin (so the crop border does not leak into the kernel), clamped to [0, 1] and
+rounded to 8 bits like a PNG. Augmentation: flips, transpose, RGB channel permutation; grey
+pictures are used as three equal channels. The pictures in ``HELD_OUT_IMAGES`` are never used
+for training; ``bench/demo_quality.py`` and the demo use them.
+
+Training: Charbonnier loss (eps 1e-3, i.e. sqrt(d^2 + 1e-6)), Adam (betas 0.9/0.99), linear
+warm-up, cosine decay to 1e-6, gradient-norm clip 1.0, HR 64x64 / LR 16x16 patches, batch 8, 5
+frames. Deformable convs use an equivalent ``grid_sample`` formulation during training only (7x
+faster backward on CPU than ``torchvision.ops.deform_conv2d``; checked against it at start-up);
+the saved weights are plain EDVR weights.
+
+Deterministic for a given ``--seed`` and ``--steps``: the batches are drawn from a seeded
+generator and the network is initialised from ``--seed``. The schedule's progress is
+``max(step / steps, elapsed / budget)``, and training stops when it reaches 1, so a run always
+ends within ``--minutes``. Without ``--steps`` (the default) the schedule follows the wall clock
+alone: on a shared CPU whose speed varies from minute to minute this uses the whole budget, but
+the number of steps (recorded in the file's meta, with what stopped the run) then depends on the
+machine's load; ``--steps N`` with a generous ``--minutes`` gives a step-based, exactly
+repeatable run (the same batches and initialisation; the learning-rate curve then follows steps).
+
+The checkpoint uses mmediting's layout (``{'meta': {...}, 'state_dict': {'generator.<key>'}}``,
+legacy non-zip serialisation) and is written as ``<out-dir>/edvr_demo-<first 8 hex of its
+SHA-256>.pth``. Update ``vsedvr/zoo/registry.py`` when the name changes.
+
+Usage::
+
+    .venv/bin/python tools/train_demo.py                 # ~22 min of training + evaluation
+    .venv/bin/python tools/train_demo.py --minutes 1 --out-dir /tmp/smoke   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import math
+import os
+import sys
+import tempfile
+import time
+import types
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# With the CPU shared, OpenMP's default spin-waiting makes torch 3-10x slower; sleep instead.
+# Only effective before torch starts its thread pool (i.e. when this module imports torch first).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCALE = 4
+NUM_FRAMES = 5
+CENTER = NUM_FRAMES // 2
+
+#: Architecture of ``edvr_demo`` (``vsedvr.nets.EDVR`` keyword arguments).
+ARCH: dict[str, Any] = {
+    "num_in_ch": 3,
+    "num_out_ch": 3,
+    "num_feat": 32,
+    "num_frame": NUM_FRAMES,
+    "deformable_groups": 8,
+    "num_extract_block": 2,
+    "num_reconstruct_block": 5,
+    "center_frame_idx": CENTER,
+    "hr_in": False,
+    "with_predeblur": False,
+    "with_tsa": True,
+}
+
+#: Pictures used for training (skimage.data names; motorcycle_left/right = stereo_motorcycle()).
+TRAIN_IMAGES = (
+    "astronaut", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field",
+    "retina", "camera", "brick", "grass", "gravel", "moon", "coins", "page", "text", "cell",
+)
+#: Pictures never used for training: evaluation and demo only.
+HELD_OUT_IMAGES = ("chelsea", "coffee", "rocket")
+#: In the wheel but used for neither: duplicates of a held-out picture, or synthetic / blurred / tiny.
+EXCLUDED_IMAGES = {
+    "cat": "the same picture as chelsea (held out)",
+    "clock": "motion-blurred on purpose",
+    "colorwheel": "synthetic",
+    "checkerboard": "synthetic",
+    "logo": "synthetic, RGBA",
+    "horse": "binary silhouette",
+    "binary_blobs": "synthetic",
+    "microaneurysms": "102x102, too small",
+}
+
+MAX_SPEED = 6   # HR px per frame, per axis
+JITTER = 1      # HR px per frame, per axis
+MARGIN = 16     # HR px around a crop before downscaling (multiple of SCALE)
+EVAL_SEED = 20240601
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _skimage_array(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name in ("motorcycle_left", "motorcycle_right"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name == "motorcycle_left" else right
+    return getattr(skimage.data, name)()
+
+
+@functools.lru_cache(maxsize=None)
+def load_image(name: str) -> Tensor:
+    """A ``skimage.data`` picture as float32 RGB (3, H, W) in [0, 1] (grey: three equal channels).
+
+    Only pictures inside the scikit-image wheel are used: scikit-image finds them in its own
+    package folder (hash-checked), so nothing is downloaded.
+    """
+    arr = _skimage_array(name)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.dtype != np.uint8:
+        raise ValueError(f"skimage.data.{name}: unexpected dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+
+
+def downscale(hr: Tensor) -> Tensor:
+    """x1/4 the way REDS LR frames are made: antialiased bicubic, clamped, rounded to 8 bits.
+
+    :param hr: (..., 3, H, W) in [0, 1], H and W multiples of 4.
+    """
+    lead = hr.shape[:-3]
+    flat = hr.reshape(-1, *hr.shape[-3:])
+    h, w = flat.shape[-2:]
+    lr = F.interpolate(flat, size=(h // SCALE, w // SCALE), mode="bicubic", antialias=True,
+                       align_corners=False)
+    lr = lr.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
+    return lr.reshape(*lead, *lr.shape[-3:])
+
+
+def motion_path(rng: np.random.Generator, num_frames: int, max_speed: int = MAX_SPEED,
+                jitter: int = JITTER) -> tuple[np.ndarray, np.ndarray]:
+    """Integer HR offsets (dy, dx) of each frame's crop window: constant velocity + jitter, min 0."""
+    vy, vx = rng.integers(-max_speed, max_speed + 1, size=2)
+    jit = rng.integers(-jitter, jitter + 1, size=(num_frames, 2))
+    t = np.arange(num_frames)
+    dy = t * vy + jit[:, 0]
+    dx = t * vx + jit[:, 1]
+    return dy - dy.min(), dx - dx.min()
+
+
+def synth_clip(image: Tensor, rng: np.random.Generator, hr_size: tuple[int, int], num_frames: int,
+               *, max_speed: int = MAX_SPEED, jitter: int = JITTER,
+               min_std: float = 0.0, tries: int = 1) -> tuple[Tensor, Tensor]:
+    """A moving-crop clip from one picture.
+
+    :returns: (lr (T, 3, h, w), hr (T, 3, 4h, 4w)); frame t of hr is the picture's crop at
+        (y0 + dy[t], x0 + dx[t]) and lr is its antialiased bicubic x1/4.
+    """
+    hh, hw = hr_size
+    if hh % SCALE or hw % SCALE:
+        raise ValueError(f"HR size {hr_size} is not a multiple of {SCALE}")
+    _, ih, iw = image.shape
+    dy, dx = motion_path(rng, num_frames, max_speed, jitter)
+    need_h, need_w = hh + 2 * MARGIN + int(dy.max()), hw + 2 * MARGIN + int(dx.max())
+    if need_h > ih or need_w > iw:
+        raise ValueError(f"picture {ih}x{iw} too small for a {hh}x{hw} clip with this motion")
+    for attempt in range(tries):
+        y0 = int(rng.integers(0, ih - need_h + 1))
+        x0 = int(rng.integers(0, iw - need_w + 1))
+        centre = image[:, y0 + dy[num_frames // 2] + MARGIN: y0 + dy[num_frames // 2] + MARGIN + hh,
+                       x0 + dx[num_frames // 2] + MARGIN: x0 + dx[num_frames // 2] + MARGIN + hw]
+        if attempt == tries - 1 or float(centre.std()) >= min_std:
+            break
+    big = torch.stack([
+        image[:, y0 + dy[t]: y0 + dy[t] + hh + 2 * MARGIN, x0 + dx[t]: x0 + dx[t] + hw + 2 * MARGIN]
+        for t in range(num_frames)
+    ])
+    m = MARGIN // SCALE
+    lr = downscale(big)[..., m: m + hh // SCALE, m: m + hw // SCALE]
+    hr = big[..., MARGIN: MARGIN + hh, MARGIN: MARGIN + hw]
+    return lr.contiguous(), hr.contiguous()
+
+
+def training_batch(images: Sequence[Tensor], rng: np.random.Generator, batch: int,
+                   hr_patch: int, max_speed: int = MAX_SPEED) -> tuple[Tensor, Tensor]:
+    """(lr (B, T, 3, p/4, p/4), hr centre frames (B, 3, p, p)), augmented."""
+    lrs, hrs = [], []
+    for _ in range(batch):
+        image = images[int(rng.integers(len(images)))]
+        lr, hr = synth_clip(image, rng, (hr_patch, hr_patch), NUM_FRAMES, max_speed=max_speed,
+                            min_std=0.03, tries=5)
+        hr = hr[CENTER]
+        if rng.random() < 0.5:
+            lr, hr = lr.flip(-1), hr.flip(-1)
+        if rng.random() < 0.5:
+            lr, hr = lr.flip(-2), hr.flip(-2)
+        if rng.random() < 0.5:
+            lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
+        perm = torch.from_numpy(rng.permutation(3))
+        lrs.append(lr[:, perm])
+        hrs.append(hr[perm])
+    return torch.stack(lrs).contiguous(), torch.stack(hrs).contiguous()
+
+
+def heldout_clips(images: Sequence[str] = HELD_OUT_IMAGES, clips_per_image: int = 4,
+                  lr_size: tuple[int, int] = (32, 48), seed: int = EVAL_SEED,
+                  max_speed: int = MAX_SPEED) -> list[tuple[str, Tensor, Tensor]]:
+    """Evaluation clips: [(picture, lr (5, 3, h, w), hr centre (3, 4h, 4w))], same motion model."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in images:
+        image = load_image(name)
+        for _ in range(clips_per_image):
+            lr, hr = synth_clip(image, rng, (lr_size[0] * SCALE, lr_size[1] * SCALE), NUM_FRAMES,
+                                max_speed=max_speed, min_std=0.03, tries=5)
+            out.append((name, lr, hr[CENTER]))
+    return out
+
+
+def demo_clip(image: str = "coffee", length: int = 24, lr_size: tuple[int, int] = (64, 96),
+              velocity: tuple[int, int] = (1, 3)) -> tuple[Tensor, Tensor]:
+    """The clip of ``make demo``: a steady pan over a held-out picture, no jitter.
+
+    ``velocity`` is in HR px per frame (rows, columns): (1, 3) moves the LR content by 1/4 and
+    3/4 px per frame. The window starts at the picture's centre region.
+
+    :returns: (lr (L, 3, h, w), hr (L, 3, 4h, 4w)), float32 in [0, 1].
+    """
+    pic = load_image(image)
+    hh, hw = lr_size[0] * SCALE, lr_size[1] * SCALE
+    dy = np.arange(length) * velocity[0]
+    dx = np.arange(length) * velocity[1]
+    dy, dx = dy - dy.min(), dx - dx.min()
+    _, ih, iw = pic.shape
+    need_h, need_w = hh + 2 * MARGIN + int(dy.max()), hw + 2 * MARGIN + int(dx.max())
+    if need_h > ih or need_w > iw:
+        raise ValueError(f"{image} ({ih}x{iw}) is too small for this demo clip")
+    y0, x0 = (ih - need_h) // 2, (iw - need_w) // 2
+    big = torch.stack([
+        pic[:, y0 + dy[t]: y0 + dy[t] + hh + 2 * MARGIN, x0 + dx[t]: x0 + dx[t] + hw + 2 * MARGIN]
+        for t in range(length)
+    ])
+    m = MARGIN // SCALE
+    lr = downscale(big)[..., m: m + lr_size[0], m: m + lr_size[1]]
+    return lr.contiguous(), big[..., MARGIN: MARGIN + hh, MARGIN: MARGIN + hw].contiguous()
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Clamp to [0, 1] and round to 8 bits (how mmedit/BasicSR write images before metrics)."""
+    return x.clamp(0.0, 1.0).mul(255.0).round()
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR (dB) over all RGB values, after rounding both to 8 bits (mmedit REDS4 convention)."""
+    mse = float((to_uint8(a) - to_uint8(b)).double().pow(2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def bicubic_up(lr: Tensor) -> Tensor:
+    """Plain bicubic x4 (``F.interpolate``, align_corners=False, a=-0.75) of (..., 3, h, w)."""
+    flat = lr.reshape(-1, *lr.shape[-3:])
+    up = F.interpolate(flat, scale_factor=SCALE, mode="bicubic", align_corners=False)
+    return up.reshape(*lr.shape[:-2], *up.shape[-2:])
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, clips: Sequence[tuple[str, Tensor, Tensor]]) -> dict[str, Any]:
+    """Mean PSNR of EDVR on the clip, bicubic of the centre frame, EDVR fed 5 copies of it.
+
+    :returns: {"restored", "bicubic", "copies": overall means; "per_image": {name: {...}}, "clips": n}
+    """
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name, lr, hr in clips:
+        x = lr.unsqueeze(0)
+        copies = lr[CENTER].expand(NUM_FRAMES, *lr.shape[1:]).unsqueeze(0)
+        r = rows.setdefault(name, {"restored": [], "bicubic": [], "copies": []})
+        r["restored"].append(psnr(net(x)[0], hr))
+        r["bicubic"].append(psnr(bicubic_up(lr[CENTER]), hr))
+        r["copies"].append(psnr(net(copies)[0], hr))
+    kinds = ("restored", "bicubic", "copies")
+    result: dict[str, Any] = {k: float(np.mean([v for r in rows.values() for v in r[k]])) for k in kinds}
+    result["per_image"] = {n: {k: float(np.mean(r[k])) for k in kinds} for n, r in rows.items()}
+    result["clips"] = len(clips)
+    return result
+
+
+# ---------------------------------------------------------------------------- network
+
+
+def _dcn_grid_sample(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor,
+                     groups: int) -> Tensor:
+    """``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)`` for a 3x3
+    kernel, written with ``grid_sample`` (align_corners=True maps pixel p to 2p/(n-1)-1; zero
+    padding drops out-of-image corners, as mmcv/torchvision do)."""
+    n, c, h, w = x.shape
+    taps = 9
+    off = offset.reshape(n, groups, taps, 2, h, w)
+    ki = (torch.arange(3, dtype=x.dtype) - 1).repeat_interleave(3).view(1, 1, taps, 1, 1)
+    kj = (torch.arange(3, dtype=x.dtype) - 1).repeat(3).view(1, 1, taps, 1, 1)
+    ys = torch.arange(h, dtype=x.dtype).view(1, 1, 1, h, 1)
+    xs = torch.arange(w, dtype=x.dtype).view(1, 1, 1, 1, w)
+    gy = (ys + ki + off[:, :, :, 0]) * (2.0 / max(h - 1, 1)) - 1.0
+    gx = (xs + kj + off[:, :, :, 1]) * (2.0 / max(w - 1, 1)) - 1.0
+    grid = torch.stack([gx, gy], dim=-1).reshape(n * groups, taps * h, w, 2)
+    sampled = F.grid_sample(x.reshape(n * groups, c // groups, h, w), grid, mode="bilinear",
+                            padding_mode="zeros", align_corners=True)
+    sampled = sampled.view(n, groups, c // groups, taps, h, w) * mask.reshape(n, groups, 1, taps, h, w)
+    out = torch.matmul(weight.reshape(weight.shape[0], c * taps), sampled.reshape(n, c * taps, h * w))
+    return out.view(n, -1, h, w) + bias.view(1, -1, 1, 1)
+
+
+def _fast_dcn_forward(self: Any, x: Tensor, offset_feat: Tensor) -> Tensor:
+    om = self.conv_offset(offset_feat)
+    k = 2 * self.deformable_groups * 9
+    return _dcn_grid_sample(x, om[:, :k], torch.sigmoid(om[:, k:]), self.weight, self.bias,
+                            self.deformable_groups)
+
+
+def use_grid_sample_dcn(net: torch.nn.Module) -> None:
+    """Switch every DCNPack of *net* to the grid_sample formulation (training speed only)."""
+    from vsedvr.nets.blocks import DCNPack
+
+    for module in net.modules():
+        if isinstance(module, DCNPack):
+            module.forward = types.MethodType(_fast_dcn_forward, module)
+
+
+def check_grid_sample_dcn() -> float:
+    """Max |difference| between the grid_sample DCN and torchvision's on a random input."""
+    from torchvision.ops import deform_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w, groups = 2, 16, 12, 20, 4
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    offset = torch.randn(n, 2 * groups * 9, h, w, generator=g, dtype=torch.float64) * 4
+    mask = torch.rand(n, groups * 9, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(c, c, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(c, generator=g, dtype=torch.float64)
+    ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    return float((ref - _dcn_grid_sample(x, offset, mask, weight, bias, groups)).abs().max())
+
+
+# ---------------------------------------------------------------------------- checkpoint
+
+_TO_MMEDIT_RENAMES = (
+    ("conv_l2_1", "feat_l2_conv1"),
+    ("conv_l2_2", "feat_l2_conv2"),
+    ("conv_l3_1", "feat_l3_conv1"),
+    ("conv_l3_2", "feat_l3_conv2"),
+    ("pcd_align", "pcd_alignment"),
+    ("upconv1", "upsample1.upsample_conv"),
+    ("upconv2", "upsample2.upsample_conv"),
+)
+# Modules that are mmcv ConvModules in mmedit (their conv sits under ".conv").
+_CONV_MODULES = (
+    "feat_l2_conv1", "feat_l2_conv2", "feat_l3_conv1", "feat_l3_conv2",
+    "pcd_alignment.offset_conv1.", "pcd_alignment.offset_conv2.", "pcd_alignment.offset_conv3.",
+    "pcd_alignment.feat_conv.", "pcd_alignment.cas_offset_conv1", "pcd_alignment.cas_offset_conv2",
+    "fusion.feat_fusion", "fusion.spatial_attn1", "fusion.spatial_attn2", "fusion.spatial_attn3",
+    "fusion.spatial_attn4", "fusion.spatial_attn_l1", "fusion.spatial_attn_l2",
+    "fusion.spatial_attn_l3", "fusion.spatial_attn_add1",
+)
+
+
+def basicsr_to_mmedit_key(key: str) -> str:
+    """Inverse of ``vsedvr.zoo.checkpoint.convert_mmedit_key`` for EDVR without pre-deblur."""
+    for old, new in _TO_MMEDIT_RENAMES:
+        if key == old or key.startswith(old + "."):
+            key = new + key[len(old):]
+    module, _, param = key.rpartition(".")
+    if any(module.startswith(m) if m.endswith(".") else module == m for m in _CONV_MODULES):
+        module += ".conv"
+    return f"generator.{module}.{param}"
+
+
+def mmedit_state_dict(net: torch.nn.Module) -> OrderedDict[str, Tensor]:
+    """The network's weights under mmediting's EDVRNet names, checked to convert back exactly."""
+    from vsedvr.zoo.checkpoint import convert_mmedit_key
+
+    out: OrderedDict[str, Tensor] = OrderedDict()
+    for key, tensor in net.state_dict().items():
+        mm = basicsr_to_mmedit_key(key)
+        if convert_mmedit_key(mm) != key:
+            raise RuntimeError(f"key {key!r} -> {mm!r} does not convert back")
+        out[mm] = tensor.detach().clone().contiguous()
+    return out
+
+
+def save_checkpoint(net: torch.nn.Module, meta: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``out_dir/edvr_demo-<sha8>.pth`` (mmedit layout, legacy non-zip format)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="edvr_demo.", suffix=".part", dir=out_dir)
+    os.close(fd)
+    try:
+        torch.save({"meta": meta, "state_dict": mmedit_state_dict(net)}, tmp,
+                   _use_new_zipfile_serialization=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the file ships inside the package
+        torch.load(tmp, map_location="cpu", weights_only=True)  # what vsedvr's loader will do
+        sha = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        dest = out_dir / f"edvr_demo-{sha[:8]}.pth"
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def lr_at(step: int, progress: float, base: float, warmup: int, final: float = 1e-6) -> float:
+    cos = final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cos * min(1.0, (step + 1) / warmup) if warmup else cos
+
+
+def _loss_summary(losses: list[float], buckets: int = 20) -> dict[str, Any]:
+    if not losses:
+        return {}
+    parts = np.array_split(np.asarray(losses), min(buckets, len(losses)))
+    return {
+        "bucket_means": [round(float(p.mean()), 6) for p in parts],
+        "bucket_size": len(parts[0]),
+        "first_50_mean": round(float(np.mean(losses[:50])), 6),
+        "last_100_mean": round(float(np.mean(losses[-100:])), 6),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=22.0,
+                   help="wall-clock budget of the training loop (evaluation and saving come after)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="schedule length in steps; 0 = follow the wall clock (--minutes)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=64, help="HR patch size (LR = patch / 4)")
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--max-speed", type=int, default=MAX_SPEED, help="HR px per frame, per axis")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-clips", type=int, default=4, help="held-out clips per held-out picture")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "models")
+    p.add_argument("--log-every", type=int, default=25)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started_wall = time.monotonic()
+    torch.set_num_threads(args.threads)
+    import skimage
+    import torchvision
+
+    from vsedvr.nets import EDVR
+
+    diff = check_grid_sample_dcn()
+    if diff > 1e-9:
+        raise SystemExit(f"grid_sample DCN differs from torchvision's by {diff}")
+    images = [load_image(name) for name in TRAIN_IMAGES]
+    print(f"train_demo: {len(images)} training pictures, held out: {', '.join(HELD_OUT_IMAGES)}; "
+          f"grid_sample DCN check max diff {diff:.1e}", flush=True)
+
+    torch.manual_seed(args.seed)
+    net = EDVR(**ARCH)
+    net.train()
+    use_grid_sample_dcn(net)
+    params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    rng = np.random.default_rng(args.seed)
+
+    budget = args.minutes * 60.0
+    total = args.steps  # 0: the schedule follows the wall clock
+    losses: list[float] = []
+    stopped_by = "steps" if total else "time"
+    t0 = time.monotonic()
+    step = 0
+    try:
+        while True:
+            time_progress = (time.monotonic() - t0) / budget
+            step_progress = step / total if total else 0.0
+            if step_progress >= 1.0:
+                break
+            if time_progress >= 1.0:
+                stopped_by = "time"
+                break
+            lr = lr_at(step, max(step_progress, time_progress), args.lr, args.warmup)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = training_batch(images, rng, args.batch, args.patch, args.max_speed)
+            loss = charbonnier(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if step % args.log_every == 0:
+                print(f"step {step:5d}/{total or 'clock'}  loss {np.mean(losses[-args.log_every:]):.5f}  "
+                      f"lr {lr:.2e}  {time.monotonic() - t0:7.1f} s", flush=True)
+    except KeyboardInterrupt:
+        stopped_by = "interrupted"
+        print("train_demo: interrupted, saving what there is", flush=True)
+    train_seconds = time.monotonic() - t0
+
+    # Plain EDVR (torchvision deformable convs) with the trained weights, for evaluation and saving.
+    final = EDVR(**ARCH)
+    final.load_state_dict(net.state_dict())
+    final.eval().requires_grad_(False)
+    scores = evaluate(final, heldout_clips(clips_per_image=args.eval_clips))
+    meta = {
+        "vsedvr_model": "edvr_demo",
+        "description": "small demo EDVR trained by vsedvr tools/train_demo.py on synthetic motion "
+                       "over scikit-image pictures; not comparable to the official models",
+        "arch": dict(ARCH),
+        "params": params,
+        "config": {
+            "seed": args.seed, "batch": args.batch, "hr_patch": args.patch,
+            "lr_patch": args.patch // SCALE, "num_frames": NUM_FRAMES, "scale": SCALE,
+            "loss": "charbonnier eps=1e-3 (sqrt(d^2+1e-6)), mean",
+            "optimizer": "Adam betas=(0.9, 0.99), grad-norm clip 1.0",
+            "lr": args.lr, "warmup_steps": args.warmup,
+            "schedule": "linear warm-up, then cosine to 1e-6 over progress = "
+                        + ("max(step/steps, elapsed/budget)" if args.steps else "elapsed/budget (wall clock)"),
+            "minutes_budget": args.minutes, "steps_requested": args.steps, "threads": args.threads,
+            "motion": f"per clip constant integer HR velocity in [-{args.max_speed}, {args.max_speed}] px/frame "
+                      f"per axis + per-frame integer jitter in [-{JITTER}, {JITTER}]; no zoom",
+            "degradation": "torch.nn.functional.interpolate(mode='bicubic', antialias=True, "
+                           f"align_corners=False) x1/4 on a crop with a {MARGIN} px margin, "
+                           "clamped, rounded to 8 bits",
+            "augmentation": "h/v flip, transpose, RGB channel permutation; grey pictures as 3 equal "
+                            "channels; crops with centre-frame std < 0.03 redrawn (up to 5 tries)",
+            "dcn_during_training": "grid_sample formulation (equivalent to torchvision deform_conv2d)",
+        },
+        "steps": step,
+        "stopped_by": stopped_by,
+        "train_seconds": round(train_seconds, 1),
+        "image_source": f"skimage.data (scikit-image {skimage.__version__}, files inside the wheel)",
+        "train_images": list(TRAIN_IMAGES),
+        "held_out_images": list(HELD_OUT_IMAGES),
+        "excluded_images": dict(EXCLUDED_IMAGES),
+        "loss_curve": _loss_summary(losses),
+        "heldout_psnr": {"metric": "RGB PSNR of 8-bit-rounded images, no border crop",
+                         "lr_size": [32, 48], "seed": EVAL_SEED, **scores},
+        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
+        "torchvision_version": str(torchvision.__version__),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = save_checkpoint(final, meta, args.out_dir)
+    print(f"train_demo: {step} steps in {train_seconds:.0f} s (stopped by {stopped_by}), "
+          f"last-100 loss {meta['loss_curve'].get('last_100_mean')}", flush=True)
+    print(f"train_demo: held-out PSNR restored {scores['restored']:.2f} dB, bicubic "
+          f"{scores['bicubic']:.2f} dB, 5 copies {scores['copies']:.2f} dB ({scores['clips']} clips)",
+          flush=True)
+    print(f"train_demo: wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
+          f"{time.monotonic() - started_wall:.0f} s total", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Fast modulated deformable 3x3 convolution (DCNv2) for inference on CPU.
+
+:func:`modulated_deform_conv3x3` computes the same function as
+``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)`` for the
+3x3 / stride 1 / padding 1 / dilation 1 convolutions of EDVR (edvr-facts.md §5), to float
+rounding: the sampling positions, their integer parts and the bilinear fractions are the same
+floating-point operations as in torchvision's kernel; only the order of the final sums differs.
+
+How, per image and per band of output rows:
+
+1. The input goes into a zero-padded, channels-last table with one row per (deformable group,
+   padded pixel) holding that group's ``C / G`` channels.
+2. Every sample (output pixel, group, tap) gets the table rows of its 4 bilinear corners and
+   their weights (bilinear weight x mask). Out-of-image samples need no test: their position
+   is clamped into the padding, whose rows are zero, which gives torchvision's rule (a sample
+   counts only when -1 < y < H and -1 < x < W; corners outside the image read 0).
+3. ``F.embedding_bag(mode="sum", per_sample_weights=...)`` gathers and weights the corners in
+   one fused kernel. Its output, one row of ``G * 9 * C / G`` samples per output pixel, is the
+   im2col matrix; one matrix product with the reordered weight finishes the band.
+
+Threads. torchvision's kernel runs its sampling on one thread. Here the bands are spread over
+a small pool of Python threads (as many as ``torch.get_num_threads()``), each band running
+single-threaded, while torch's intra-op thread count is held at 1 for the duration of the call
+(:func:`_band_threads`). The alternative, OpenMP-parallel ops, means ~30 parallel regions per
+band; on a loaded machine each can wait for a preempted or spin-waiting worker. Measured on the
+shared 2-core development machine while another process kept both cores busy (1 x 64 x 180 x
+320, 8 groups, 2 threads): 0.25 s this way, 4.5 s with OpenMP-parallel ops (0.24 s with
+``OMP_WAIT_POLICY=passive``), 0.8 s for torchvision.
+
+Memory is bounded by ``chunk_elements`` per band and thread, whatever the frame size.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import deform_conv2d
+
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "deform_conv3x3", "fast_path", "modulated_deform_conv3x3", "use_fast_path"]
+
+_TAPS = 9
+# Zero padding of the sampling table: 2 rows/columns before the image, 3 after. Positions are
+# clamped to [-2, H + 1] x [-2, W + 1]; an out-of-image sample then has both corner rows (or
+# both corner columns) in the padding, and the high corner of H + 1 is row H + 2, the last one.
+_PAD_BEFORE = 2
+_PAD_AFTER = 3
+
+#: Default size of one band's column matrix, in elements (output pixels x C x 9): 8 MiB in
+#: float32. About 3x as much again is held per band for corner rows, weights and temporaries.
+DEFAULT_CHUNK_ELEMENTS = 1 << 21
+
+_enabled = True
+
+
+@contextmanager
+def fast_path(enabled: bool) -> Iterator[None]:
+    """Enable or disable the fast path of :func:`deform_conv3x3` (process-wide) inside a ``with``.
+
+    ``with fast_path(False):`` makes every :class:`~vsedvr.nets.blocks.DCNPack` use
+    torchvision's kernel, e.g. to compare against the reference.
+    """
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def use_fast_path(x: Tensor) -> bool:
+    """Whether :func:`deform_conv3x3` takes the fast path for input ``x``.
+
+    Only when enabled (:func:`fast_path`), without autograd (``torch.no_grad`` or
+    ``torch.inference_mode``: training keeps torchvision's differentiable op), and on CPU in
+    float32/float64, the case it was written and measured for; torchvision's CUDA kernel is
+    already parallel.
+    """
+    return (_enabled and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64))
+
+
+def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
+                   deformable_groups: int) -> Tensor:
+    """3x3 / stride 1 / pad 1 modulated deformable conv: :func:`modulated_deform_conv3x3` when
+    :func:`use_fast_path` allows it, else ``torchvision.ops.deform_conv2d``. Same arguments as
+    :func:`modulated_deform_conv3x3`."""
+    if use_fast_path(x):
+        return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
+    return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
+
+def _check(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
+           groups: int) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if groups < 1 or c % groups:
+        raise ValueError(f"deformable_groups ({groups}) must divide the channel count ({c})")
+    if tuple(offset.shape) != (n, 2 * _TAPS * groups, h, w):
+        raise ValueError(f"offset must have shape {(n, 2 * _TAPS * groups, h, w)}, got {tuple(offset.shape)}")
+    if mask is not None and tuple(mask.shape) != (n, _TAPS * groups, h, w):
+        raise ValueError(f"mask must have shape {(n, _TAPS * groups, h, w)}, got {tuple(mask.shape)}")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (c, 3, 3):
+        raise ValueError(f"weight must have shape (C_out, {c}, 3, 3), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+class _Geometry(NamedTuple):
+    height: int
+    width: int
+    wp: int  # padded row length of the table
+
+
+def modulated_deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor,
+                             bias: Tensor | None, deformable_groups: int, *,
+                             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Tensor:
+    """Modulated deformable 3x3 convolution, stride 1, padding 1, dilation 1, groups 1.
+
+    Same result as ``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1,
+    mask=mask)`` to float rounding. Not differentiable (meant for ``torch.no_grad`` /
+    ``torch.inference_mode``); any device, float32 or float64, tuned for CPU.
+
+    Args:
+        x: Input, shape (N, C, H, W).
+        offset: (N, 18 G, H, W); channel ``18 g + 2 k`` is the row shift (dy) and
+            ``18 g + 2 k + 1`` the column shift (dx) of tap ``k = 3 i + j`` in group ``g``.
+        mask: (N, 9 G, H, W), channel ``9 g + k``; None means all ones.
+        weight: (C_out, C, 3, 3).
+        bias: (C_out,) or None.
+        deformable_groups: G; must divide C.
+        chunk_elements: Target size of one band's column matrix (output pixels x C x 9).
+
+    Returns:
+        Output, shape (N, C_out, H, W), dtype and device of ``x``.
+
+    Raises:
+        ValueError: On inconsistent shapes.
+    """
+    _check(x, offset, mask, weight, bias, deformable_groups)
+    n, c, height, width = x.shape
+    groups = deformable_groups
+    cg = c // groups
+    c_out = weight.shape[0]
+    device, dtype = x.device, x.dtype
+    offset = offset.to(dtype)
+    mask = mask.to(dtype) if mask is not None else None
+
+    hp, wp = height + _PAD_BEFORE + _PAD_AFTER, width + _PAD_BEFORE + _PAD_AFTER
+    table_rows = groups * hp * wp
+    index_dtype = torch.int32 if table_rows < 2**31 - 1 else torch.int64
+    geometry = _Geometry(height, width, wp)
+
+    # The weight in the column order of the gathered matrix: (C_out, (group, tap, channel)).
+    w_rows = (weight.to(dtype).reshape(c_out, groups, cg, _TAPS).permute(0, 1, 3, 2)
+              .reshape(c_out, groups * _TAPS * cg))
+    bias_col = bias.to(dtype).view(c_out, 1) if bias is not None else None
+    # Integer base positions y - 1 + i and x - 1 + j of every (output row | column, group, tap),
+    # as floats: (H, 1, 9 G) and (1, W, 9 G).
+    taps = torch.arange(_TAPS, device=device).repeat(groups)
+    base_y = (torch.arange(height, device=device).view(height, 1, 1) - 1 + taps // 3).to(dtype)
+    base_x = (torch.arange(width, device=device).view(1, width, 1) - 1 + taps % 3).to(dtype)
+    # Table row of image pixel (0, 0) in the group of each (group, tap).
+    group_start = (torch.arange(groups, device=device, dtype=index_dtype).repeat_interleave(_TAPS) * (hp * wp)
+                   + (_PAD_BEFORE * wp + _PAD_BEFORE))
+
+    out = torch.empty(n, c_out, height * width, device=device, dtype=dtype)
+    tables = []
+    for i in range(n):
+        # (G * hp * wp, C / G): one row per (group, padded pixel), zero outside the image.
+        table = torch.zeros(groups, hp, wp, cg, device=device, dtype=dtype)
+        table[:, _PAD_BEFORE:_PAD_BEFORE + height, _PAD_BEFORE:_PAD_BEFORE + width] = (
+            x[i].reshape(groups, cg, height, width).permute(0, 2, 3, 1))
+        tables.append(table.view(table_rows, cg))
+
+    rows_per_band = max(1, min(height, chunk_elements // max(1, width * c * _TAPS)))
+
+    def band(i: int, r0: int) -> None:
+        r1 = min(height, r0 + rows_per_band)
+        # Corner table rows and weights of every sample, (R, W, 9 G, 4): the order in which
+        # embedding_bag emits its rows, one row of im2col per output pixel.
+        shape = (r1 - r0, width, groups * _TAPS, 4)
+        index = torch.empty(shape, device=device, dtype=index_dtype)
+        weights = torch.empty(shape, device=device, dtype=dtype)
+        _corners(offset[i, :, r0:r1].permute(1, 2, 0),
+                 None if mask is None else mask[i, :, r0:r1].permute(1, 2, 0),
+                 base_y[r0:r1], base_x, group_start, geometry, index, weights)
+        samples = index.numel() // 4
+        cols = F.embedding_bag(index.view(samples, 4), tables[i], mode="sum",
+                               per_sample_weights=weights.view(samples, 4))
+        # (C_out, K) @ (K, pixels), written straight into the output rows.
+        cols_t = cols.view((r1 - r0) * width, -1).t()
+        target = out[i, :, r0 * width:r1 * width]
+        if bias_col is None:
+            torch.mm(w_rows, cols_t, out=target)
+        else:
+            torch.addmm(bias_col, w_rows, cols_t, out=target)
+
+    bands = [(i, r0) for i in range(n) for r0 in range(0, height, rows_per_band)]
+    if device.type != "cpu":
+        for i, r0 in bands:
+            band(i, r0)
+    else:
+        with _band_threads(len(bands)) as pool:
+            if pool is None:
+                for i, r0 in bands:
+                    band(i, r0)
+            else:
+                # Grad mode and inference mode are thread-local: carry them into the workers.
+                grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+                def job(i: int, r0: int) -> None:
+                    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                        band(i, r0)
+
+                for future in [pool.submit(job, i, r0) for i, r0 in bands]:
+                    future.result()
+    return out.view(n, c_out, height, width)
+
+
+def _corners(offset: Tensor, mask: Tensor | None, base_y: Tensor, base_x: Tensor, group_start: Tensor,
+             geo: _Geometry, index: Tensor, weights: Tensor) -> None:
+    """Table rows and weights of the 4 bilinear corners of every sample of a band.
+
+    Args:
+        offset: (R, W, 18 G) offsets of the band's output pixels (any strides).
+        mask: (R, W, 9 G) or None.
+        base_y: (R, 1, 9 G) integer row positions y - 1 + i, as floats.
+        base_x: (1, W, 9 G) integer column positions x - 1 + j, as floats.
+        group_start: (9 G,) table row of image pixel (0, 0) in each sample's group.
+        geo: Frame size and padded row length.
+        index: Output (R, W, 9 G, 4), table rows of the corners (y0, x0), (y0, x0 + 1),
+            (y0 + 1, x0), (y0 + 1, x0 + 1).
+        weights: Output (R, W, 9 G, 4), their bilinear weights times the mask.
+    """
+    # Sampling positions: the same float operation as torchvision's (integer base + offset).
+    py = offset[..., 0::2] + base_y
+    px = offset[..., 1::2] + base_x
+    # Out-of-image samples: moving them into the zero padding makes all 4 corners read 0, which
+    # is torchvision's rule (a sample counts only when -1 < y < H and -1 < x < W); positions in
+    # (-2, H + 1) are untouched, and those outside (-1, H) read padding rows anyway.
+    py.clamp_(-_PAD_BEFORE, geo.height + 1)
+    px.clamp_(-_PAD_BEFORE, geo.width + 1)
+    y0 = torch.floor(py)
+    x0 = torch.floor(px)
+    ly = py.sub_(y0)  # y - floor(y), rounded as in torchvision
+    lx = px.sub_(x0)
+    hy = 1 - ly
+    hx = 1 - lx
+    if mask is not None:
+        hy.mul_(mask)
+        ly.mul_(mask)
+    torch.mul(hy, hx, out=weights[..., 0])
+    torch.mul(hy, lx, out=weights[..., 1])
+    torch.mul(ly, hx, out=weights[..., 2])
+    torch.mul(ly, lx, out=weights[..., 3])
+    # Clamped again as integers: NaN positions get through the float clamp and convert to
+    # anything; they stay NaN through their weights, as in torchvision.
+    yi = y0.to(index.dtype).clamp_(-_PAD_BEFORE, geo.height + 1)
+    xi = x0.to(index.dtype).clamp_(-_PAD_BEFORE, geo.width + 1)
+    start = yi.mul_(geo.wp).add_(xi).add_(group_start)
+    index[..., 0] = start
+    torch.add(start, 1, out=index[..., 1])
+    torch.add(start, geo.wp, out=index[..., 2])
+    torch.add(start, geo.wp + 1, out=index[..., 3])
+
+
+# --------------------------------------------------------------------------- threads
+
+_thread_lock = threading.Lock()
+_thread_users = 0
+_saved_threads = 1
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+@contextmanager
+def _band_threads(bands: int) -> Iterator[ThreadPoolExecutor | None]:
+    """Hold torch's intra-op threads at 1 and yield a pool of that many Python threads instead.
+
+    Yields None (run the bands here) when torch had one thread or there is one band. The thread
+    count is process-wide, so overlapping calls from several threads share one saved value:
+    the first sets it to 1, the last restores it. Other torch work running at the same time in
+    other threads runs single-threaded meanwhile.
+    """
+    global _thread_users, _saved_threads, _pool, _pool_size
+    with _thread_lock:
+        if _thread_users == 0:
+            _saved_threads = torch.get_num_threads()
+            if _saved_threads > 1:
+                torch.set_num_threads(1)
+        _thread_users += 1
+        workers = min(_saved_threads, bands)
+        pool = None
+        if workers > 1:
+            if _pool_size < _saved_threads:
+                # The old pool is not shut down: a concurrent call may still submit to it; its
+                # idle threads end once it is garbage.
+                _pool = ThreadPoolExecutor(max_workers=_saved_threads, thread_name_prefix="vsedvr-dcn")
+                _pool_size = _saved_threads
+            pool = _pool
+    try:
+        yield pool
+    finally:
+        with _thread_lock:
+            _thread_users -= 1
+            if _thread_users == 0 and _saved_threads > 1:
+                torch.set_num_threads(_saved_threads)
