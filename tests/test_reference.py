@@ -375,7 +375,8 @@ def test_matches_basicsr(references: types.SimpleNamespace, variant: str) -> Non
     base = x[:, ours.center] if scale == 1 else torch.nn.functional.interpolate(
         x[:, ours.center], scale_factor=4, mode="bilinear", align_corners=False)
     assert (expected - base).abs().mean() > 0.2
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    # float32 rounding relative to the outputs' size (these strong test weights reach ~1.5, not 1)
+    assert (got - expected).abs().max().item() <= TOLERANCE * max(1.0, expected.abs().max().item())
 
 
 @pytest.mark.parametrize("variant", MMEDIT_VARIANTS)
@@ -402,4 +403,5 @@ def test_matches_mmedit(references: types.SimpleNamespace, variant: str) -> None
     with torch.no_grad():
         expected = mmedit(x)
         got = ours(x)
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    # float32 rounding relative to the outputs' size (these strong test weights reach ~1.5, not 1)
+    assert (got - expected).abs().max().item() <= TOLERANCE * max(1.0, expected.abs().max().item())
