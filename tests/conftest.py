@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("checkpoints") / "tiny_edvr.pth"
     torch.save({"params": net.state_dict()}, path)
     return path
+
+
+@pytest.fixture
+def server() -> Iterator[object]:
+    """A real HTTP server on 127.0.0.1 (tests/loopback_server.py), closed after the test."""
+    from loopback_server import Server
+
+    s = Server()
+    yield s
+    s.close()

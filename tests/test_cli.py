@@ -1,6 +1,6 @@
 """The vsedvr command line, as real subprocesses: models, download, verify, info, usage errors.
 
-Downloads come from a local HTTP server (tests/test_download.py's Server). The zoo's real
+Downloads come from a local HTTP server (tests/loopback_server.py). The zoo's real
 checkpoints cannot be served (their hashes are fixed), so download/verify run the CLI's main()
 in a child Python that first adds test specs to MODELS.
 """
@@ -11,13 +11,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import vsedvr
-from test_download import Server
+from loopback_server import Server
 from vsedvr import MODELS
 from vsedvr.cli import main
 
@@ -35,13 +34,6 @@ for s in json.loads(sys.argv[1]):
     MODELS[s["name"]] = ModelSpec(task="sr", scale=4, num_frames=3, arch={"num_frame": 3}, **s)
 sys.exit(main(sys.argv[2:]))
 """
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    yield s
-    s.close()
 
 
 @pytest.fixture

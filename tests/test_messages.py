@@ -15,20 +15,13 @@ from pathlib import Path
 import pytest
 import vapoursynth as vs
 
-from test_download import Server
+from loopback_server import Server
 from test_examples import read_y4m
 from vsedvr import log
 from vsedvr.zoo import infer_arch, read_state_dict
 
 TESTS = Path(__file__).resolve().parent
 W, H, LENGTH = 16, 12, 5
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    yield s
-    s.close()
 
 
 def test_vspipe_stream_is_clean_while_a_model_downloads_and_things_print(
