@@ -324,6 +324,14 @@ def ensure_vapoursynth_config() -> None:
     run(VENV / "bin" / "vapoursynth", "config", stdout=subprocess.DEVNULL)
 
 
+def ensure_editor_stubs() -> None:
+    """``vsedvr stubs``: editors using this venv complete ``core.edvr.Restore(...)``."""
+    stub = site_packages() / "vapoursynth" / "vapoursynth.pyi"
+    if not stub.is_file() or "# <implementation/edvr>" in stub.read_text(encoding="utf-8"):
+        return
+    run(venv_python(), "-m", "vsedvr", "stubs", stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
@@ -333,6 +341,7 @@ def main() -> None:
     ensure_requirements()
     ensure_package()
     ensure_vapoursynth_config()
+    ensure_editor_stubs()
     log(f"ready in {time.monotonic() - started:.0f} s: {VENV}")
 
 

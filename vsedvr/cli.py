@@ -1,7 +1,8 @@
 """The ``vsedvr`` command (also ``python -m vsedvr``): the model zoo and the installation.
 
 Subcommands: ``models`` (the zoo table), ``download`` (fill the cache), ``verify`` (re-hash
-cached files), ``info`` (versions, plugin, devices, cache folder). stdout carries only what was
+cached files), ``info`` (versions, plugin, devices, cache folder), ``stubs`` (editor completion
+of ``core.edvr.Restore``). stdout carries only what was
 asked for (tables, paths, results); progress bars, notes and errors go to stderr, an error as
 one line starting ``vsedvr: error:``. Exit status: 0 success, 1 failure, 2 wrong usage.
 """
@@ -246,6 +247,18 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1 if problems else 0
 
 
+def cmd_stubs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import stubs
+
+    try:
+        path = stubs.install(args.source, args.output)
+    except ValueError as e:
+        _error(str(e))
+        return 1
+    print(path)
+    return 0
+
+
 # ------------------------------------------------------------------------------------- parser
 
 
@@ -253,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="EDVR for VapourSynth: manage the model cache and check the installation.",
-        epilog=f"Examples:\n  {PROG} models\n  {PROG} download edvrm\n  {PROG} verify\n  {PROG} info\n\n"
+        epilog=f"Examples:\n  {PROG} models\n  {PROG} download edvrm\n  {PROG} verify\n  {PROG} info\n  {PROG} stubs\n\n"
                "Models are cached in $VSEDVR_HOME, else $TORCH_HOME/vsedvr, else "
                "$XDG_CACHE_HOME/vsedvr or ~/.cache/vsedvr.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -288,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show versions, where the plugin is, the devices PyTorch sees and "
                                    "the cache folder. Exit status 1 if the plugin is not usable.")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("stubs", help="add core.edvr.Restore to VapourSynth's type stubs (editor completion)",
+                       description="Add the edvr namespace (core.edvr.Restore, clip.edvr.Restore, with "
+                                   "typed parameters) to the vapoursynth.pyi that editors read, and print "
+                                   "its path. Safe to repeat; run it again after (re)installing VapourSynth "
+                                   "or a stub generator.")
+    p.add_argument("--source", type=Path, metavar="PYI",
+                   help="stub file to start from (default: the installed vapoursynth.pyi)")
+    p.add_argument("-o", "--output", type=Path, metavar="PYI", help="where to write (default: --source)")
+    p.set_defaults(func=cmd_stubs)
     return parser
 
 
