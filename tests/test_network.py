@@ -255,3 +255,22 @@ def test_dcn_pack_single_row_shift() -> None:
         # Output row y reads rows y .. y + 2: pad 0 rows on top, 2 at the bottom.
         expected = F.conv2d(F.pad(x, (1, 1, 0, 2)), pack.weight, pack.bias)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- half precision
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_network_is_close_to_fp32(dtype: torch.dtype) -> None:
+    """precision="fp16"/"bf16" convert the whole network. torchvision's deformable kernel has no
+    bfloat16 (CPU or CUDA), so the DCNs compute that case in float32; the rest stays in half."""
+    network = _tiny()
+    frames = _frames(1, 5, 3, 16, 20)
+    with torch.inference_mode():
+        reference = network(frames)
+        half = network.to(dtype)(frames.to(dtype))
+    assert half.dtype == dtype
+    error = (half.float() - reference).abs()
+    scale = reference.abs().max()
+    # bf16 keeps 8 bits of mantissa, fp16 11: a few steps of either, relative to the output's range
+    assert float(error.max()) < (0.05 if dtype == torch.bfloat16 else 0.01) * float(scale), float(error.max())
+    assert float(error.mean()) > 0  # it did compute in half

@@ -73,6 +73,9 @@ def fast_path(enabled: bool) -> Iterator[None]:
         _enabled = previous
 
 
+_TORCHVISION_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
 def use_fast_path(x: Tensor) -> bool:
     """Whether :func:`deform_conv3x3` takes the fast path for input ``x``.
 
@@ -88,8 +91,13 @@ def use_fast_path(x: Tensor) -> bool:
 def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
                    deformable_groups: int) -> Tensor:
     """3x3 / stride 1 / pad 1 modulated deformable conv: :func:`modulated_deform_conv3x3` when
-    :func:`use_fast_path` allows it, else ``torchvision.ops.deform_conv2d``. Same arguments as
-    :func:`modulated_deform_conv3x3`."""
+    :func:`use_fast_path` allows it, else ``torchvision.ops.deform_conv2d``; bfloat16 input is
+    computed in float32 (torchvision has no bfloat16 kernel) and returned as bfloat16. Same
+    arguments as :func:`modulated_deform_conv3x3`."""
+    if x.dtype not in _TORCHVISION_DTYPES:
+        # torchvision's kernels (CPU and CUDA) have no bfloat16: sample and sum in float32
+        up = [None if t is None else t.float() for t in (offset, mask, weight, bias)]
+        return deform_conv3x3(x.float(), up[0], up[1], up[2], up[3], deformable_groups).to(x.dtype)
     if use_fast_path(x):
         return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
     return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)

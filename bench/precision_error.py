@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""How far fp16 / bf16 output is from fp32 output (what ``precision=`` trades for speed).
+
+The whole network is converted, as ``core.edvr.Restore(..., precision="fp16")`` does; the
+deformable convolutions compute bf16 input in fp32 (torchvision has no bf16 kernel). Prints, per
+model and precision, the PSNR of the half-precision output against the fp32 output (higher is
+closer; 8-bit video is indistinguishable above ~50 dB) and the max absolute difference.
+
+Default: the bundled ``edvr_demo`` model and EDVR-M with random weights, on held-out clips
+(pictures the demo model never saw, synthetic motion, bicubic x4 down), on CUDA when PyTorch sees
+one, else on the CPU (its half-precision kernels are slow, but the numbers are of the same kind).
+
+    python bench/precision_error.py
+    python bench/precision_error.py --device cuda --size 180x320
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import train_demo  # noqa: E402  (held-out clip synthesis)
+import torch  # noqa: E402
+
+from vsedvr import load_model  # noqa: E402
+from vsedvr.nets import EDVR  # noqa: E402
+
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def networks(names: Sequence[str]) -> dict[str, torch.nn.Module]:
+    out: dict[str, torch.nn.Module] = {}
+    for name in names:
+        if name == "edvrm_random":
+            torch.manual_seed(0)
+            out[name] = EDVR(num_feat=64, deformable_groups=8, num_extract_block=5, num_reconstruct_block=10)
+        else:
+            out[name] = load_model(name)
+    return out
+
+
+def measure(models: Sequence[str], device: torch.device, lr_size: tuple[int, int],
+            clips_per_image: int) -> list[dict[str, object]]:
+    clips = train_demo.heldout_clips(clips_per_image=clips_per_image, lr_size=lr_size)
+    rows = []
+    for name, net in networks(models).items():
+        net = net.eval().to(device)
+        with torch.inference_mode():
+            reference = [net.float()(lr[None].to(device)).float() for _, lr, _ in clips]
+            for label, dtype in PRECISIONS.items():
+                half = net.to(dtype)
+                outputs = [half(lr[None].to(device, dtype)).float() for _, lr, _ in clips]
+                scores = [psnr(o, r) for o, r in zip(outputs, reference)]
+                rows.append({
+                    "model": name, "precision": label, "device": str(device), "clips": len(clips),
+                    "psnr_mean": sum(scores) / len(scores), "psnr_min": min(scores),
+                    "max_abs_diff": max(float((o - r).abs().max()) for o, r in zip(outputs, reference)),
+                })
+        net.float()
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="edvr_demo,edvrm_random",
+                   help="comma-separated zoo names / checkpoint paths, or edvrm_random (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--size", default="32x48", help="LR clip size HxW, multiples of 4 (default %(default)s)")
+    p.add_argument("--clips", type=int, default=1, help="clips per held-out picture (default %(default)s)")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    rows = measure(args.models.split(","), device, (h, w), args.clips)
+    print(f"device {device}, LR clips {h}x{w}, {rows[0]['clips']} held-out clips; PSNR of the "
+          "half-precision output against fp32 output")
+    print(f"{'model':<16} {'precision':<9} {'PSNR mean':>10} {'PSNR min':>9} {'max |diff|':>11}")
+    for r in rows:
+        print(f"{r['model']:<16} {r['precision']:<9} {r['psnr_mean']:>10.2f} {r['psnr_min']:>9.2f} "
+              f"{r['max_abs_diff']:>11.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
