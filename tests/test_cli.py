@@ -166,3 +166,14 @@ def test_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) 
     assert info.value.code == 2
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines()[-1].startswith("vsedvr")
+
+
+def test_models_download_and_verify_do_not_import_torch(tmp_path: Path) -> None:
+    """The zoo's table and cache need no PyTorch: the CLI answers in well under a second."""
+    code = ("import sys; from vsedvr.cli import main; "
+            "codes = [main(['models']), main(['verify'])]; "
+            "sys.stderr.write(repr(codes) + ' ' + repr(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VSEDVR_HOME": str(tmp_path)})
+    assert done.stderr.strip().endswith("[0, 0] []"), done.stderr
+    assert "edvrm" in done.stdout

@@ -22,13 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .cache import ModelError, ProgressCallback, fetch
 from .registry import MODELS, ModelSpec
 
 if TYPE_CHECKING:
     from vsedvr.nets import EDVR
+    import torch
 
 __all__ = ["convert_mmedit_key", "infer_arch", "load_model", "read_state_dict"]
 
@@ -74,6 +73,8 @@ def read_state_dict(
         back to ``params_ema``).
     :raises ModelError: the file is missing, is not a PyTorch checkpoint, or holds no state dict.
     """
+    import torch  # here, not at module level: the CLI lists and fetches models without torch
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such checkpoint file")
@@ -233,6 +234,8 @@ def load_model(
     :raises ModelError: unknown name, unreadable or non-EDVR file, or weights that do not
         fit (the message lists the offending keys).
     """
+    import torch
+
     from vsedvr.nets import EDVR
 
     spec: ModelSpec | None = None
