@@ -79,7 +79,7 @@ def compare() -> None:
 
     # Decode the y4m: fill a YUV420P10 clip with its samples, convert back to RGB with zimg.
     yuv = core.std.BlankClip(width=width, height=height, format=vs.YUV420P10, length=len(frames))
-    yuv = core.std.SetFrameProps(yuv, _Matrix=1, _Transfer=1, _Primaries=1, _ColorRange=1, _ChromaLocation=0)
+    yuv = core.std.SetFrameProps(yuv, _Matrix=1, _Transfer=1, _Primaries=1, _Range=0, _ChromaLocation=0)  # limited range
     luma, chroma = width * height, ((width + 1) // 2) * ((height + 1) // 2)
 
     def fill(n: int, f: vs.VideoFrame) -> vs.VideoFrame:

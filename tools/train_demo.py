@@ -2,7 +2,7 @@
 
 The official EDVR checkpoints are downloaded on first use; this one is trained by the project
 itself so that the demo and the tests have a model that genuinely restores, offline. It is a
-*demo*: a small network (32 channels, 2 + 5 residual blocks) trained for ~20 minutes on a CPU on
+*demo*: a small network (32 channels, 2 + 5 residual blocks) trained for ~26 minutes on a CPU on
 synthetic clips, not comparable to the official REDS models.
 
 Data: pictures that ship inside the scikit-image wheel (``skimage.data``, read from the installed
@@ -38,7 +38,7 @@ SHA-256>.pth``. Update ``vsedvr/zoo/registry.py`` when the name changes.
 
 Usage::
 
-    .venv/bin/python tools/train_demo.py                 # ~22 min of training + evaluation
+    .venv/bin/python tools/train_demo.py                 # ~26 min of training + evaluation
     .venv/bin/python tools/train_demo.py --minutes 1 --out-dir /tmp/smoke   # smoke run
 """
 from __future__ import annotations
@@ -458,7 +458,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=22.0,
+    p.add_argument("--minutes", type=float, default=26.0,
                    help="wall-clock budget of the training loop (evaluation and saving come after)")
     p.add_argument("--steps", type=int, default=0,
                    help="schedule length in steps; 0 = follow the wall clock (--minutes)")
