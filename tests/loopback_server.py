@@ -8,9 +8,12 @@ from collections import Counter
 
 
 class Server:
-    """Serves ``routes[path] = (body, mode)``; mode 'ok', 'short' (lies about length) or 'slow'."""
+    """Serves ``routes[path] = (body, mode)``; mode 'ok', 'short' (lies about length) or 'slow'.
 
-    def __init__(self) -> None:
+    Other paths get 404, or *default* when it is given (e.g. a mirror for every zoo file).
+    """
+
+    def __init__(self, default: bytes | None = None) -> None:
         self.routes: dict[str, tuple[bytes, str]] = {}
         self.gets: Counter[str] = Counter()
         outer = self
@@ -18,10 +21,13 @@ class Server:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 outer.gets[self.path] += 1
-                if self.path not in outer.routes:
+                if self.path in outer.routes:
+                    body, mode = outer.routes[self.path]
+                elif default is not None:
+                    body, mode = default, "ok"
+                else:
                     self.send_error(404)
                     return
-                body, mode = outer.routes[self.path]
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body) + (1000 if mode == "short" else 0)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.server
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ import vapoursynth as vs
 import clips
 from vsedvr import load_model
 from vsedvr.windows import PADDINGS, window_indices
+from loopback_server import Server
 from vsedvr.zoo import MODELS, ModelError, ModelSpec, fetch
 
 TESTS = Path(__file__).resolve().parent
@@ -227,34 +226,9 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 NAME = f"robust-{SHA[:10]}.pth"
 
 
-class Server:
-    """Serves PAYLOAD for every GET on 127.0.0.1 (whatever the path: zoo files too)."""
-
-    def __init__(self) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(PAYLOAD)))
-                self.end_headers()
-                self.wfile.write(PAYLOAD)
-                self.close_connection = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def spec_for(server: Server) -> ModelSpec:
     return ModelSpec(name="robust", task="sr", scale=4, num_frames=3, arch={"num_frame": 3}, filename=NAME,
-                     url=server.base + NAME)
+                     url=f"{server.base}/{NAME}")
 
 
 def cache_contents(folder: Path) -> list[str]:
@@ -406,8 +380,8 @@ policy.api.destroy_environment(policy.env)
 
 
 def _disk_full(folder: Path, ckpt: Path, env: dict[str, str], vspipe: str, server: Server) -> tuple[list, dict]:
-    env = dict(env, VSEDVR_HOME=str(folder / "cache"), VSEDVR_BASE_URL=server.base, PYTHONDONTWRITEBYTECODE="1")
-    return [sys.executable, "-c", DISK_FULL_CHILD, server.base, NAME, str(64 * 1024)], env
+    env = dict(env, VSEDVR_HOME=str(folder / "cache"), VSEDVR_BASE_URL=server.base + "/", PYTHONDONTWRITEBYTECODE="1")
+    return [sys.executable, "-c", DISK_FULL_CHILD, server.base + "/", NAME, str(64 * 1024)], env
 
 
 def _core_freed(folder: Path, ckpt: Path, env: dict[str, str], vspipe: str, server: Server) -> tuple[list, dict]:
@@ -468,7 +442,7 @@ def children(request: pytest.FixtureRequest, tiny_checkpoint: Path, vs_env: dict
     selected = {getattr(item, "originalname", item.name) for item in request.session.items
                 if getattr(item, "module", None) is request.module}
     started = Children()
-    started.server = Server()
+    started.server = Server(default=PAYLOAD)
     root = tmp_path_factory.mktemp("children")
     try:
         for name, build in SCENARIOS.items():
