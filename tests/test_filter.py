@@ -269,6 +269,7 @@ def test_tiles_with_enough_overlap_equal_whole_frames(tiny_checkpoint: Path) -> 
     ({"tile": [30, 24]}, ['"tile"', "multiples of 4", "[30, 24]"]),
     ({"tile": [-8, 8]}, ['"tile"', "positive"]),
     ({"tile": [8, 8, 8]}, ['"tile"', "[width, height]"]),
+    ({"tile": [0]}, ['"tile"', "positive", "got [0]"]),  # the value as given, not as expanded
     ({"tile": [32, 32], "tile_overlap": 6}, ['"tile_overlap"', "multiple of 4"]),
     ({"tile_overlap": -4}, ['"tile_overlap"', "non-negative"]),
     ({"precision": "fp8"}, ['"precision"', "fp32", "fp8"]),

@@ -128,12 +128,11 @@ def _tiling(options: dict[str, Any], multiple: int) -> tuple[tuple[int, int] | N
     """Checked (tile, tile_overlap): tiles are positive multiples of the model's size multiple."""
     tile = options.get("tile")
     if tile is not None:
-        tile = tuple(tile)
-        if len(tile) == 1:
-            tile = (tile[0], tile[0])
+        given = list(tile)
+        tile = tuple(given * 2 if len(given) == 1 else given)
         if len(tile) != 2 or any(v <= 0 or v % multiple for v in tile):
             raise ArgumentError(f'"tile" must be [width, height] (or one size for both), positive multiples of '
-                                f'{multiple} for this model, got {list(tile)}')
+                                f'{multiple} for this model, got {given}')
     overlap = _single(options, "tile_overlap", 16 if tile is not None else 0)
     if overlap < 0 or overlap % multiple:
         raise ArgumentError(f'"tile_overlap" must be a non-negative multiple of {multiple} (input pixels), '
