@@ -311,7 +311,7 @@ def test_many_missing_keys_are_summarised(tmp_path: Path) -> None:
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint\n")
-    err = _expect(junk, str(junk), "not a readable PyTorch checkpoint", "EDVR")
+    err = _expect(junk, str(junk), "not a readable PyTorch checkpoint", "EDVR", "starts with b'this'")
     assert "mmediting" in str(err)
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")

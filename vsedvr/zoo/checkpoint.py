@@ -78,6 +78,12 @@ def read_state_dict(
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        # torch.load's own error for e.g. a text file is an IndexError from deep inside pickle
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint (neither the zip nor the legacy pickle "
+                         f"format: the file starts with {head!r}); expected {_EXPECTED}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
