@@ -15,6 +15,7 @@ import pytest
 import vapoursynth as vs
 
 from vsedvr import stubs
+from vsedvr.vsfilter import PRECISIONS
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -40,9 +41,14 @@ def test_stub_has_the_registered_parameters(stub_text: str) -> None:
     node_bound = [a.arg for a in _method_params(tree, "_Plugin_edvr_VideoNode_Bound", "Restore")]
     assert core_bound == registered
     assert node_bound == registered[1:]  # clip.edvr.Restore(...) binds the clip
-    padding = next(a for a in _method_params(tree, "_Plugin_edvr_Core_Bound", "Restore") if a.arg == "padding")
-    literal = {c.value for c in ast.walk(padding.annotation) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
-    assert literal == set(vs.core.edvr.Version()["paddings"])
+    params = {a.arg: a for a in _method_params(tree, "_Plugin_edvr_Core_Bound", "Restore")}
+
+    def literal(name: str) -> set[str]:
+        return {c.value for c in ast.walk(params[name].annotation)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+
+    assert literal("padding") == set(vs.core.edvr.Version()["paddings"])
+    assert literal("precision") == set(PRECISIONS)  # what the filter accepts
 
 
 def test_adding_twice_changes_nothing_and_generator_output_works(stub_text: str) -> None:

@@ -10,20 +10,28 @@ template and on a file a generator already filled, and running it twice changes 
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
+
+from . import Padding, Precision
 
 __all__ = ["add_edvr", "remove_edvr", "installed_stub_path", "install"]
 
 NAMESPACE = "edvr"
 
-_PARAMS = """\
+
+def _literal(alias: object) -> str:
+    return "Literal[" + ", ".join(f'"{value}"' for value in typing.get_args(alias)) + "]"
+
+
+_PARAMS = f"""\
         model: str | bytes | None = None,
         device: str | bytes | None = None,
-        padding: Literal["reflection_circle", "replicate", "reflection", "circle"] | None = None,
+        padding: {_literal(Padding)} | None = None,
         scenechange: int | None = None,
         tile: int | Sequence[int] | None = None,
         tile_overlap: int | None = None,
-        precision: Literal["auto", "fp32", "fp16", "bf16"] | None = None,
+        precision: {_literal(Precision)} | None = None,
     ) -> "VideoNode":
         \"\"\"EDVR video restoration: each output frame from a window of 5 (7) input frames.
 
