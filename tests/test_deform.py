@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 from torchvision.ops import deform_conv2d
 
+from seeded import seed_weights
 from vsedvr.nets import EDVR
 from vsedvr.nets import deform
 from vsedvr.nets.blocks import DCNPack
@@ -246,18 +246,7 @@ def _tiny_edvr(**overrides: Any) -> EDVR:
     """Tiny EDVR, seeded, with DCN offsets of a few pixels and O(1) outputs."""
     net = EDVR(**{**dict(num_feat=16, deformable_groups=2, num_extract_block=1, num_reconstruct_block=2),
                   **overrides})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if ".conv_offset." in name:
-                param.normal_(0.0, 2.0 if param.dim() == 1 else 0.02, generator=g)
-            elif param.dim() == 1:
-                param.normal_(0.0, 0.01, generator=g)
-            else:
-                nn.init.kaiming_normal_(param, a=0.1, generator=g)
-                if name.endswith((".conv1.weight", ".conv2.weight")):  # residual blocks near identity
-                    param.mul_(0.1)
-    return net.eval()
+    return seed_weights(net, offset_bias_std=2.0, offset_weight_std=0.02)
 
 
 @pytest.mark.parametrize("overrides", [{}, dict(with_tsa=False, num_frame=3)], ids=["tsa", "wotsa-3frames"])

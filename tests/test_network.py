@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from seeded import seed_weights
 from vsedvr.nets import EDVR, pad_to_multiple
 from vsedvr.nets.blocks import DCNPack
 
@@ -50,19 +50,7 @@ def _one_thread() -> Iterator[None]:
 
 def _tiny(**overrides: Any) -> EDVR:
     """A tiny EDVR with seeded random weights, O(1) outputs and DCN offsets of ~1 px."""
-    network = EDVR(**{**TINY, **overrides})
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in network.named_parameters():
-            if ".conv_offset." in name:
-                param.normal_(0.0, 1.5 if param.dim() == 1 else 0.01, generator=generator)
-            elif param.dim() == 1:
-                param.normal_(0.0, 0.01, generator=generator)
-            else:
-                nn.init.kaiming_normal_(param, a=0.1, generator=generator)
-                if name.endswith((".conv1.weight", ".conv2.weight")):  # residual blocks
-                    param.mul_(0.1)
-    return network.eval()
+    return seed_weights(EDVR(**{**TINY, **overrides}))
 
 
 def _frames(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 import subprocess
 import sys
 import tarfile
@@ -31,6 +30,7 @@ import torch
 import torchvision
 from torch import nn
 
+from seeded import seed_weights
 from vsedvr.nets import EDVR
 
 BASICSR_FILES = ("basicsr/archs/arch_util.py", "basicsr/archs/edvr_arch.py")
@@ -299,25 +299,10 @@ def references(request: pytest.FixtureRequest,
 # --------------------------------------------------------------------------- helpers
 
 def _basicsr_network(edvr_arch: types.ModuleType, kwargs: dict[str, Any]) -> nn.Module:
-    """BasicSR EDVR with seeded random weights that keep activations and outputs O(1).
-
-    BasicSR's own init shrinks activations layer after layer (the output is then almost
-    the bilinear base) and zeroes the DCN offsets; these weights give a residual of
-    ~0.3-1.5 and offsets of ~1.2 px with varied masks, so every path matters.
-    """
-    network = edvr_arch.EDVR(**kwargs)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in network.named_parameters():
-            if ".conv_offset." in name:
-                param.normal_(0.0, 1.5 if param.dim() == 1 else 0.01, generator=generator)
-            elif param.dim() == 1:
-                param.normal_(0.0, 0.01, generator=generator)
-            else:
-                nn.init.kaiming_normal_(param, a=0.1, generator=generator)
-                if re.search(r"\.conv[12]\.weight$", name):  # residual blocks
-                    param.mul_(0.1)
-    return network.eval()
+    """BasicSR EDVR with seeded random weights that keep activations and outputs O(1)
+    (BasicSR's own init makes the output almost the bilinear base and zeroes the DCN offsets):
+    a residual of ~0.3-1.5 and offsets of ~1.2 px with varied masks, so every path matters."""
+    return seed_weights(edvr_arch.EDVR(**kwargs))
 
 
 def _mmedit_to_basicsr_key(key: str) -> str:
