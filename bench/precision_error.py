@@ -16,6 +16,7 @@ one, else on the CPU (its half-precision kernels are slow, but the numbers are o
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from collections.abc import Sequence
@@ -52,11 +53,11 @@ def measure(models: Sequence[str], device: torch.device, lr_size: tuple[int, int
     clips = train_demo.heldout_clips(clips_per_image=clips_per_image, lr_size=lr_size)
     rows = []
     for name, net in networks(models).items():
-        net = net.eval().to(device)
+        net = net.eval().to(device, torch.float32)
         with torch.inference_mode():
-            reference = [net.float()(lr[None].to(device)).float() for _, lr, _ in clips]
+            reference = [net(lr[None].to(device)) for _, lr, _ in clips]
             for label, dtype in PRECISIONS.items():
-                half = net.to(dtype)
+                half = copy.deepcopy(net).to(dtype)  # from the fp32 weights each time, as Restore does
                 outputs = [half(lr[None].to(device, dtype)).float() for _, lr, _ in clips]
                 scores = [psnr(o, r) for o, r in zip(outputs, reference)]
                 rows.append({
@@ -64,7 +65,6 @@ def measure(models: Sequence[str], device: torch.device, lr_size: tuple[int, int
                     "psnr_mean": sum(scores) / len(scores), "psnr_min": min(scores),
                     "max_abs_diff": max(float((o - r).abs().max()) for o, r in zip(outputs, reference)),
                 })
-        net.float()
     return rows
 
 
