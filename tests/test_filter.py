@@ -1,6 +1,7 @@
 """core.edvr.Restore through a real VapourSynth core and real vspipe, against the network itself."""
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -227,6 +228,7 @@ def test_exit_with_frames_in_flight(tmp_path: Path, tiny_checkpoint: Path) -> No
     ({"padding": "mirror"}, ['"padding"', "reflection_circle", "mirror"]),
     ({"device": "gpu"}, ['"device"', '"cuda:N"', "gpu"]),
     ({"scenechange": 2}, ['"scenechange"', "0 or 1"]),
+    ({"compile": 3}, ['"compile"', "0 or 1"]),
 ])
 def test_bad_arguments_name_the_parameter(tiny_checkpoint: Path, source: vs.VideoNode, kwargs: dict,
                                           words: list[str]) -> None:
@@ -305,3 +307,38 @@ def test_huge_deformable_offsets_are_reported_once(tmp_path: Path, source: vs.Vi
         frames_of(vs.core.edvr.Restore(source, model=str(wild))[:3])
     warnings = [r.getMessage() for r in caplog.records if "deformable offset" in r.getMessage()]
     assert len(warnings) == 1 and "80 pixels" in warnings[0], warnings
+
+
+def test_compiled_network_equals_uncompiled(tiny_checkpoint: Path, source: vs.VideoNode,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    with caplog.at_level("WARNING", logger="vsedvr"):
+        compiled = frames_of(vs.core.edvr.Restore(source, model=str(tiny_checkpoint), compile=True))
+    assert counters["stats"]["unique_graphs"] > graphs  # the network really went through torch.compile
+    assert not [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    plain = frames_of(vs.core.edvr.Restore(source, model=str(tiny_checkpoint)))
+    np.testing.assert_allclose(compiled, plain, atol=1e-5, rtol=0)
+
+
+def test_compile_failure_falls_back_to_the_plain_network(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """No working C++ compiler for inductor (common on Windows): a warning, then uncompiled output."""
+    script = tmp_path / "fallback.py"
+    script.write_text(textwrap.dedent(f"""\
+        import sys
+        import numpy as np
+        import vapoursynth as vs
+        sys.path.insert(0, {str(TESTS)!r})
+        import clips
+        source = clips.moving_pattern(16, 12, 6)
+        outputs = [vs.core.edvr.Restore(source, model={str(tiny_checkpoint)!r}, compile=c) for c in (True, False)]
+        a, b = ([np.asarray(f[p]) for f in clip.frames() for p in range(3)] for clip in outputs)
+        print("max diff", max(float(np.abs(x - y).max()) for x, y in zip(a, b)))
+        """))
+    env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "torch.compile failed" in done.stderr and "running the network uncompiled" in done.stderr, done.stderr
+    assert done.stderr.count("torch.compile failed") == 1, done.stderr
+    assert float(done.stdout.split("max diff")[1]) <= 1e-5, done.stdout

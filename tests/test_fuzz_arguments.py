@@ -141,6 +141,7 @@ def valid_strategies(files: dict[str, str]) -> dict[str, st.SearchStrategy]:
         "tile": st.one_of(st.lists(multiple4, min_size=1, max_size=2), multiple4, st.just(2**40)),
         "tile_overlap": st.one_of(multiple4, st.just(0)),
         "precision": st.sampled_from(["auto", "fp32"]),
+        "compile": st.sampled_from([0, False]),  # compile=True is tested once, in test_filter (a minute)
     }
 
 
@@ -161,7 +162,14 @@ def any_strategies(files: dict[str, str]) -> dict[str, st.SearchStrategy]:
                                   ANY_VALUE),
         "precision": st.one_of(st.sampled_from(["auto", "fp32", "fp16", "bf16", "fp8", "FP32", "", "half"]),
                                st.text(max_size=6), ANY_VALUE),
+        "compile": st.one_of(st.integers(min_value=-3, max_value=3), ANY_VALUE).filter(_not_one),
     }
+
+
+def _not_one(value: Any) -> bool:
+    """Anything VapourSynth could pass as compile=1: that would compile the network (a minute a call)."""
+    values = value if isinstance(value, list) else [value]
+    return not any(isinstance(v, (int, float)) and v == 1 for v in values)
 
 
 def call_strategy(files: dict[str, str]) -> st.SearchStrategy[tuple[str, str | None, dict[str, Any]]]:

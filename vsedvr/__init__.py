@@ -48,6 +48,7 @@ def restore(
     tile: int | tuple[int, int] | None = None,
     tile_overlap: int | None = None,
     precision: Precision | None = None,
+    compile: bool = False,
 ) -> vs.VideoNode:
     """Restore *clip* with EDVR: ``core.edvr.Restore`` with typed keyword parameters.
 
@@ -75,6 +76,8 @@ def restore(
         multiple of 4 (16 for deblurring models).
     :param precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (the last two on CUDA only). ``None`` or
         ``"auto"``: fp16 for RGBH clips on CUDA, else fp32.
+    :param compile: run the network through ``torch.compile``. The first frame of each tile
+        shape then waits for the compilation (about a minute); see README for what it buys.
     :return: the restored clip: 4x the size (1x for deblurring models), same format, frame count
         and frame properties.
     :raises vapoursynth.Error: a wrong argument, an unusable clip or model; the message names it.
@@ -90,7 +93,8 @@ def restore(
             raise vs.Error("edvr: the native plugin libvsedvr.so is not installed next to VapourSynth; "
                            "reinstall vsedvr with `pip install .` (not editable)")
         core.std.LoadPlugin(str(path))
-    options: dict[str, Any] = {"model": os.fspath(model), "device": device, "scenechange": int(bool(scenechange))}
+    options: dict[str, Any] = {"model": os.fspath(model), "device": device, "scenechange": int(bool(scenechange)),
+                               "compile": int(bool(compile))}
     optional = {"padding": padding, "tile": tile, "tile_overlap": tile_overlap, "precision": precision}
     options.update({name: value for name, value in optional.items() if value is not None})
     return core.edvr.Restore(clip, **options)

@@ -5,6 +5,14 @@ those frames. Each input frame (each tile of it, when tiling) is converted and e
 (``EDVR.frame_features``) once and kept in a small LRU keyed by frame number, so the windows that
 share it (typically five) reuse it. Every frame is encoded alone (batch of one) whether it comes
 from the cache or not, so results do not depend on request order.
+
+One frame computes at a time (a lock per engine). On CUDA the transfers leave that critical
+section: :meth:`WindowEngine.restore` uploads new input frames through pinned buffers on an
+upload stream and queues the result's download (to a pinned buffer, on a download stream) without
+waiting; :meth:`WindowEngine.write`, called after the lock is released, waits for that download
+alone. So while one VapourSynth thread waits for frame n's result to arrive, another is already
+queueing frame n+1's computation, and the copy engines overlap it. Nothing in between synchronises
+with the GPU (the offset check reads its value after the download too).
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +97,16 @@ class FeatureCache:
         return len(self._items)
 
 
+@dataclass
+class PendingFrame:
+    """A restored frame on its way to the host (see :meth:`WindowEngine.write`)."""
+
+    frame: int
+    host: torch.Tensor  # (3, h, w) on the CPU, in the clip's sample type
+    ready: Any  # torch.cuda.Event recorded after the download, or None when computed on the CPU
+    offset_peak: torch.Tensor | None  # largest mean |offset| of the frame's DCNs (0-d, host)
+
+
 class WindowEngine:
     """Runs an EDVR model on windows of VapourSynth frames.
 
@@ -99,22 +118,43 @@ class WindowEngine:
         compute_dtype: torch dtype to compute in.
         tile: (width, height) of tiles in input pixels, or None for whole frames.
         tile_overlap: input pixels each tile reads beyond its edges.
+        compile: run the network through ``torch.compile`` (compiled at the first frame of each
+            tile shape; falls back to the uncompiled network, with a warning, if compiling fails).
     """
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
                  sample_dtype: np.dtype, compute_dtype: torch.dtype,
-                 tile: tuple[int, int] | None = None, tile_overlap: int = 0) -> None:
+                 tile: tuple[int, int] | None = None, tile_overlap: int = 0, compile: bool = False) -> None:
         self.model = model
         self.device = device
         self.width = width
         self.height = height
         self.sample_dtype = np.dtype(sample_dtype)
+        self.host_dtype = torch.float16 if self.sample_dtype == np.float16 else torch.float32
         self.compute_dtype = compute_dtype
         self.tile_overlap = tile_overlap
         self._set_tiles(tile)
         self._lock = threading.Lock()
+        self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False
         self._watch_offsets()
+        self._frame_features: Callable[..., Any] = model.frame_features
+        self._restore_window: Callable[..., Any] = model.restore_window
+        self._compile_errors: tuple[type[Exception], ...] = ()
+        self.compiled = compile
+        if compile:
+            from torch._dynamo.exc import TorchDynamoException
+
+            # dynamic=False: a few static shapes (tiles at the edges) compile faster and run faster
+            self._frame_features = torch.compile(model.frame_features, dynamic=False)
+            self._restore_window = torch.compile(model.restore_window, dynamic=False)
+            self._compile_errors = (TorchDynamoException,)
+        self._upload = self._download = None
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                self._upload, self._download = torch.cuda.Stream(), torch.cuda.Stream()
+            # the shapes are fixed per filter, so cuDNN's per-shape algorithm search pays off at once
+            torch.backends.cudnn.benchmark = True
 
     def _set_tiles(self, tile: tuple[int, int] | None) -> None:
         self.tile = tile
@@ -134,16 +174,27 @@ class WindowEngine:
             if isinstance(module, DCNPack):
                 module.conv_offset.register_forward_hook(record)
 
-    def _check_offsets(self, n: int) -> None:
-        if self._offset_means and not self._warned_offsets:
-            peak = float(torch.stack(self._offset_means).max())
-            if peak > OFFSET_WARNING:
-                log.warning("Restore: frame %d: the mean deformable offset reaches %.0f pixels (above %.0f): "
-                            "alignment has failed, which usually means content unlike the model's training "
-                            "data (the wrong model for this content?); reported once per filter",
-                            n, peak, OFFSET_WARNING)
-                self._warned_offsets = True
+    def _offset_peak(self) -> torch.Tensor | None:
+        """Largest recorded mean |offset| of this frame (on the device; read after the download)."""
+        if not self._offset_means or self._warned_offsets:
+            self._offset_means.clear()
+            return None
+        peak = torch.stack(self._offset_means).max().float()
         self._offset_means.clear()
+        return peak
+
+    def _check_offsets(self, pending: PendingFrame) -> None:
+        if pending.offset_peak is None:
+            return
+        peak = float(pending.offset_peak)
+        with self._warn_lock:
+            if peak <= OFFSET_WARNING or self._warned_offsets:
+                return
+            self._warned_offsets = True
+            log.warning("Restore: frame %d: the mean deformable offset reaches %.0f pixels (above %.0f): "
+                        "alignment has failed, which usually means content unlike the model's training "
+                        "data (the wrong model for this content?); reported once per filter",
+                        pending.frame, peak, OFFSET_WARNING)
 
     def frame_tensor(self, views: PlaneViews) -> torch.Tensor:
         """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
@@ -158,7 +209,18 @@ class WindowEngine:
                             "and 1 (+inf) before restoration (reported once per filter)")
                 self._warned_nonfinite = True
             chw = torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0)
-        return chw.to(self.device, self.compute_dtype)[None]
+        if self._upload is None:
+            return chw.to(self.device, self.compute_dtype)[None]
+        # VapourSynth's frame memory is pageable: stage it in pinned memory so that the upload is
+        # asynchronous and runs on its own stream, beside the computation still queued
+        staging = torch.empty(chw.shape, dtype=chw.dtype, pin_memory=True)
+        staging.copy_(chw)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._upload):
+            on_device = staging.to(self.device, non_blocking=True)
+        compute.wait_stream(self._upload)
+        on_device.record_stream(compute)  # allocated on the upload stream, used on the compute one
+        return on_device.to(self.compute_dtype)[None]
 
     def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
         """(padded input of tile t, its features) for input frame n, from the cache when present."""
@@ -167,7 +229,7 @@ class WindowEngine:
             tile = self.tiles[t]
             crop = load_frame()[..., tile.ry0:tile.ry1, tile.rx0:tile.rx1]
             crop = pad_to_multiple(crop, self.model.size_multiple)
-            item = (crop, self.model.frame_features(crop))
+            item = (crop, self._frame_features(crop))
             self.cache.put((n, t), item)
         return item
 
@@ -185,7 +247,7 @@ class WindowEngine:
         out = None
         for t, tile in enumerate(self.tiles):
             encoded = [self._encode(n, t, loader(i)) for i, n in enumerate(window)]
-            result = self.model.restore_window([features for _, features in encoded], encoded[self.model.center][0])
+            result = self._restore_window([features for _, features in encoded], encoded[self.model.center][0])
             ox, oy = tile.x0 - tile.rx0, tile.y0 - tile.ry0
             part = result[..., s * oy:s * (oy + tile.y1 - tile.y0), s * ox:s * (ox + tile.x1 - tile.x0)]
             if len(self.tiles) == 1:
@@ -195,20 +257,55 @@ class WindowEngine:
             out[..., s * tile.y0:s * tile.y1, s * tile.x0:s * tile.x1] = part
         return out
 
-    def restore(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
-        """Restored centre frame of the window, (1, 3, s*H, s*W)."""
+    def restore(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
+        """Restores the centre frame of the window, (3, s*H, s*W); pass the result to :meth:`write`.
+
+        On CUDA this returns once the work is queued, without waiting for it.
+        """
         with self._lock, torch.inference_mode():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # callbacks arrive on any worker thread
             while True:
                 try:
-                    out = self._restore_tiles(window, sources)
-                    self._check_offsets(window[self.model.center])
-                    return out
+                    out = self._run_network(window, sources)
+                    return self._to_host(window[self.model.center], out[0], self._offset_peak())
                 except torch.cuda.OutOfMemoryError:
+                    self._offset_means.clear()
                     if not self._shrink_tiles():
                         raise
                     torch.cuda.empty_cache()
+
+    def _run_network(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
+        if not self.compiled:
+            return self._restore_tiles(window, sources)
+        try:
+            return self._restore_tiles(window, sources)
+        except self._compile_errors as e:  # compiling failed, e.g. no C++ compiler for inductor
+            log.warning("Restore: torch.compile failed (%s: %s); running the network uncompiled",
+                        type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+            self._frame_features, self._restore_window = self.model.frame_features, self.model.restore_window
+            self.compiled = False
+            self.cache.clear()
+            self._offset_means.clear()
+            return self._restore_tiles(window, sources)
+
+    def _to_host(self, n: int, out: torch.Tensor, peak: torch.Tensor | None) -> PendingFrame:
+        out = out.to(self.host_dtype)
+        if self._download is None:
+            return PendingFrame(n, out, None, peak)
+        compute = torch.cuda.current_stream(self.device)
+        self._download.wait_stream(compute)
+        with torch.cuda.stream(self._download):
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            peak_host = None
+            if peak is not None:
+                peak_host = torch.empty((), dtype=peak.dtype, pin_memory=True)
+                peak_host.copy_(peak, non_blocking=True)
+            ready = torch.cuda.Event(blocking=True)  # write() sleeps rather than spins: cores stay free
+            ready.record(self._download)
+        out.record_stream(self._download)  # keep the allocator from reusing it before the copy ends
+        return PendingFrame(n, host, ready, peak_host)
 
     def _shrink_tiles(self) -> bool:
         """After CUDA ran out of memory: halve the tiles (down to 64 px); False if already that small."""
@@ -222,10 +319,13 @@ class WindowEngine:
         self._set_tiles(smaller)
         return True
 
-    def write(self, tensor: torch.Tensor, output: PlaneViews) -> None:
-        """Copies a (1, 3, h, w) tensor into the output frame's planes."""
+    def write(self, pending: PendingFrame, output: PlaneViews) -> None:
+        """Copies a restored frame into the output frame's planes (waiting for its download on CUDA)."""
+        if pending.ready is not None:
+            pending.ready.synchronize()
+        self._check_offsets(pending)
         *planes, stride = output
-        result = tensor[0].to("cpu", torch.float32).numpy()
+        result = pending.host.numpy()
         h, w = result.shape[1:]
         row = stride // self.sample_dtype.itemsize
         for plane, values in zip(planes, result):

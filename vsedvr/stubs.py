@@ -32,6 +32,7 @@ _PARAMS = f"""\
         tile: int | Sequence[int] | None = None,
         tile_overlap: int | None = None,
         precision: {_literal(Precision)} | None = None,
+        compile: int | None = None,
     ) -> "VideoNode":
         \"\"\"EDVR video restoration: each output frame from a window of 5 (7) input frames.
 
@@ -40,6 +41,7 @@ _PARAMS = f"""\
         padding: window rule at clip ends and scene cuts (default: the model's). scenechange:
         honour _SceneChangePrev/_SceneChangeNext. tile: [w, h] input pixels per tile.
         tile_overlap: pixels shared by tiles (default 16). precision: "auto", "fp32", "fp16", "bf16".
+        compile: run the network through torch.compile (slow first frame).
         \"\"\"
 """
 

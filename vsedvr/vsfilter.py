@@ -19,7 +19,7 @@ from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
 
 #: The parameters of Restore besides clip (the plugin's registration string lists the same).
-PARAMETERS = ("model", "device", "padding", "scenechange", "tile", "tile_overlap", "precision")
+PARAMETERS = ("model", "device", "padding", "scenechange", "tile", "tile_overlap", "precision", "compile")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 HALF_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -52,6 +52,7 @@ class Restorer:
                 output: PlaneViews) -> str | None:
         """Fills ``output`` with restored frame n; returns None, or the error text."""
         try:
+            # restore() holds the engine's lock; write() waits for the result outside it
             self.engine.write(self.engine.restore(window, sources), output)
             return None
         except Exception:  # noqa: BLE001 - every error must reach VapourSynth as a frame error
@@ -98,6 +99,9 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     scenechange = _single(options, "scenechange", 1)
     if scenechange not in (0, 1):
         raise ArgumentError(f'"scenechange" must be 0 or 1 (False or True), got {scenechange}')
+    compile_network = _single(options, "compile", 0)
+    if compile_network not in (0, 1):
+        raise ArgumentError(f'"compile" must be 0 or 1 (False or True), got {compile_network}')
     precision = _single(options, "precision", "auto")
     if precision not in PRECISIONS:
         raise ArgumentError(f'"precision" must be one of {", ".join(PRECISIONS)}, got "{precision}"')
@@ -120,7 +124,7 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
-                          tile=tile, tile_overlap=tile_overlap)
+                          tile=tile, tile_overlap=tile_overlap, compile=bool(compile_network))
     return Restorer(engine, padding, bool(scenechange))
 
 

@@ -99,8 +99,9 @@ def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tenso
         up = [None if t is None else t.float() for t in (offset, mask, weight, bias)]
         return deform_conv3x3(x.float(), up[0], up[1], up[2], up[3], deformable_groups).to(x.dtype)
     if use_fast_path(x):
-        return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
+        return _modulated_deform_conv3x3_eager(x, offset, mask, weight, bias, deformable_groups)
     return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
 
 
 def _check(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
@@ -230,6 +231,15 @@ def modulated_deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, wei
                 for future in [pool.submit(job, i, r0) for i, r0 in bands]:
                     future.result()
     return out.view(n, c_out, height, width)
+
+
+# Under torch.compile the fast path stays outside the graph: it runs its bands on Python threads
+# and sets torch's thread count, which tracing cannot capture; the graph breaks around it.
+# (torchvision already imports torch._dynamo, so the decorator costs nothing at import.)
+@torch.compiler.disable
+def _modulated_deform_conv3x3_eager(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor,
+                                    bias: Tensor | None, deformable_groups: int) -> Tensor:
+    return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
 
 
 def _corners(offset: Tensor, mask: Tensor | None, base_y: Tensor, base_x: Tensor, group_start: Tensor,
