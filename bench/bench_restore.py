@@ -16,9 +16,15 @@ thread count for every variant:
              lock, the whole network per output frame, torchvision's DCN.
   c_fastdcn  (only when asked for) c_modify with vsedvr's fast DCN, to separate the plugin's
              feature cache from the DCN speed-up.
+  a_compile  (only when asked for) a_python with ``Restore(compile=True)``; its first frame (the
+             compilation) is reported apart and its rate is over the other frames.
 
-Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``); variants are
-interleaved when ``--repeats`` > 1 and the median is reported. Also: FLOPs per output frame
+Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``; on CUDA also
+peak VRAM, ``torch.cuda.max_memory_allocated``); variants are interleaved when ``--repeats`` > 1
+and the median is reported. ``--device cuda`` runs every variant on the GPU; ``--precision`` applies to the a
+variants (vsedvr's parameter), b and c always compute in fp32 (as the reference scripts do). On CUDA the model-FLOP utilisation (achieved FLOP/s over the GPU's
+dense tensor-core peak for the precision; fp32 convolutions run as TF32 by PyTorch's default) is
+printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also: FLOPs per output frame
 (``torch.utils.flop_counter.FlopCounterMode``; the deformable convs counted as 2 x the MACs of
 their weighted sum, 2 * C_out * C_in * 9 * H * W) with the achieved GFLOP/s of each variant, and a
 micro-benchmark of the deformable conv itself (fast path vs torchvision) at EDVR-M's L1 shape.
@@ -27,6 +33,7 @@ Examples::
 
     python bench/bench_restore.py                      # EDVR-M and EDVR-L, 64x112, 8 frames
     python bench/bench_restore.py --models edvrm --size 180x320 --frames 6 --json m180.json
+    python bench/bench_restore.py --device cuda --precision fp16 --models edvrm --size 540x960 --frames 30
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +65,53 @@ MODELS: dict[str, dict[str, Any]] = {
     "edvrl": dict(num_feat=128, num_reconstruct_block=40),
 }
 VARIANTS = ("a_vspipe", "a_python", "b_naive", "c_modify")
-OPTIONAL_VARIANTS = ("c_fastdcn",)
+OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile")
 LABELS = {
     "a_vspipe": "a  vsedvr Restore, vspipe",
     "a_python": "a  vsedvr Restore, Python frames()",
     "b_naive": "b  naive net(x) per window, torchvision DCN",
     "c_modify": "c  ModifyFrame + get_frame + lock, torchvision DCN",
     "c_fastdcn": "c' ModifyFrame + get_frame + lock, fast DCN",
+    "a_compile": "a' vsedvr Restore(compile=True), Python frames()",
 }
 NUM_FRAMES_T = 5  # every benchmarked model has 5-frame windows, centre 2
+
+#: Dense tensor-core peaks in TFLOP/s (vendor data sheets) by precision, for the MFU column.
+#: fp32 counts TF32: PyTorch runs fp32 convolutions on cuDNN with TF32 allowed by default.
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H100 SXM": {"fp16": 989.4, "bf16": 989.4, "fp32": 494.7},
+    "H100 PCIe": {"fp16": 756.0, "bf16": 756.0, "fp32": 378.0},
+    "H100 NVL": {"fp16": 835.5, "bf16": 835.5, "fp32": 417.5},
+    "H200": {"fp16": 989.4, "bf16": 989.4, "fp32": 494.7},
+    "A100": {"fp16": 312.0, "bf16": 312.0, "fp32": 156.0},
+    "L40S": {"fp16": 362.1, "bf16": 362.1, "fp32": 183.0},
+    "RTX 4090": {"fp16": 165.2, "bf16": 165.2, "fp32": 82.6},
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every variant of one run shares (passed to the worker subprocesses as flags)."""
+
+    height: int
+    width: int
+    count: int  # frames of the clip = output frames timed
+    threads: int
+    device: str = "cpu"  # "cpu" or "cuda"
+    precision: str = "fp32"  # of the a variants; b and c compute in fp32
+
+    def flags(self) -> list[str]:
+        return ["--size", f"{self.height}x{self.width}", "--frames", str(self.count), "--threads",
+                str(self.threads), "--device", self.device, "--precision", self.precision]
+
+
+def gpu_peak_tflops(name: str, precision: str) -> float | None:
+    """The table's peak for a CUDA device name (e.g. "NVIDIA H100 80GB HBM3"), or None."""
+    if "H100" in name:
+        key = "H100 PCIe" if "PCIe" in name else "H100 NVL" if "NVL" in name else "H100 SXM"
+    else:
+        key = next((k for k in GPU_PEAK_TFLOPS if k in name), "")
+    return GPU_PEAK_TFLOPS[key][precision] if key else None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -125,8 +171,25 @@ import bench_restore as B
 from vapoursynth import core
 torch.set_num_threads(int(threads))
 clip = B.source_clip(B.make_frames(int(frames), int(height), int(width)))
-core.edvr.Restore(clip, model=checkpoint, device="cpu").set_output()
+out = core.edvr.Restore(clip, model=checkpoint, device=device, precision=precision)
+B.record_vram(out, vram_file).set_output()
 """
+
+
+def record_vram(clip, path: str):  # (vs.VideoNode, str) -> vs.VideoNode
+    """On CUDA, the clip with a pass-through that writes the peak VRAM so far to ``path`` at each frame."""
+    import torch
+    import vapoursynth as vs
+
+    if not torch.cuda.is_available() or not path:
+        return clip
+
+    def passthrough(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        Path(path).write_text(str(torch.cuda.max_memory_allocated() / 2**20))
+        return f
+
+    return vs.core.std.ModifyFrame(clip, clip, passthrough)
+
 
 
 #: OMP_WAIT_POLICY for every subprocess, None: the caller's environment (see --omp-wait-policy).
@@ -141,43 +204,56 @@ def _thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def worker(variant: str, checkpoint: str, height: int, width: int, count: int, threads: int) -> dict[str, Any]:
-    """Runs one variant in this process; returns seconds for ``count`` output frames and more."""
+def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
+    """Runs one variant in this process; returns seconds for ``setup.count`` output frames and more."""
     if variant == "a_vspipe":
-        return _worker_vspipe(checkpoint, height, width, count, threads)
+        return _worker_vspipe(checkpoint, setup)
     if variant == "dcn_micro":
-        return dcn_micro(threads)
+        return dcn_micro(setup.threads)
 
     import torch
 
-    torch.set_num_threads(threads)
-    frames = make_frames(count, height, width)
+    torch.set_num_threads(setup.threads)
+    frames = make_frames(setup.count, setup.height, setup.width)
     start = time.perf_counter()
-    if variant == "a_python":
+    compiled = variant == "a_compile"
+    if variant in ("a_python", "a_compile"):
         from vapoursynth import core
 
-        out = core.edvr.Restore(source_clip(frames), model=checkpoint, device="cpu")
+        out = core.edvr.Restore(source_clip(frames), model=checkpoint, device=setup.device,
+                                precision=setup.precision, compile=int(compiled))
         load = time.perf_counter() - start
         start = time.perf_counter()
-        for _ in out.frames():
+        frames_out = out.frames()
+        next(frames_out)
+        first = time.perf_counter() - start
+        for _ in frames_out:
             pass
+        after_first = time.perf_counter() - start - first
+        if compiled:  # the first frame compiles the network: reported apart, not timed
+            start += first
     else:
         import vsedvr
         from vsedvr.nets.deform import fast_path
 
-        net = vsedvr.load_model(checkpoint)
+        net = vsedvr.load_model(checkpoint, device=setup.device)
         load = time.perf_counter() - start
         with fast_path(variant == "c_fastdcn"):
             start = time.perf_counter()
             if variant == "b_naive":
-                _naive(net, frames)
+                _naive(net, frames, setup.device)
             else:
-                _modify_frame(net, frames)
+                _modify_frame(net, frames, setup.device)
     seconds = time.perf_counter() - start
-    return dict(seconds=seconds, load_seconds=load, peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF))
+    vram = torch.cuda.max_memory_allocated() / 2**20 if setup.device == "cuda" else None
+    timed = setup.count - 1 if compiled else setup.count
+    return dict(seconds=seconds, frames_timed=timed, load_seconds=load,
+                first_frame_seconds=first if compiled else None,
+                seconds_after_first=after_first if variant in ("a_python", "a_compile") else None,
+                peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF), peak_vram_mib=vram)
 
 
-def _naive(net: Any, frames: np.ndarray) -> None:
+def _naive(net: Any, frames: np.ndarray, device: str) -> None:
     """Reference test script: per output frame, read its window's images again, run net(x)."""
     import torch
 
@@ -189,12 +265,12 @@ def _naive(net: Any, frames: np.ndarray) -> None:
         window_images = [images[i].astype(np.float32) / 255.0 for i in window(n, len(frames))]
         x = torch.stack([torch.from_numpy(img[:, :, ::-1].transpose(2, 0, 1).copy()) for img in window_images])
         with torch.inference_mode():
-            out = net(x[None])
+            out = net(x[None].to(device)).cpu()
         # tensor2img: clamp, RGB -> BGR, HWC, uint8
         results.append((out[0].clamp(0, 1).numpy()[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8))
 
 
-def _modify_frame(net: Any, frames: np.ndarray) -> None:
+def _modify_frame(net: Any, frames: np.ndarray, device: str) -> None:
     """std.ModifyFrame, neighbours fetched with get_frame inside the callback, one global lock."""
     import torch
     import vapoursynth as vs
@@ -208,7 +284,7 @@ def _modify_frame(net: Any, frames: np.ndarray) -> None:
             planes = [np.stack([np.asarray(clip.get_frame(i)[p]) for p in range(3)])
                       for i in window(n, clip.num_frames)]
             with torch.inference_mode():
-                out = net(torch.from_numpy(np.stack(planes))[None])[0].numpy()
+                out = net(torch.from_numpy(np.stack(planes))[None].to(device))[0].cpu().numpy()
             dst = f.copy()
             for p in range(3):
                 np.asarray(dst[p])[:] = out[p]
@@ -219,16 +295,18 @@ def _modify_frame(net: Any, frames: np.ndarray) -> None:
         pass
 
 
-def _worker_vspipe(checkpoint: str, height: int, width: int, count: int, threads: int) -> dict[str, Any]:
+def _worker_vspipe(checkpoint: str, setup: Setup) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
-        env = _thread_env(threads)
+        env = _thread_env(setup.threads)
         env["XDG_CONFIG_HOME"] = str(Path(tmp) / "xdg-config")
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         subprocess.run([str(VENV_BIN / "vapoursynth"), "config"], env=env, check=True, capture_output=True)
         script = Path(tmp) / "bench.vpy"
         script.write_text(VPY)
-        args = dict(benchdir=str(BENCH_DIR), checkpoint=checkpoint, frames=count, height=height, width=width,
-                    threads=threads)
+        vram_file = Path(tmp) / "vram" if setup.device == "cuda" else None
+        args = dict(benchdir=str(BENCH_DIR), checkpoint=checkpoint, frames=setup.count, height=setup.height,
+                    width=setup.width, threads=setup.threads, device=setup.device, precision=setup.precision,
+                    vram_file=vram_file or "")
         cmd = [str(VENV_BIN / "vspipe"), "--progress"]
         for key, value in args.items():
             cmd += ["-a", f"{key}={value}"]
@@ -236,29 +314,29 @@ def _worker_vspipe(checkpoint: str, height: int, width: int, count: int, threads
         start = time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        vram = float(vram_file.read_text()) if vram_file and vram_file.exists() else None
     if done.returncode:
         raise RuntimeError(f"vspipe failed ({done.returncode}):\n{done.stderr[-3000:]}")
     found = re.search(r"Output (\d+) frames in ([\d.]+) seconds", done.stderr)
-    if not found or int(found.group(1)) != count:
-        raise RuntimeError(f"no 'Output {count} frames in ... seconds' from vspipe:\n{done.stderr[-3000:]}")
+    if not found or int(found.group(1)) != setup.count:
+        raise RuntimeError(f"no 'Output {setup.count} frames in ... seconds' from vspipe:\n{done.stderr[-3000:]}")
     seconds = float(found.group(2))
-    return dict(seconds=seconds, load_seconds=wall - seconds, peak_rss_mib=_peak_rss_mib(resource.RUSAGE_CHILDREN))
+    return dict(seconds=seconds, frames_timed=setup.count, load_seconds=wall - seconds,
+                peak_rss_mib=_peak_rss_mib(resource.RUSAGE_CHILDREN), peak_vram_mib=vram)
 
 
 def _peak_rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_worker(variant: str, checkpoint: Path, height: int, width: int, count: int,
-               threads: int) -> dict[str, Any]:
+def run_worker(variant: str, checkpoint: Path, setup: Setup) -> dict[str, Any]:
     """One variant in a fresh subprocess of this script."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_file = Path(f.name)
     try:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--checkpoint", str(checkpoint),
-               "--size", f"{height}x{width}", "--frames", str(count), "--threads", str(threads),
-               "--result-file", str(result_file)]
-        done = subprocess.run(cmd, env=_thread_env(threads), capture_output=True, text=True)
+               *setup.flags(), "--result-file", str(result_file)]
+        done = subprocess.run(cmd, env=_thread_env(setup.threads), capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"variant {variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return json.loads(result_file.read_text())
@@ -364,8 +442,9 @@ def machine_info(threads: int) -> dict[str, Any]:
                 break
     except OSError:
         pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                cpu=cpu, logical_cpus=os.cpu_count(), threads=threads, python=platform.python_version(),
+                cpu=cpu, gpu=gpu, logical_cpus=os.cpu_count(), threads=threads, python=platform.python_version(),
                 torch=torch.__version__, torchvision=torchvision.__version__,
                 vapoursynth=vs.core.core_version.release_major, platform=platform.platform(),
                 loadavg_start=os.getloadavg())
@@ -392,6 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from {', '.join(VARIANTS + OPTIONAL_VARIANTS)} "
                              f"(default: {','.join(VARIANTS)})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where every variant computes (default cpu)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="precision of the a variants (Restore's parameter; fp16/bf16 need --device cuda); "
+                             "b and c compute in fp32 (default fp32)")
+    parser.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                        help="the device's peak for the MFU column (default: looked up for known GPUs; "
+                             "none on the CPU)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved repetitions; medians are reported (default 1)")
     parser.add_argument("--no-micro", action="store_true", help="skip the deformable-conv micro-benchmark")
@@ -409,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     global _WAIT_POLICY
     _WAIT_POLICY = args.omp_wait_policy or None
 
+    setup = Setup(height, width, args.frames, args.threads, args.device, args.precision)
     if args.worker:
-        result = worker(args.worker, args.checkpoint, height, width, args.frames, args.threads)
+        result = worker(args.worker, args.checkpoint, setup)
         args.result_file.write_text(json.dumps(result))
         return 0
 
@@ -426,8 +514,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be multiples of 4")
     if args.frames < NUM_FRAMES_T:
         parser.error(f"--frames must be at least {NUM_FRAMES_T} (the reference windows need it)")
+    if args.precision != "fp32" and args.device != "cuda":
+        parser.error(f"--precision {args.precision} needs --device cuda (Restore computes fp32 on the CPU)")
 
     import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA device here")
 
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
@@ -438,11 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# input {height}x{width}, {args.frames} frames, repeats {args.repeats}; "
           f"command: {' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}",
           flush=True)
-    report: dict[str, Any] = dict(machine=info, size=[height, width], frames=args.frames, repeats=args.repeats,
+    peak = args.peak_tflops or (gpu_peak_tflops(info["gpu"], args.precision) if args.device == "cuda" else None)
+    if args.device == "cuda":
+        print(f"# {info['gpu']}; a: {args.precision}, b and c: fp32; "
+              f"peak for MFU: {f'{peak:g} TFLOP/s' if peak else 'unknown (--peak-tflops)'}", flush=True)
+    report: dict[str, Any] = dict(machine=info, setup=asdict(setup), repeats=args.repeats, peak_tflops=peak,
                                   models={})
 
-    if not args.no_micro:
-        micro = run_worker("dcn_micro", Path(), height, width, args.frames, args.threads)
+    if not args.no_micro and args.device == "cpu":  # vsedvr's own DCN kernel is the CPU's
+        micro = run_worker("dcn_micro", Path(), setup)
         report["dcn_micro"] = micro
         print(f"\nDeformable conv 1x64x180x320, 8 groups (median of 5, interleaved): torchvision "
               f"{micro['torchvision_ms']:.0f} ms, fast {micro['fast_ms']:.0f} ms -> {micro['speedup']:.2f}x; "
@@ -456,19 +553,30 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for _ in range(args.repeats):
                 for v in variants:
-                    runs[v].append(run_worker(v, checkpoint, height, width, args.frames, args.threads))
+                    runs[v].append(run_worker(v, checkpoint, setup))
                     print(f"  {model} {v}: {runs[v][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
             rows = {}
             for v in variants:
+                timed = runs[v][0]["frames_timed"]
                 seconds = statistics.median(r["seconds"] for r in runs[v])
                 gflop = flops["plugin"] if v.startswith("a_") else flops["full"]
-                rows[v] = dict(seconds=seconds, fps=args.frames / seconds, s_per_frame=seconds / args.frames,
-                               gflop_per_frame=gflop, gflops=gflop * args.frames / seconds,
+                vram = [r["peak_vram_mib"] for r in runs[v] if r.get("peak_vram_mib") is not None]
+                firsts = [r["first_frame_seconds"] for r in runs[v] if r.get("first_frame_seconds") is not None]
+                rows[v] = dict(seconds=seconds, frames_timed=timed, fps=timed / seconds, s_per_frame=seconds / timed,
+                               gflop_per_frame=gflop, gflops=gflop * timed / seconds,
+                               mfu=gflop * timed / seconds / (peak * 1e3) if peak else None,
                                peak_rss_mib=max(r["peak_rss_mib"] for r in runs[v]),
+                               peak_vram_mib=max(vram) if vram else None,
+                               first_frame_seconds=statistics.median(firsts) if firsts else None,
                                load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
             ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
-                      for a in ("a_vspipe", "a_python") for b in ("b_naive", "c_modify", "c_fastdcn")
-                      if a in rows and b in rows}
+                      for a in ("a_vspipe", "a_python", "a_compile")
+                      for b in ("b_naive", "c_modify", "c_fastdcn", "a_python")
+                      if a in rows and b in rows and a != b}
+            if "a_compile" in rows and "a_python" in rows:  # both without their first frame
+                ratios["a_compile/a_python"] = (statistics.median(r["seconds_after_first"] for r in runs["a_python"])
+                                                / statistics.median(r["seconds_after_first"]
+                                                                    for r in runs["a_compile"]))
             report["models"][model] = dict(flops_gflop=flops, variants=rows, speed_ratios=ratios)
             _print_model(model, height, width, args.frames, flops, rows, ratios)
 
@@ -484,10 +592,14 @@ def _print_model(model: str, height: int, width: int, count: int, flops: dict[st
     print(f"\n{model} at {height}x{width} -> {4 * height}x{4 * width}, {count} output frames; GFLOP per output "
           f"frame: whole network {flops['full']:.1f}, "
           f"vsedvr (features of 1 frame + 1 window) {flops['plugin']:.1f}")
-    print(f"  {'variant':52s} {'fps':>7s} {'s/frame':>8s} {'GFLOP/s':>8s} {'peak RSS':>9s}")
+    print(f"  {'variant':52s} {'fps':>7s} {'s/frame':>8s} {'GFLOP/s':>8s} {'MFU':>6s} {'peak RSS':>9s} "
+          f"{'peak VRAM':>10s}")
     for v, r in rows.items():
-        print(f"  {LABELS[v]:52s} {r['fps']:7.3f} {r['s_per_frame']:8.2f} {r['gflops']:8.1f} "
-              f"{r['peak_rss_mib']:6.0f} MiB")
+        mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "     -"
+        vram = f"{r['peak_vram_mib']:6.0f} MiB" if r["peak_vram_mib"] is not None else "         -"
+        first = f"  (first frame, compiling: {r['first_frame_seconds']:.1f} s)" if r["first_frame_seconds"] else ""
+        print(f"  {LABELS[v]:52s} {r['fps']:7.3f} {r['s_per_frame']:8.2f} {r['gflops']:8.1f} {mfu} "
+              f"{r['peak_rss_mib']:6.0f} MiB {vram}{first}")
     if ratios:
         print("  speed ratios (fps / fps): " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
 
