@@ -3,7 +3,6 @@ arbitrary frame sizes and the DCN offset/mask layout. Tiny networks, CPU only.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,7 @@ TINY_CONFIGS = {
     "predeblur_hr_in": dict(with_predeblur=True, hr_in=True),
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _tiny(**overrides: Any) -> EDVR:

@@ -54,7 +54,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
 MMEDIT_VARIANTS = ("edvrm", "edvrm_wotsa", "edvrl", "edvrl_wotsa", "vimeo7")
 TOLERANCE = 1e-5
 
-pytestmark = pytest.mark.filterwarnings("ignore:distutils Version classes:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:distutils Version classes:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 # --------------------------------------------------------------------------- fetching
@@ -323,15 +324,6 @@ def _input(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- tests
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: faster than two on a shared 2-core machine, and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_basicsr_dcn_takes_torchvision_branch(references: types.SimpleNamespace,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
