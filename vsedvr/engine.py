@@ -37,7 +37,6 @@ PlaneViews = Sequence  # (memoryview R, memoryview G, memoryview B, stride in by
 #: which usually means content unlike the training data (e.g. the wrong model for it).
 OFFSET_WARNING = 50.0
 
-
 @dataclass(frozen=True)
 class Tile:
     """One tile, in input pixels: the part it outputs, and the larger part it reads."""
@@ -139,15 +138,20 @@ class WindowEngine:
         self._warned_nonfinite = False
         self._watch_offsets()
         self._frame_features: Callable[..., Any] = model.frame_features
-        self._restore_window: Callable[..., Any] = model.restore_window
         self._compile_errors: tuple[type[Exception], ...] = ()
         self.compiled = compile
         if compile:
             from torch._dynamo.exc import TorchDynamoException
 
+            # VSScript sets the root logger to NOTSET and hands every record to the host, and inductor's
+            # cache locks log each acquire/release at DEBUG: vspipe would print dozens of lines
+            quiet = logging.getLogger("filelock")
+            if quiet.level == logging.NOTSET:
+                quiet.setLevel(logging.WARNING)
+
             # dynamic=False: a few static shapes (tiles at the edges) compile faster and run faster
             self._frame_features = torch.compile(model.frame_features, dynamic=False)
-            self._restore_window = torch.compile(model.restore_window, dynamic=False)
+            model.compile_regions(dynamic=False)
             self._compile_errors = (TorchDynamoException,)
         self._upload = self._download = None
         if device.type == "cuda":
@@ -247,7 +251,7 @@ class WindowEngine:
         out = None
         for t, tile in enumerate(self.tiles):
             encoded = [self._encode(n, t, loader(i)) for i, n in enumerate(window)]
-            result = self._restore_window([features for _, features in encoded], encoded[self.model.center][0])
+            result = self.model.restore_window([features for _, features in encoded], encoded[self.model.center][0])
             ox, oy = tile.x0 - tile.rx0, tile.y0 - tile.ry0
             part = result[..., s * oy:s * (oy + tile.y1 - tile.y0), s * ox:s * (ox + tile.x1 - tile.x0)]
             if len(self.tiles) == 1:
@@ -283,7 +287,8 @@ class WindowEngine:
         except self._compile_errors as e:  # compiling failed, e.g. no C++ compiler for inductor
             log.warning("Restore: torch.compile failed (%s: %s); running the network uncompiled",
                         type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
-            self._frame_features, self._restore_window = self.model.frame_features, self.model.restore_window
+            self._frame_features = self.model.frame_features
+            self.model.compile_regions(False)
             self.compiled = False
             self.cache.clear()
             self._offset_means.clear()

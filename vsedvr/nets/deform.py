@@ -99,7 +99,9 @@ def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tenso
         up = [None if t is None else t.float() for t in (offset, mask, weight, bias)]
         return deform_conv3x3(x.float(), up[0], up[1], up[2], up[3], deformable_groups).to(x.dtype)
     if use_fast_path(x):
-        return _modulated_deform_conv3x3_eager(x, offset, mask, weight, bias, deformable_groups)
+        if torch.compiler.is_compiling():
+            return _modulated_deform_conv3x3_op(x, offset, mask, weight, bias, deformable_groups)
+        return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
     return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
 
 
@@ -233,13 +235,19 @@ def modulated_deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, wei
     return out.view(n, c_out, height, width)
 
 
-# Under torch.compile the fast path stays outside the graph: it runs its bands on Python threads
-# and sets torch's thread count, which tracing cannot capture; the graph breaks around it.
-# (torchvision already imports torch._dynamo, so the decorator costs nothing at import.)
-@torch.compiler.disable
-def _modulated_deform_conv3x3_eager(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor,
-                                    bias: Tensor | None, deformable_groups: int) -> Tensor:
+# The fast path as an opaque operator, so that torch.compile keeps it in one graph with the rest of
+# the network instead of breaking the graph around it (its Python threads and thread-count changes
+# cannot be traced; with graph breaks every pyramid level's shape recompiled the DCN's caller).
+@torch.library.custom_op("vsedvr::modulated_deform_conv3x3", mutates_args=())
+def _modulated_deform_conv3x3_op(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor,
+                                 bias: Tensor | None, deformable_groups: int) -> Tensor:
     return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
+
+
+@_modulated_deform_conv3x3_op.register_fake
+def _(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
+      deformable_groups: int) -> Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
 
 
 def _corners(offset: Tensor, mask: Tensor | None, base_y: Tensor, base_x: Tensor, group_start: Tensor,
