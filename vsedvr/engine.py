@@ -16,8 +16,11 @@ with the GPU (the offset check reads its value after the download too).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,30 @@ PlaneViews = Sequence  # (memoryview R, memoryview G, memoryview B, stride in by
 #: Mean |deformable offset| (pixels) above which both references warn: the alignment is lost,
 #: which usually means content unlike the training data (e.g. the wrong model for it).
 OFFSET_WARNING = 50.0
+
+#: Longest wait at interpreter exit for a frame that is being computed (seconds); see _finish_at_exit.
+EXIT_WAIT = 10.0
+
+_engines: weakref.WeakSet[WindowEngine] = weakref.WeakSet()
+_exiting = threading.Event()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Stops new frames and waits (up to EXIT_WAIT) for the ones being computed.
+
+    A script may exit with frames still requested (vsedit closing mid-render, ``get_frame_async``
+    never awaited). VapourSynth's threads keep computing while Python tears down modules, and a
+    frame in the middle of the network then calls operators whose registrations are already gone
+    (seen with the compiled network: failed tracing, or a segfault). atexit runs before that
+    teardown; the lock wait releases the GIL, so the running frame can finish.
+    """
+    _exiting.set()
+    deadline = time.monotonic() + EXIT_WAIT
+    for engine in list(_engines):
+        if engine._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            engine._lock.release()
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -137,6 +164,7 @@ class WindowEngine:
         self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False
         self._watch_offsets()
+        _engines.add(self)
         self._frame_features: Callable[..., Any] = model.frame_features
         self._compile_errors: tuple[type[Exception], ...] = ()
         self.compiled = compile
@@ -267,6 +295,8 @@ class WindowEngine:
         On CUDA this returns once the work is queued, without waiting for it.
         """
         with self._lock, torch.inference_mode():
+            if _exiting.is_set():
+                raise RuntimeError("Restore: Python is exiting; frame not computed")
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # callbacks arrive on any worker thread
             while True:
