@@ -2,9 +2,13 @@
 """How far fp16 / bf16 output is from fp32 output (what ``precision=`` trades for speed).
 
 The whole network is converted, as ``core.edvr.Restore(..., precision="fp16")`` does; the
-deformable convolutions compute bf16 input in fp32 (torchvision has no bf16 kernel). Prints, per
-model and precision, the PSNR of the half-precision output against the fp32 output (higher is
-closer; 8-bit video is indistinguishable above ~50 dB) and the max absolute difference.
+deformable convolutions compute half input in fp32. Prints, per model and precision, the PSNR of
+the half-precision output against the fp32 output (higher is closer; 8-bit video is
+indistinguishable above ~50 dB) and the max absolute difference.
+
+First, why the deformable convolutions compute in fp32: one of them on a 1280 px wide strip,
+torchvision's fp16 kernel against fp32 on the same fp16 inputs, both against float64, by x range
+(the fp16 kernel computes sampling positions in fp16, which loses their fraction far from x = 0).
 
 Default: the bundled ``edvr_demo`` model and EDVR-M with random weights, on held-out clips
 (pictures the demo model never saw, synthetic motion, bicubic x4 down), on CUDA when PyTorch sees
@@ -48,6 +52,33 @@ def networks(names: Sequence[str]) -> dict[str, torch.nn.Module]:
     return out
 
 
+def dcn_error_by_position(device: torch.device, width: int = 1280) -> list[tuple[str, int, int, float, float]]:
+    """(kernel, x0, x1, max, mean |error| against float64) for one modulated deformable conv."""
+    from torchvision.ops import deform_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    c, h = 8, 8
+    # content that varies along x, so that where a tap samples matters
+    ramp = torch.sin(torch.linspace(0, 200, width, dtype=torch.float64))
+    x = ramp.expand(1, c, h, width) + 0.1 * torch.rand(1, c, h, width, generator=g, dtype=torch.float64)
+    offset = (torch.rand(1, 18, h, width, generator=g, dtype=torch.float64) - 0.5) * 3
+    mask = torch.rand(1, 9, h, width, generator=g, dtype=torch.float64)
+    weight = torch.randn(c, c, 3, 3, generator=g, dtype=torch.float64) / 9
+    args = [t.half() for t in (x, offset, weight, mask)]  # what a fp16 network hands the DCN
+    reference = deform_conv2d(*(t.double() for t in args[:3]), padding=1, mask=args[3].double())
+    kernels = {
+        "fp16 (torchvision)": deform_conv2d(*(t.to(device) for t in args[:3]), padding=1, mask=args[3].to(device)),
+        "fp32 (vsedvr)": deform_conv2d(*(t.to(device).float() for t in args[:3]), padding=1,
+                                       mask=args[3].to(device).float()).half(),
+    }
+    rows = []
+    for name, out in kernels.items():
+        error = (out.cpu().double() - reference).abs()
+        for x0, x1 in ((0, 128), (256, 512), (1024, width)):
+            rows.append((name, x0, x1, float(error[..., x0:x1].max()), float(error[..., x0:x1].mean())))
+    return rows
+
+
 def measure(models: Sequence[str], device: torch.device, lr_size: tuple[int, int],
             clips_per_image: int) -> list[dict[str, object]]:
     clips = train_demo.heldout_clips(clips_per_image=clips_per_image, lr_size=lr_size)
@@ -79,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     h, w = (int(v) for v in args.size.lower().split("x"))
+    print(f"device {device}: one deformable conv (8 channels, 8x1280, offsets up to 1.5 px), fp16 inputs; "
+          "|error| against float64")
+    for name, x0, x1, worst, mean in dcn_error_by_position(device):
+        print(f"  {name:<19} x in [{x0:4d}, {x1:4d}): max {worst:.2e}, mean {mean:.2e}")
     rows = measure(args.models.split(","), device, (h, w), args.clips)
     print(f"device {device}, LR clips {h}x{w}, {rows[0]['clips']} held-out clips; PSNR of the "
           "half-precision output against fp32 output")

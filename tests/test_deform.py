@@ -193,6 +193,21 @@ def test_wrong_shapes_are_rejected() -> None:
 
 # --------------------------------------------------------------------------- dispatch
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("grad", [False, True], ids=["fast", "torchvision"])
+def test_half_input_samples_in_float32_far_from_the_origin(dtype: torch.dtype, grad: bool) -> None:
+    """Half input computes in float32 and is rounded once at the end: torchvision's own fp16 kernel
+    computes sampling positions in fp16, whose steps are 1 px from x = 1024 (errors ~0.2 there)."""
+    a = _inputs(1, 8, 4, 1100, 2, 1.5, seed=3)
+    half = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    widened = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in half.items()}
+    with torch.set_grad_enabled(grad):
+        out = deform_conv3x3(**half)
+        expected = deform_conv3x3(**widened).to(dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out[..., 1024:], expected[..., 1024:], atol=0, rtol=0)
+
+
 def test_fast_path_only_without_autograd() -> None:
     x = torch.zeros(1, 4, 3, 3)
     assert not use_fast_path(x)

@@ -241,8 +241,8 @@ def test_dcn_pack_single_row_shift() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_network_is_close_to_fp32(dtype: torch.dtype) -> None:
-    """precision="fp16"/"bf16" convert the whole network. torchvision's deformable kernel has no
-    bfloat16 (CPU or CUDA), so the DCNs compute that case in float32; the rest stays in half."""
+    """precision="fp16"/"bf16" convert the whole network; the DCNs compute in float32 (see
+    test_deform's half-precision test), the rest stays in half."""
     network = _tiny()
     frames = _frames(1, 5, 3, 16, 20)
     with torch.inference_mode():

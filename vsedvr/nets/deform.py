@@ -73,7 +73,11 @@ def fast_path(enabled: bool) -> Iterator[None]:
         _enabled = previous
 
 
-_TORCHVISION_DTYPES = (torch.float16, torch.float32, torch.float64)
+#: Inputs whose deformable convolutions compute in float32. bfloat16: torchvision has no kernel for
+#: it. float16: torchvision's kernels (CPU and CUDA) compute each sampling position in the input's
+#: type, and half precision cannot hold the fraction of a large coordinate (steps of 0.25 px from
+#: x = 256, 1 px from 1024), which is the alignment itself; bench/precision_error.py measures it.
+_FP32_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def use_fast_path(x: Tensor) -> bool:
@@ -91,11 +95,10 @@ def use_fast_path(x: Tensor) -> bool:
 def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
                    deformable_groups: int) -> Tensor:
     """3x3 / stride 1 / pad 1 modulated deformable conv: :func:`modulated_deform_conv3x3` when
-    :func:`use_fast_path` allows it, else ``torchvision.ops.deform_conv2d``; bfloat16 input is
-    computed in float32 (torchvision has no bfloat16 kernel) and returned as bfloat16. Same
+    :func:`use_fast_path` allows it, else ``torchvision.ops.deform_conv2d``; float16 and bfloat16
+    input is computed in float32 (see ``_FP32_DTYPES``) and returned in its own type. Same
     arguments as :func:`modulated_deform_conv3x3`."""
-    if x.dtype not in _TORCHVISION_DTYPES:
-        # torchvision's kernels (CPU and CUDA) have no bfloat16: sample and sum in float32
+    if x.dtype in _FP32_DTYPES:
         up = [None if t is None else t.float() for t in (offset, mask, weight, bias)]
         return deform_conv3x3(x.float(), up[0], up[1], up[2], up[3], deformable_groups).to(x.dtype)
     if use_fast_path(x):
