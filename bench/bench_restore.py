@@ -21,13 +21,16 @@ thread count for every variant:
 
 Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``; on CUDA also
 peak VRAM, ``torch.cuda.max_memory_allocated``); variants are interleaved when ``--repeats`` > 1
-and the median is reported. ``--device cuda`` runs every variant on the GPU; ``--precision`` applies to the a
-variants (vsedvr's parameter), b and c always compute in fp32 (as the reference scripts do). On CUDA the model-FLOP utilisation (achieved FLOP/s over the GPU's
-dense tensor-core peak for the precision; fp32 convolutions run as TF32 by PyTorch's default) is
-printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also: FLOPs per output frame
-(``torch.utils.flop_counter.FlopCounterMode``; the deformable convs counted as 2 x the MACs of
-their weighted sum, 2 * C_out * C_in * 9 * H * W) with the achieved GFLOP/s of each variant, and a
-micro-benchmark of the deformable conv itself (fast path vs torchvision) at EDVR-M's L1 shape.
+and the median is reported. ``--device cuda`` runs every variant on the GPU, each after one
+untimed warm-up frame (CUDA context, cuDNN's algorithm search) and with cuDNN's autotuner on;
+``--precision`` applies to the a variants (vsedvr's parameter), b and c always compute in fp32 (as
+the reference scripts do). On CUDA the model-FLOP utilisation (achieved FLOP/s over the GPU's dense
+tensor-core peak for the variant's precision; fp32 convolutions run as TF32 by PyTorch's default)
+is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also: FLOPs per
+output frame (``torch.utils.flop_counter.FlopCounterMode``; the deformable convs counted as 2 x
+the MACs of their weighted sum, 2 * C_out * C_in * 9 * H * W) with the achieved GFLOP/s of each
+variant, and a micro-benchmark of the deformable conv itself (fast path vs torchvision) at EDVR-M's
+L1 shape.
 
 Examples::
 
@@ -82,6 +85,7 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "H100 SXM": {"fp16": 989.4, "bf16": 989.4, "fp32": 494.7},
     "H100 PCIe": {"fp16": 756.0, "bf16": 756.0, "fp32": 378.0},
     "H100 NVL": {"fp16": 835.5, "bf16": 835.5, "fp32": 417.5},
+    "H200 NVL": {"fp16": 835.5, "bf16": 835.5, "fp32": 417.5},
     "H200": {"fp16": 989.4, "bf16": 989.4, "fp32": 494.7},
     "A100": {"fp16": 312.0, "bf16": 312.0, "fp32": 156.0},
     "L40S": {"fp16": 362.1, "bf16": 362.1, "fp32": 183.0},
@@ -110,7 +114,7 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
     if "H100" in name:
         key = "H100 PCIe" if "PCIe" in name else "H100 NVL" if "NVL" in name else "H100 SXM"
     else:
-        key = next((k for k in GPU_PEAK_TFLOPS if k in name), "")
+        key = next((k for k in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True) if k in name), "")  # "H200 NVL"
     return GPU_PEAK_TFLOPS[key][precision] if key else None
 
 
@@ -172,8 +176,31 @@ from vapoursynth import core
 torch.set_num_threads(int(threads))
 clip = B.source_clip(B.make_frames(int(frames), int(height), int(width)))
 out = core.edvr.Restore(clip, model=checkpoint, device=device, precision=precision)
+B.warm_up_restore(clip, checkpoint, device, precision)
 B.record_vram(out, vram_file).set_output()
 """
+
+
+def warm_up_restore(clip, checkpoint: str, device: str, precision: str) -> None:  # (vs.VideoNode, ...)
+    """On CUDA, one frame of another Restore of the same size before the timing starts.
+
+    The CUDA context, cuDNN's algorithm search (one per shape and process) and the pinned-memory
+    pool then cost the timed frames nothing; b and c get the same (:func:`_warm_up_network`).
+    """
+    if device == "cuda":
+        from vapoursynth import core
+
+        core.edvr.Restore(clip, model=checkpoint, device=device, precision=precision).get_frame(0)
+
+
+def _warm_up_network(net: Any, height: int, width: int, device: str) -> None:
+    """The b and c counterpart of :func:`warm_up_restore`: one forward of a window, on CUDA."""
+    import torch
+
+    if device == "cuda":
+        with torch.inference_mode():
+            net(torch.zeros(1, NUM_FRAMES_T, 3, height, width, device=device))
+        torch.cuda.synchronize()
 
 
 def record_vram(clip, path: str):  # (vs.VideoNode, str) -> vs.VideoNode
@@ -184,8 +211,13 @@ def record_vram(clip, path: str):  # (vs.VideoNode, str) -> vs.VideoNode
     if not torch.cuda.is_available() or not path:
         return clip
 
+    lock = threading.Lock()  # frames arrive on several threads; one writer at a time, whole files
+
     def passthrough(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
-        Path(path).write_text(str(torch.cuda.max_memory_allocated() / 2**20))
+        with lock:
+            partial = Path(f"{path}.part")
+            partial.write_text(str(torch.cuda.max_memory_allocated() / 2**20))
+            os.replace(partial, path)
         return f
 
     return vs.core.std.ModifyFrame(clip, clip, passthrough)
@@ -214,15 +246,20 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(setup.threads)
+    if setup.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the engine sets it: the same for every variant
     frames = make_frames(setup.count, setup.height, setup.width)
     start = time.perf_counter()
     compiled = variant == "a_compile"
     if variant in ("a_python", "a_compile"):
         from vapoursynth import core
 
-        out = core.edvr.Restore(source_clip(frames), model=checkpoint, device=setup.device,
+        clip = source_clip(frames)
+        out = core.edvr.Restore(clip, model=checkpoint, device=setup.device,
                                 precision=setup.precision, compile=int(compiled))
         load = time.perf_counter() - start
+        if not compiled:  # a_compile reports its first frame apart instead
+            warm_up_restore(clip, checkpoint, setup.device, setup.precision)
         start = time.perf_counter()
         frames_out = out.frames()
         next(frames_out)
@@ -238,6 +275,7 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
 
         net = vsedvr.load_model(checkpoint, device=setup.device)
         load = time.perf_counter() - start
+        _warm_up_network(net, setup.height, setup.width, setup.device)
         with fast_path(variant == "c_fastdcn"):
             start = time.perf_counter()
             if variant == "b_naive":
@@ -477,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="precision of the a variants (Restore's parameter; fp16/bf16 need --device cuda); "
                              "b and c compute in fp32 (default fp32)")
     parser.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
-                        help="the device's peak for the MFU column (default: looked up for known GPUs; "
-                             "none on the CPU)")
+                        help="the device's peak at --precision, for the a variants' MFU (default: looked "
+                             "up for known GPUs; none on the CPU)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved repetitions; medians are reported (default 1)")
     parser.add_argument("--no-micro", action="store_true", help="skip the deformable-conv micro-benchmark")
@@ -531,11 +569,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# input {height}x{width}, {args.frames} frames, repeats {args.repeats}; "
           f"command: {' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}",
           flush=True)
-    peak = args.peak_tflops or (gpu_peak_tflops(info["gpu"], args.precision) if args.device == "cuda" else None)
+    # the a variants compute in --precision, b and c in fp32: each is measured against its own peak
+    peaks: dict[str, float | None] = {"a": None, "bc": None}
     if args.device == "cuda":
-        print(f"# {info['gpu']}; a: {args.precision}, b and c: fp32; "
-              f"peak for MFU: {f'{peak:g} TFLOP/s' if peak else 'unknown (--peak-tflops)'}", flush=True)
-    report: dict[str, Any] = dict(machine=info, setup=asdict(setup), repeats=args.repeats, peak_tflops=peak,
+        peaks["a"] = args.peak_tflops or gpu_peak_tflops(info["gpu"], args.precision)
+        peaks["bc"] = peaks["a"] if args.precision == "fp32" else gpu_peak_tflops(info["gpu"], "fp32")
+        shown = {k: f"{v:g} TFLOP/s" if v else "unknown (--peak-tflops)" for k, v in peaks.items()}
+        print(f"# {info['gpu']}; a: {args.precision}, peak for MFU {shown['a']}; b and c: fp32, "
+              f"peak {shown['bc']}", flush=True)
+    report: dict[str, Any] = dict(machine=info, setup=asdict(setup), repeats=args.repeats, peak_tflops=peaks,
                                   models={})
 
     if not args.no_micro and args.device == "cpu":  # vsedvr's own DCN kernel is the CPU's
@@ -560,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
                 timed = runs[v][0]["frames_timed"]
                 seconds = statistics.median(r["seconds"] for r in runs[v])
                 gflop = flops["plugin"] if v.startswith("a_") else flops["full"]
+                peak = peaks["a"] if v.startswith("a_") else peaks["bc"]
                 vram = [r["peak_vram_mib"] for r in runs[v] if r.get("peak_vram_mib") is not None]
                 firsts = [r["first_frame_seconds"] for r in runs[v] if r.get("first_frame_seconds") is not None]
                 rows[v] = dict(seconds=seconds, frames_timed=timed, fps=timed / seconds, s_per_frame=seconds / timed,

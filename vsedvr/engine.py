@@ -188,11 +188,14 @@ class WindowEngine:
             # the shapes are fixed per filter, so cuDNN's per-shape algorithm search pays off at once
             torch.backends.cudnn.benchmark = True
 
-    def _set_tiles(self, tile: tuple[int, int] | None) -> None:
+    def _set_tiles(self, tile: tuple[int, int] | None, cached_windows: int = 2) -> None:
+        """Plans the tiles; the cache keeps ``cached_windows`` windows of every tile, or with 0 the
+        current tile's window only."""
         self.tile = tile
         self.tiles = plan_tiles(self.width, self.height, tile, self.tile_overlap)
         # two windows' worth per tile: sequential rendering needs one, a little random access the other
-        self.cache = FeatureCache(2 * self.model.num_frames * len(self.tiles))
+        per_window = self.model.num_frames * len(self.tiles)
+        self.cache = FeatureCache(cached_windows * per_window or self.model.num_frames)
 
     def _watch_offsets(self) -> None:
         """Record each DCN's mean |offset| as a tensor: read once per frame, no sync per layer."""
@@ -232,24 +235,23 @@ class WindowEngine:
         """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
         *planes, stride = views
         row = stride // self.sample_dtype.itemsize
-        chw = torch.from_numpy(np.stack([
-            np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width] for p in planes]))
+        # VapourSynth's frame memory is pageable: for CUDA the planes go straight into pinned memory,
+        # so that the upload is asynchronous and runs on its own stream beside the queued computation
+        chw = torch.empty((3, self.height, self.width), dtype=self.host_dtype, pin_memory=self._upload is not None)
+        np.stack([np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width]
+                  for p in planes], out=chw.numpy())
         if not torch.isfinite(chw).all():
             # one NaN would spread through the convolutions into every output frame whose window holds it
             if not self._warned_nonfinite:
                 log.warning("Restore: the clip has NaN or infinite samples; they are replaced by 0 (NaN, -inf) "
                             "and 1 (+inf) before restoration (reported once per filter)")
                 self._warned_nonfinite = True
-            chw = torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0)
+            torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0, out=chw)
         if self._upload is None:
             return chw.to(self.device, self.compute_dtype)[None]
-        # VapourSynth's frame memory is pageable: stage it in pinned memory so that the upload is
-        # asynchronous and runs on its own stream, beside the computation still queued
-        staging = torch.empty(chw.shape, dtype=chw.dtype, pin_memory=True)
-        staging.copy_(chw)
         compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._upload):
-            on_device = staging.to(self.device, non_blocking=True)
+            on_device = chw.to(self.device, non_blocking=True)
         compute.wait_stream(self._upload)
         on_device.record_stream(compute)  # allocated on the upload stream, used on the compute one
         return on_device.to(self.compute_dtype)[None]
@@ -307,7 +309,8 @@ class WindowEngine:
                     self._offset_means.clear()
                     if not self._shrink_tiles():
                         raise
-                    torch.cuda.empty_cache()
+                # outside the except block: its traceback holds the failed attempt's tensors
+                torch.cuda.empty_cache()
 
     def _run_network(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
         if not self.compiled:
@@ -339,19 +342,29 @@ class WindowEngine:
                 peak_host.copy_(peak, non_blocking=True)
             ready = torch.cuda.Event(blocking=True)  # write() sleeps rather than spins: cores stay free
             ready.record(self._download)
-        out.record_stream(self._download)  # keep the allocator from reusing it before the copy ends
+        # keep the allocator from reusing them (freed on the compute stream) before the copies end
+        out.record_stream(self._download)
+        if peak is not None:
+            peak.record_stream(self._download)
         return PendingFrame(n, host, ready, peak_host)
 
     def _shrink_tiles(self) -> bool:
-        """After CUDA ran out of memory: halve the tiles (down to 64 px); False if already that small."""
+        """After CUDA ran out of memory: halve the tiles (down to 64 px); False if already that small.
+
+        The feature cache then keeps one tile's window only: with every tile's features kept for the
+        next windows (five frames' worth, more with the overlap), the cache alone would hold more
+        than the untiled frame did. Each input frame's features are then computed once per window
+        (up to five times) instead of once: slower, but the memory follows the tile size.
+        """
         tw, th = self.tile or (self.width, self.height)
         smaller = (max(tw // 2, 64), max(th // 2, 64))
         if smaller == (tw, th) or (smaller[0] >= self.width and smaller[1] >= self.height):
             return False
         self.tile_overlap = self.tile_overlap or 16
-        log.warning("CUDA ran out of memory at tile %s; retrying with tiles of %dx%d (tile_overlap=%d)",
-                    self.tile or "none", smaller[0], smaller[1], self.tile_overlap)
-        self._set_tiles(smaller)
+        log.warning("CUDA ran out of memory at tile %s; retrying with tiles of %dx%d (tile_overlap=%d), "
+                    "features recomputed for each window", self.tile or "none", smaller[0], smaller[1],
+                    self.tile_overlap)
+        self._set_tiles(smaller, cached_windows=0)
         return True
 
     def write(self, pending: PendingFrame, output: PlaneViews) -> None:

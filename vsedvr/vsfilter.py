@@ -108,6 +108,9 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     if precision in HALF_TYPES and device.type != "cuda":
         raise ArgumentError(f'"precision" {precision} needs a CUDA device (device is "{device}"); '
                             'on the CPU vsedvr computes in fp32 (RGBH clips too)')
+    if precision == "bf16" and not _has_bf16(device):
+        raise ArgumentError(f'"precision" bf16 needs a GPU with bfloat16 arithmetic (Ampere or newer); '
+                            f'{torch.cuda.get_device_name(device)} has none: use "fp16" or "fp32"')
 
     try:
         with log.stdout_to_stderr():  # downloads and torch may print; stdout may carry the video
@@ -126,6 +129,11 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
                           tile=tile, tile_overlap=tile_overlap, compile=bool(compile_network))
     return Restorer(engine, padding, bool(scenechange))
+
+
+def _has_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):  # is_bf16_supported asks the current device
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def _tiling(options: dict[str, Any], multiple: int) -> tuple[tuple[int, int] | None, int]:
