@@ -64,6 +64,13 @@ def _finish_at_exit() -> None:
             engine._lock.release()
 
 
+def _out_of_gpu_memory(error: RuntimeError) -> bool:
+    """PyTorch's allocator raises OutOfMemoryError; cuDNN's and cuBLAS's own allocations fail as
+    plain RuntimeErrors naming their status."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        status in str(error) for status in ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED"))
+
+
 @dataclass(frozen=True)
 class Tile:
     """One tile, in input pixels: the part it outputs, and the larger part it reads."""
@@ -305,7 +312,9 @@ class WindowEngine:
                 try:
                     out = self._run_network(window, sources)
                     return self._to_host(window[self.model.center], out[0], self._offset_peak())
-                except torch.cuda.OutOfMemoryError:
+                except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                    if not _out_of_gpu_memory(e):
+                        raise
                     self._offset_means.clear()
                     if not self._shrink_tiles():
                         raise
