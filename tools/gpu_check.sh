@@ -48,7 +48,8 @@ run() {
 'torchvision', torchvision.__version__, 'VapourSynth', vs.core.version_number(), vs.core.edvr)" || exit 1
 
     local bench=(python3 bench/bench_restore.py --device cuda --precision fp16 --models edvrm)
-    step test_cuda 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    # -P: the installed vsedvr, not the checkout's folder (which has no bundled model)
+    step test_cuda 240 python3 -P -m pytest -q -p no:cacheprovider tests/test_cuda.py
     step bench_180x320 150 "${bench[@]}" --size 180x320 --frames 30 --variants a_python,b_naive,c_modify \
         --json "$OUT/bench_180x320.json"
     step bench_540x960 150 "${bench[@]}" --size 540x960 --frames 20 --variants a_python,b_naive \
