@@ -45,7 +45,7 @@ run() {
     export PYTHONPATH=/tmp/site
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
     python3 -c "import torch, torchvision, vapoursynth as vs; print('torch', torch.__version__, \
-'torchvision', torchvision.__version__, 'VapourSynth', vs.core.version_number(), vs.core.edvr)" || exit 1
+'torchvision', torchvision.__version__, 'VapourSynth', vs.core.core_version.release_major, vs.core.edvr)" || exit 1
 
     local bench=(python3 bench/bench_restore.py --device cuda --precision fp16 --models edvrm)
     # -P: the installed vsedvr, not the checkout's folder (which has no bundled model)
