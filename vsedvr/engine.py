@@ -47,6 +47,11 @@ _engines: weakref.WeakSet[WindowEngine] = weakref.WeakSet()
 _exiting = threading.Event()
 
 
+def _stop_if_exiting() -> None:
+    if _exiting.is_set():
+        raise RuntimeError("Restore: Python is exiting; frame not computed")
+
+
 @atexit.register
 def _finish_at_exit() -> None:
     """Stops new frames and waits (up to EXIT_WAIT) for the ones being computed.
@@ -55,7 +60,8 @@ def _finish_at_exit() -> None:
     never awaited). VapourSynth's threads keep computing while Python tears down modules, and a
     frame in the middle of the network then calls operators whose registrations are already gone
     (seen with the compiled network: failed tracing, or a segfault). atexit runs before that
-    teardown; the lock wait releases the GIL, so the running frame can finish.
+    teardown; the lock wait releases the GIL, so the running frame can finish (or stop at its next
+    feature encoding: a frame of many tiles does not have to run to its end).
     """
     _exiting.set()
     deadline = time.monotonic() + EXIT_WAIT
@@ -267,6 +273,7 @@ class WindowEngine:
         """(padded input of tile t, its features) for input frame n, from the cache when present."""
         item = self.cache.get((n, t))
         if item is None:
+            _stop_if_exiting()  # a long frame stops between its parts, not only before it starts
             tile = self.tiles[t]
             crop = load_frame()[..., tile.ry0:tile.ry1, tile.rx0:tile.rx1]
             crop = pad_to_multiple(crop, self.model.size_multiple)
@@ -304,8 +311,7 @@ class WindowEngine:
         On CUDA this returns once the work is queued, without waiting for it.
         """
         with self._lock, torch.inference_mode():
-            if _exiting.is_set():
-                raise RuntimeError("Restore: Python is exiting; frame not computed")
+            _stop_if_exiting()
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)  # callbacks arrive on any worker thread
             while True:
