@@ -25,7 +25,8 @@ and the median is reported. ``--device cuda`` runs every variant on the GPU, eac
 untimed warm-up frame (CUDA context, cuDNN's algorithm search) and with cuDNN's autotuner on;
 ``--precision`` applies to the a variants (vsedvr's parameter), b and c always compute in fp32 (as
 the reference scripts do). On CUDA the model-FLOP utilisation (achieved FLOP/s over the GPU's dense
-tensor-core peak for the variant's precision; fp32 convolutions run as TF32 by PyTorch's default)
+tensor-core peak for the variant's precision; fp32 convolutions run as TF32 by PyTorch's default,
+but torchvision's deformable-conv GEMMs do not (matmul TF32 is off by default): fp32 MFU reads low)
 is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also: FLOPs per
 output frame (``torch.utils.flop_counter.FlopCounterMode``; the deformable convs counted as 2 x
 the MACs of their weighted sum, 2 * C_out * C_in * 9 * H * W) with the achieved GFLOP/s of each
