@@ -210,15 +210,17 @@ def test_error_inside_python_becomes_a_frame_error(tiny_checkpoint: Path, source
 def test_exit_with_frames_in_flight(tmp_path: Path, tiny_checkpoint: Path, compile: bool) -> None:
     """The interpreter exits (and the core is freed) while requests are pending: no crash, no hang,
     and no frame computed half-way through the teardown (compiled: a failed-tracing warning)."""
+    # compiled: the size test_compiled_network_equals_uncompiled compiles, and compiled before the requests
+    width, height, first = (16, 12, "clip.get_frame(0)") if compile else (32, 24, "")
     script = tmp_path / "exit.py"
     script.write_text(textwrap.dedent(f"""\
         import sys
         import vapoursynth as vs
         sys.path.insert(0, {str(TESTS)!r})
         import clips
-        clip = vs.core.edvr.Restore(clips.moving_pattern(16, 12, 60), model={str(tiny_checkpoint)!r},
+        clip = vs.core.edvr.Restore(clips.moving_pattern({width}, {height}, 60), model={str(tiny_checkpoint)!r},
                                     compile={compile})
-        clip.get_frame(0)  # with compile=True: compiled before the requests
+        {first}
         pending = [clip.get_frame_async(n) for n in range(60)]
         print("requested", len(pending))
         """))
