@@ -207,8 +207,10 @@ class WindowEngine:
         self.tile = tile
         self.tiles = plan_tiles(self.width, self.height, tile, self.tile_overlap)
         # two windows' worth per tile: sequential rendering needs one, a little random access the other
-        per_window = self.model.num_frames * len(self.tiles)
-        self.cache = FeatureCache(cached_windows * per_window or self.model.num_frames)
+        if cached_windows:
+            self.cache = FeatureCache(cached_windows * self.model.num_frames * len(self.tiles))
+        else:
+            self.cache = FeatureCache(self.model.num_frames)
 
     def _watch_offsets(self) -> None:
         """Record each DCN's mean |offset| as a tensor: read once per frame, no sync per layer."""
