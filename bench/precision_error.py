@@ -7,7 +7,7 @@ the half-precision output against the fp32 output (higher is closer; 8-bit video
 indistinguishable above ~50 dB) and the max absolute difference.
 
 First, why the deformable convolutions compute in fp32: one of them on a 1280 px wide strip,
-torchvision's fp16 kernel against fp32 on the same fp16 inputs, both against float64, by x range
+torchvision's fp16 kernel against vsedvr's (fp32 on the same fp16 inputs), both against float64, by x range
 (the fp16 kernel computes sampling positions in fp16, which loses their fraction far from x = 0).
 
 Default: the bundled ``edvr_demo`` model and EDVR-M with random weights, on held-out clips
@@ -56,6 +56,8 @@ def dcn_error_by_position(device: torch.device, width: int = 1280) -> list[tuple
     """(kernel, x0, x1, max, mean |error| against float64) for one modulated deformable conv."""
     from torchvision.ops import deform_conv2d
 
+    from vsedvr.nets.deform import deform_conv3x3
+
     g = torch.Generator().manual_seed(0)
     c, h = 8, 8
     # content that varies along x, so that where a tap samples matters
@@ -66,11 +68,12 @@ def dcn_error_by_position(device: torch.device, width: int = 1280) -> list[tuple
     weight = torch.randn(c, c, 3, 3, generator=g, dtype=torch.float64) / 9
     args = [t.half() for t in (x, offset, weight, mask)]  # what a fp16 network hands the DCN
     reference = deform_conv2d(*(t.double() for t in args[:3]), padding=1, mask=args[3].double())
-    kernels = {
-        "fp16 (torchvision)": deform_conv2d(*(t.to(device) for t in args[:3]), padding=1, mask=args[3].to(device)),
-        "fp32 (vsedvr)": deform_conv2d(*(t.to(device).float() for t in args[:3]), padding=1,
-                                       mask=args[3].to(device).float()).half(),
-    }
+    with torch.inference_mode():  # as in Restore (on the CPU: vsedvr's fast path)
+        kernels = {
+            "fp16 (torchvision)": deform_conv2d(*(t.to(device) for t in args[:3]), padding=1,
+                                                mask=args[3].to(device)),
+            "vsedvr": deform_conv3x3(*(t.to(device) for t in (args[0], args[1], args[3], args[2])), None, 1),
+        }
     rows = []
     for name, out in kernels.items():
         error = (out.cpu().double() - reference).abs()
