@@ -159,11 +159,14 @@ class WindowEngine:
         tile_overlap: input pixels each tile reads beyond its edges.
         compile: run the network through ``torch.compile`` (compiled at the first frame of each
             tile shape; falls back to the uncompiled network, with a warning, if compiling fails).
+        compile_backend: ``torch.compile``'s backend; tests use ``"eager"`` or a counting backend,
+            which keeps dynamo's tracing and guards (what decides recompiles) without inductor.
     """
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
                  sample_dtype: np.dtype, compute_dtype: torch.dtype,
-                 tile: tuple[int, int] | None = None, tile_overlap: int = 0, compile: bool = False) -> None:
+                 tile: tuple[int, int] | None = None, tile_overlap: int = 0, compile: bool = False,
+                 compile_backend: str | Callable[..., Any] = "inductor") -> None:
         self.model = model
         self.device = device
         self.width = width
@@ -191,8 +194,8 @@ class WindowEngine:
                 quiet.setLevel(logging.WARNING)
 
             # dynamic=False: a few static shapes (tiles at the edges) compile faster and run faster
-            self._frame_features = torch.compile(model.frame_features, dynamic=False)
-            model.compile_regions(dynamic=False)
+            self._frame_features = torch.compile(model.frame_features, dynamic=False, backend=compile_backend)
+            model.compile_regions(dynamic=False, backend=compile_backend)
             self._compile_errors = (TorchDynamoException,)
         self._upload = self._download = None
         if device.type == "cuda":
