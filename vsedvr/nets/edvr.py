@@ -392,8 +392,11 @@ class EDVR(nn.Module):
         if len(features) != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frame features, got {len(features)}")
         ref = features[self.center]
-        # Every frame, the centre one included, is aligned to the centre: (N, T, C, h, w).
-        aligned = torch.stack([self.pcd_align(nbr, ref) for nbr in features], dim=1)
+        # Every frame, the centre one included, is aligned to the centre: (N, T, C, h, w). The centre
+        # goes in as views of its pyramid rather than the same tensors: a compiled pcd_align would
+        # otherwise guard on its two inputs being one object and compile the centre a graph of its own.
+        own = tuple(level.view(level.shape) for level in ref)
+        aligned = torch.stack([self.pcd_align(own if nbr is ref else nbr, ref) for nbr in features], dim=1)
         if self.with_tsa:
             fused = self.fusion(aligned)
         else:
