@@ -23,6 +23,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +71,73 @@ def _finish_at_exit() -> None:
             engine._lock.release()
 
 
-def _out_of_gpu_memory(error: RuntimeError) -> bool:
-    """PyTorch's allocator raises OutOfMemoryError; cuDNN's and cuBLAS's own allocations fail as
-    plain RuntimeErrors naming their status."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
-        status in str(error) for status in ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED"))
+#: What cuDNN, cuBLAS and raw CUDA calls say when they cannot allocate. CUBLAS_STATUS_NOT_INITIALIZED
+#: is cuBLAS failing to create its handle and workspace, which under memory pressure is what it
+#: reports (a broken installation reports it too: the retries then end in the same error).
+_OUT_OF_MEMORY_STATUSES = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_NOT_INITIALIZED",
+                           "CUDA error: out of memory")
+
+
+def _out_of_gpu_memory(error: BaseException) -> bool:
+    """Whether ``error``, or an error it wraps (torch.compile wraps its backend's), is the GPU out of memory.
+
+    PyTorch's allocator raises OutOfMemoryError; cuDNN's and cuBLAS's own allocations fail as plain
+    RuntimeErrors naming their status.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, torch.cuda.OutOfMemoryError) or any(
+                status in str(current) for status in _OUT_OF_MEMORY_STATUSES):
+            return True
+        current = getattr(current, "inner_exception", None) or current.__cause__ or current.__context__
+    return False
+
+
+def device_scope(device: torch.device) -> AbstractContextManager[Any]:
+    """``torch.cuda.device(device)`` for a CUDA device, else nothing.
+
+    Scoped, not ``torch.cuda.set_device``: VapourSynth calls filters on its worker threads, and a
+    thread's current device is every CUDA filter's on that thread.
+    """
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+class OffsetWatch:
+    """The largest mean |deformable offset| of a frame, kept on the device: no sync per layer.
+
+    A forward hook on every DCNPack's ``conv_offset`` folds the mean of its offsets into one 0-d
+    float32 tensor made once (a running maximum, updated in place). So inside a compiled region the
+    hook is a few tensor ops on a tensor whose identity never changes: nothing for dynamo to guard on
+    that differs between calls (a Python list that grew per call made a graph per window position).
+    The mean is one reduction (an L1 norm, accumulated in float32): no |offset| tensor is made.
+    The hooks hold this object, not the engine, so that dropping the engine frees the model at once
+    (no engine -> model -> hook -> engine cycle left for the collector); :meth:`stop` removes them.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.peak = torch.zeros((), dtype=torch.float32, device=device)
+        self._handles = [module.conv_offset.register_forward_hook(self._record)
+                         for module in model.modules() if isinstance(module, DCNPack)]
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def _record(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        offsets = out[:, :out.shape[1] * 2 // 3]
+        mean = torch.linalg.vector_norm(offsets, 1, dtype=torch.float32) / offsets.numel()
+        self.peak.copy_(torch.maximum(self.peak, mean))
+
+    def reset(self) -> None:
+        self.peak.zero_()
+
+    def stop(self) -> None:
+        """Removes the hooks (the compiled regions then recompile once, without them)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 @dataclass(frozen=True)
@@ -179,7 +242,8 @@ class WindowEngine:
         self._lock = threading.Lock()
         self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False
-        self._watch_offsets()
+        self._offsets = OffsetWatch(model, device)
+        self._warned_offsets = False
         _engines.add(self)
         self._frame_features: Callable[..., Any] = model.frame_features
         self._compile_errors: tuple[type[Exception], ...] = ()
@@ -215,26 +279,12 @@ class WindowEngine:
         else:
             self.cache = FeatureCache(self.model.num_frames)
 
-    def _watch_offsets(self) -> None:
-        """Record each DCN's mean |offset| as a tensor: read once per frame, no sync per layer."""
-        self._offset_means: list[torch.Tensor] = []
-        self._warned_offsets = False
-
-        def record(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
-            self._offset_means.append(out[:, :out.shape[1] * 2 // 3].abs().mean())
-
-        for module in self.model.modules():
-            if isinstance(module, DCNPack):
-                module.conv_offset.register_forward_hook(record)
-
     def _offset_peak(self) -> torch.Tensor | None:
-        """Largest recorded mean |offset| of this frame (on the device; read after the download)."""
-        if not self._offset_means or self._warned_offsets:
-            self._offset_means.clear()
+        """This frame's largest mean |offset| (a copy: the next frame resets the watch), or None once
+        the warning was given (the hooks are removed then, at the start of the next frame)."""
+        if not self._offsets.active:
             return None
-        peak = torch.stack(self._offset_means).max().float()
-        self._offset_means.clear()
-        return peak
+        return self._offsets.peak.clone()
 
     def _check_offsets(self, pending: PendingFrame) -> None:
         if pending.offset_peak is None:
@@ -315,19 +365,24 @@ class WindowEngine:
 
         On CUDA this returns once the work is queued, without waiting for it.
         """
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), device_scope(self.device):  # any worker thread calls this
             _stop_if_exiting()
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)  # callbacks arrive on any worker thread
+            if self._warned_offsets and self._offsets.active:
+                self._offsets.stop()  # here, under the lock: write() runs beside the network
+            failures = 0
             while True:
                 try:
+                    self._offsets.reset()
                     out = self._run_network(window, sources)
                     return self._to_host(window[self.model.center], out[0], self._offset_peak())
                 except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
                     if not _out_of_gpu_memory(e):
                         raise
-                    self._offset_means.clear()
-                    if not self._shrink_tiles():
+                    failures += 1
+                    # The first OOM of a frame is retried at the same tiles: it may be transient (another
+                    # process on the GPU, or this frame's failed attempt still held by the traceback).
+                    # A second one shrinks them, for the rest of the clip (see _shrink_tiles).
+                    if failures > 1 and not self._shrink_tiles():
                         raise
                 # outside the except block: its traceback holds the failed attempt's tensors
                 torch.cuda.empty_cache()
@@ -338,13 +393,17 @@ class WindowEngine:
         try:
             return self._restore_tiles(window, sources)
         except self._compile_errors as e:  # compiling failed, e.g. no C++ compiler for inductor
+            if _out_of_gpu_memory(e):
+                # inductor benchmarks kernels on the GPU while compiling: an OOM there is an OOM, retried
+                # by restore() with compile kept (a compiler that fails is what disables compile)
+                raise
             log.warning("Restore: torch.compile failed (%s: %s); running the network uncompiled",
                         type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
             self._frame_features = self.model.frame_features
             self.model.compile_regions(False)
             self.compiled = False
             self.cache.clear()
-            self._offset_means.clear()
+            self._offsets.reset()
             return self._restore_tiles(window, sources)
 
     def _to_host(self, n: int, out: torch.Tensor, peak: torch.Tensor | None) -> PendingFrame:
@@ -369,7 +428,12 @@ class WindowEngine:
         return PendingFrame(n, host, ready, peak_host)
 
     def _shrink_tiles(self) -> bool:
-        """After CUDA ran out of memory: halve the tiles (down to 64 px); False if already that small.
+        """After CUDA ran out of memory twice on one frame: halve the tiles (down to 64 px); False if
+        already that small.
+
+        The smaller tiles stay for the rest of the clip: growing them back would risk an OOM (two
+        failed attempts) at every try and a compile per new tile shape, and tiled output equals
+        untiled output to float rounding (docs/cuda.md), so what it costs is speed only.
 
         The feature cache then keeps one tile's window only: with every tile's features kept for the
         next windows (five frames' worth, more with the overlap), the cache alone would hold more
