@@ -220,6 +220,8 @@ class WindowEngine:
         compute_dtype: torch dtype to compute in.
         tile: (width, height) of tiles in input pixels, or None for whole frames.
         tile_overlap: input pixels each tile reads beyond its edges.
+        cached_windows: windows of every tile the feature cache keeps (2, 1, or 0 for the current
+            tile's window only); see :mod:`vsedvr.memory`, which chooses it with the tiles on CUDA.
         compile: run the network through ``torch.compile`` (compiled at the first frame of each
             tile shape; falls back to the uncompiled network, with a warning, if compiling fails).
         compile_backend: ``torch.compile``'s backend; tests use ``"eager"`` or a counting backend,
@@ -228,7 +230,8 @@ class WindowEngine:
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
                  sample_dtype: np.dtype, compute_dtype: torch.dtype,
-                 tile: tuple[int, int] | None = None, tile_overlap: int = 0, compile: bool = False,
+                 tile: tuple[int, int] | None = None, tile_overlap: int = 0, cached_windows: int = 2,
+                 compile: bool = False,
                  compile_backend: str | Callable[..., Any] = "inductor") -> None:
         self.model = model
         self.device = device
@@ -238,7 +241,7 @@ class WindowEngine:
         self.host_dtype = torch.float16 if self.sample_dtype == np.float16 else torch.float32
         self.compute_dtype = compute_dtype
         self.tile_overlap = tile_overlap
-        self._set_tiles(tile)
+        self._set_tiles(tile, cached_windows)
         self._lock = threading.Lock()
         self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False

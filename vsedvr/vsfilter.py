@@ -6,6 +6,7 @@ message, which the plugin turns into a ``vs.Error`` (create) or a frame error (p
 """
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 
 from . import log
 from .engine import PlaneViews, WindowEngine
+from .memory import NetworkSize, free_cuda_memory, plan_memory
 from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
 
@@ -126,9 +128,32 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         precision = "fp16" if bits == 16 and device.type == "cuda" else "fp32"
     compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
+    cached_windows = 2
+    if device.type == "cuda" and tile is None:
+        tile, tile_overlap, cached_windows = _plan_tiles(model, device, width, height, compute_dtype,
+                                                         _single(options, "tile_overlap", 16) or 16)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
-                          tile=tile, tile_overlap=tile_overlap, compile=bool(compile_network))
+                          tile=tile, tile_overlap=tile_overlap, cached_windows=cached_windows,
+                          compile=bool(compile_network))
     return Restorer(engine, padding, bool(scenechange))
+
+
+def _plan_tiles(model: torch.nn.Module, device: torch.device, width: int, height: int, compute_dtype: torch.dtype,
+                overlap: int) -> tuple[tuple[int, int] | None, int, int]:
+    """(tile, tile_overlap, cached_windows) from the device's free memory, when the user gave no tile:
+    Restore stays inside the GPU's memory before the first out-of-memory error (vsedvr.memory)."""
+    free = free_cuda_memory(device)
+    plan = plan_memory(NetworkSize.of(model), width, height, compute_dtype.itemsize, free, overlap,
+                       model.size_multiple)
+    if plan.tile is None:
+        return None, 0, plan.cached_windows
+    logger = logging.getLogger("vsedvr")
+    say = logger.info if plan.fits else logger.warning
+    say("Restore: %dx%d frames computed in tiles of %dx%d (tile_overlap=%d, %d window(s) of features cached): "
+        "about %.1f GiB, %.1f GiB of %s free%s; tile=[w, h] chooses them", width, height, plan.tile[0], plan.tile[1],
+        overlap, plan.cached_windows, plan.peak_bytes / 2**30, free / 2**30, device,
+        "" if plan.fits else " (more than the plan allows: out-of-memory retries may follow)")
+    return plan.tile, overlap, plan.cached_windows
 
 
 def _has_bf16(device: torch.device) -> bool:

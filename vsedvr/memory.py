@@ -1,0 +1,163 @@
+"""GPU memory of one restored frame, and the tiles that keep it inside the free memory (CUDA only).
+
+Why tiles and not a banded deformable convolution on CUDA: torchvision's CUDA kernel builds a
+column buffer of 9 x C x H x W float32 values per call (4.8 GB for EDVR-M, 9.5 GB for EDVR-L at
+1080p), but it is not the largest term: the x4 reconstruction holds 2 x 1024 values per input pixel
+(the x2 upsampling's 256 channels at twice the size, then 64 channels at four times), 8.5 GB at
+1080p in fp16, and the feature cache holds ten frames' pyramids. Only tiles bound all of them, and
+tiled output equals whole-frame output to float rounding (overlap 16, bench/tiling_error.py).
+vsedvr's banded convolution (nets/deform.py) would bound the first term alone, at a speed on CUDA
+nobody has measured.
+
+Tiles are also needed where memory is plenty: a convolution whose input or output holds more than
+2^31 - 1 elements in one image is not given to cuDNN (PyTorch splits only the batch dimension to
+stay in 32-bit indexing, and a batch of one cannot be split); it falls back to PyTorch's own
+im2col kernel, slow and with a column buffer of 9 x C_in x pixels. At 4K the reconstruction's x4
+tensors are 64 x 8640 x 15360 = 8.5e9 elements, so a tile may have at most 2^31 / 1024 input
+pixels (1080p, 2,073,600, is just below it).
+
+The estimate (:func:`frame_peak_bytes`) adds what lives through a frame (weights, feature cache,
+the window's input frames, the output) to the largest of the three stages' working sets (alignment
+with the DCN's float32 buffers, fusion, reconstruction), plus 10 % and 256 MiB for cuDNN's
+workspaces and the allocator's rounding. It is an estimate: tests/test_cuda.py compares it with
+``torch.cuda.max_memory_allocated`` on a GPU. The engine's out-of-memory retry stays the last resort.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+#: Largest element count PyTorch hands to cuDNN in one image (see the module docstring).
+INT32_MAX = 2**31 - 1
+#: Channels of EDVR's high-resolution layers (upconv2's output is 4x this before the pixel shuffle).
+HR_CHANNELS = 64
+#: Share of the free memory a plan may use: room for other filters' allocations and fragmentation.
+FREE_FRACTION = 0.8
+#: Smallest tile edge (input pixels), as in the out-of-memory retry.
+MIN_TILE = 64
+_MARGIN_FACTOR = 1.1
+_MARGIN_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class NetworkSize:
+    """The sizes of an EDVR that decide its memory."""
+
+    num_feat: int
+    num_frames: int
+    deformable_groups: int
+    scale: int  # 4, or 1 for hr_in models (their features are at a quarter of the input size)
+    parameters: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> NetworkSize:
+        pcd = model.pcd_align
+        return cls(num_feat=pcd.cas_dcnpack.weight.shape[0], num_frames=model.num_frames,
+                   deformable_groups=pcd.cas_dcnpack.deformable_groups, scale=model.scale,
+                   parameters=sum(p.numel() for p in model.parameters()))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Tiles (None: whole frames) and feature-cache size for a frame, with the estimate behind them."""
+
+    tile: tuple[int, int] | None
+    cached_windows: int  # see WindowEngine: 2, 1, or 0 (the current tile's window only)
+    peak_bytes: int
+    budget_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.budget_bytes
+
+
+def _feature_pixels(net: NetworkSize, width: int, height: int) -> int:
+    return width * height if net.scale != 1 else (width // 4) * (height // 4)
+
+
+def dcn_columns_bytes(net: NetworkSize, width: int, height: int) -> int:
+    """torchvision's CUDA column buffer for one deformable convolution (9 x C x pixels, float32)."""
+    return 9 * net.num_feat * _feature_pixels(net, width, height) * 4
+
+
+def largest_tensor_elements(net: NetworkSize, width: int, height: int) -> int:
+    """Elements of the largest convolution input/output of one image of width x height (the DCN's
+    column buffer is not one: torchvision's kernel indexes it in 64 bits)."""
+    pixels = _feature_pixels(net, width, height)
+    return max(4 * HR_CHANNELS * 4 * pixels, net.num_frames * net.num_feat * pixels)
+
+
+def frame_peak_bytes(net: NetworkSize, width: int, height: int, read: tuple[int, int], tiles: int,
+                     dtype_bytes: int, cached_windows: int) -> int:
+    """Estimated peak GPU memory (bytes) of one frame of width x height in tiles whose largest read
+    region (input pixels, padded) is ``read``; ``dtype_bytes`` of the compute type."""
+    b, c, t, g = dtype_bytes, net.num_feat, net.num_frames, net.deformable_groups
+    fp = _feature_pixels(net, *read)
+    entries = cached_windows * t * tiles if cached_windows else t
+    cache = entries * (int(c * fp * 1.3125) + 3 * read[0] * read[1]) * b  # pyramid (1 + 1/4 + 1/16) + crop
+    out_scale = net.scale * net.scale
+    lasting = net.parameters * b + cache + t * 3 * width * height * b + 3 * out_scale * width * height * b
+    dcn = 9 * c * fp * 4 + c * fp * 4 + ((c + 27 * g) * fp * 4 if b < 4 else 0)  # columns, output, fp32 copies
+    align = 2 * t * c * fp * b + (8 * c + 36 * g) * fp * b + dcn
+    fusion = 4 * t * c * fp * b + 4 * c * fp * b
+    reconstruction = 2 * 4 * HR_CHANNELS * 4 * fp * b + 4 * c * fp * b + 2 * 3 * 16 * fp * b
+    return int((lasting + max(align, fusion, reconstruction)) * _MARGIN_FACTOR) + _MARGIN_BYTES
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _candidates(width: int, height: int, overlap: int, multiple: int) -> list[tuple[tuple[int, int] | None,
+                                                                                     tuple[int, int], int]]:
+    """(tile, largest read region, tile count) from whole frames to MIN_TILE, fewest tiles first."""
+    seen, found = set(), []
+    for nx in range(1, max(1, math.ceil(width / MIN_TILE)) + 1):
+        for ny in range(1, max(1, math.ceil(height / MIN_TILE)) + 1):
+            tw = min(width, _ceil_to(math.ceil(width / nx), multiple))
+            th = min(height, _ceil_to(math.ceil(height / ny), multiple))
+            if (tw, th) in seen or (nx > 1 and tw < MIN_TILE) or (ny > 1 and th < MIN_TILE):
+                continue
+            seen.add((tw, th))
+            count = math.ceil(width / tw) * math.ceil(height / th)
+            read = (_ceil_to(min(width, tw + 2 * overlap), multiple), _ceil_to(min(height, th + 2 * overlap), multiple))
+            if count == 1:
+                found.append((None, (_ceil_to(width, multiple), _ceil_to(height, multiple)), 1))
+            else:
+                found.append(((tw, th), read, count))
+    found.sort(key=lambda c: (c[2], sum(c[1])))
+    return found
+
+
+def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, free_bytes: int,
+                overlap: int = 16, multiple: int = 4) -> MemoryPlan:
+    """The fewest tiles (with the largest feature cache) whose estimated peak fits in
+    ``FREE_FRACTION`` of ``free_bytes`` and whose tensors stay within 32-bit indexing.
+
+    Whole frames with two windows cached first; then more tiles with the cache of two windows or one;
+    only if no tile size fits that way, the largest tiles that fit with the current tile's window
+    cached (features recomputed for each window: slower, smallest). Nothing fits: the smallest tiles,
+    with ``fits`` False (the engine's out-of-memory retry is then what remains).
+    """
+    budget = int(free_bytes * FREE_FRACTION)
+    candidates = [c for c in _candidates(width, height, overlap, multiple)
+                  if largest_tensor_elements(net, *c[1]) <= INT32_MAX]
+    last = None
+    for levels in ((2, 1), (0,)):
+        for tile, read, count in candidates:
+            for cached in levels:
+                peak = frame_peak_bytes(net, width, height, read, count, dtype_bytes, cached)
+                last = MemoryPlan(tile, cached, peak, budget)
+                if peak <= budget:
+                    return last
+    assert last is not None, "no tile candidates"
+    return last
+
+
+def free_cuda_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate on ``device``: the driver's free memory plus what
+    PyTorch's allocator holds unused."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
