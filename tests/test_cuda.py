@@ -95,3 +95,147 @@ def test_out_of_memory_retries_with_smaller_tiles(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "shape (3072, 3072) finite True" in done.stdout, done.stdout
     assert "CUDA ran out of memory" in done.stderr and "retrying with tiles of" in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------- issue 17, items 1-7 on a GPU
+# (each has a CPU test too: tests/test_cuda_path.py, tests/test_memory_plan.py)
+
+def _engine_frames(width: int, height: int, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.random((3, height, width), dtype=np.float32) for _ in range(count)]
+
+
+def test_offset_watch_warns_once_in_fp16(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Item 5 on CUDA: the watch's float32 reduction of half-precision offsets, read after the download."""
+    from vsedvr.nets import EDVR
+
+    torch.manual_seed(1)
+    net = EDVR(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+    state = net.state_dict()
+    state["pcd_align.cas_dcnpack.conv_offset.bias"][:36] = 80.0
+    torch.save({"params": state}, tmp_path / "wild.pth")
+    with caplog.at_level("WARNING", logger="vsedvr"):
+        frames_of(vs.core.edvr.Restore(clips.moving_pattern(48, 32, 4), model=str(tmp_path / "wild.pth"),
+                                       device="cuda", precision="fp16"))
+    warnings = [r.getMessage() for r in caplog.records if "deformable offset" in r.getMessage()]
+    assert len(warnings) == 1 and "80 pixels" in warnings[0], warnings
+
+
+def test_inductor_compiles_each_region_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Item 1 with inductor (Triton kernels): 12 frames, one graph per region, no recompile limit hit."""
+    from torch._dynamo.utils import counters
+
+    from test_cuda_path import render, tiny_model
+    from vsedvr.engine import WindowEngine
+
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    engine = WindowEngine(tiny_model().cuda(), torch.device("cuda"), 40, 28, np.float32, torch.float32, compile=True)
+    with caplog.at_level("WARNING"):
+        compiled = render(engine, _engine_frames(40, 28, 12))
+    assert engine.compiled
+    assert counters["stats"]["unique_graphs"] - graphs == 4  # frame_features, pcd_align, fusion, reconstruction
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+    plain = render(WindowEngine(tiny_model().cuda(), torch.device("cuda"), 40, 28, np.float32, torch.float32),
+                   _engine_frames(40, 28, 12))
+    np.testing.assert_allclose(compiled, plain, atol=2e-3, rtol=0)
+
+
+def _edvrm_checkpoint(tmp_path: Path) -> Path:
+    from vsedvr.nets import EDVR
+
+    torch.manual_seed(0)
+    path = tmp_path / "edvrm.pth"
+    torch.save({"params": EDVR().state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize(("width", "height"), [(480, 272), (1920, 1080)])
+def test_memory_plan_against_a_real_frame(tmp_path: Path, width: int, height: int) -> None:
+    """Item 3: the plan from the real free memory; one real EDVR-M fp16 frame stays under its estimate."""
+    from vsedvr.memory import NetworkSize, frame_peak_bytes, free_cuda_memory, plan_memory
+    from vsedvr.nets import EDVR
+
+    plan = plan_memory(NetworkSize.of(EDVR()), width, height, 2, free_cuda_memory(torch.device("cuda")))
+    print(f"{width}x{height}: plan {plan}, free {free_cuda_memory(torch.device('cuda')) / 2**30:.1f} GiB")
+    source = vs.core.resize.Point(clips.moving_pattern(width, height, 5), format=vs.RGBH)
+    clip = vs.core.edvr.Restore(source, model=str(_edvrm_checkpoint(tmp_path)), device="cuda")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    clip.get_frame(2)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    estimate = plan.peak_bytes if plan.tile is None else frame_peak_bytes(
+        NetworkSize.of(EDVR()), width, height, (width, height), 1, 2, 2)
+    print(f"{width}x{height}: measured peak {peak / 2**30:.2f} GiB, estimate {estimate / 2**30:.2f} GiB "
+          f"({estimate / peak:.2f}x)")
+    assert peak <= estimate <= 3 * peak
+
+
+def test_dropped_restore_frees_its_gpu_memory(tmp_path: Path) -> None:
+    """Item 4: the weights and the feature cache go when the node goes, without the cycle collector."""
+    import gc
+
+    checkpoint = _edvrm_checkpoint(tmp_path)
+    torch.cuda.synchronize()
+    gc.collect()
+    before = torch.cuda.memory_allocated()
+    gc.disable()
+    try:
+        clip = vs.core.edvr.Restore(clips.moving_pattern(320, 180, 5), model=str(checkpoint), device="cuda")
+        clip.get_frame(2)
+        held = torch.cuda.memory_allocated()
+        del clip
+        torch.cuda.synchronize()
+        after = torch.cuda.memory_allocated()
+    finally:
+        gc.enable()
+    assert held - before > 50 * 2**20  # weights and five frames' features
+    assert after - before < 2**20, (before, held, after)
+
+
+def test_restore_leaves_the_threads_current_device_alone(tiny_checkpoint: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 6: no torch.cuda.set_device (the worker thread's device, for every other CUDA filter on it)."""
+    import threading
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: calls.append(a))
+    last = torch.cuda.device_count() - 1
+    seen = []
+
+    def worker() -> None:
+        torch.cuda.init()
+        current = torch.cuda.current_device()
+        clip = vs.core.edvr.Restore(clips.moving_pattern(48, 32, 4), model=str(tiny_checkpoint),
+                                    device=f"cuda:{last}")
+        clip.get_frame(1)
+        seen.append((current, torch.cuda.current_device()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert not calls and seen and seen[0][0] == seen[0][1], (calls, seen)
+
+
+def test_oom_while_compiling_on_cuda_keeps_compile(caplog: pytest.LogCaptureFixture) -> None:
+    """Item 7: an OOM from inside the compile is retried with compile kept."""
+    from test_cuda_path import render, tiny_model
+    from vsedvr.engine import WindowEngine
+
+    failures = [1]
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        if failures[0]:
+            failures[0] -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test)")
+        return gm.forward
+
+    torch._dynamo.reset()
+    engine = WindowEngine(tiny_model().cuda(), torch.device("cuda"), 24, 16, np.float32, torch.float32,
+                          compile=True, compile_backend=backend)
+    with caplog.at_level("WARNING", logger="vsedvr"):
+        render(engine, _engine_frames(24, 16, 5), [2])
+    assert engine.compiled and engine.tile is None
+    assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
