@@ -171,11 +171,15 @@ def test_offset_watch_makes_no_copy_of_the_offsets() -> None:
     assert unwatched["aten::linalg_vector_norm"] == 0
 
 
-def test_offset_watch_stops_after_its_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("compile", [False, True], ids=["plain", "compiled"])
+def test_offset_watch_stops_after_its_warning(caplog: pytest.LogCaptureFixture, compile: bool) -> None:
+    """Compiled too (aot_eager: functionalised like inductor's graphs, so the in-place maximum must survive)."""
+    torch._dynamo.reset()
     model = tiny_model(1)
     with torch.no_grad():
         model.pcd_align.cas_dcnpack.conv_offset.bias[:36] = 80.0  # offsets of 80 px everywhere
-    engine = WindowEngine(model, torch.device("cpu"), 24, 16, np.float32, torch.float32)
+    engine = WindowEngine(model, torch.device("cpu"), 24, 16, np.float32, torch.float32, compile=compile,
+                          compile_backend="aot_eager")
     frames = random_frames(24, 16, 6)
     with caplog.at_level(logging.WARNING, logger="vsedvr"):
         render(engine, frames, [0, 1])

@@ -91,7 +91,8 @@ def _out_of_gpu_memory(error: BaseException) -> bool:
         if isinstance(current, torch.cuda.OutOfMemoryError) or any(
                 status in str(current) for status in _OUT_OF_MEMORY_STATUSES):
             return True
-        current = getattr(current, "inner_exception", None) or current.__cause__ or current.__context__
+        # what it was raised from (dynamo: ``raise BackendCompilerFailed(...) from e``), not merely during
+        current = getattr(current, "inner_exception", None) or current.__cause__
     return False
 
 
