@@ -152,6 +152,20 @@ def _import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fails fast on a HOST:PORT nobody listens on (ray.init would wait for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray://..., or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RenderError(f"cannot reach the Ray cluster at {address} ({e}); start its head node with "
+                          f"`ray start --head --port={port}` there, or check the address and the firewall") from e
+
+
 class RayPool:
     """One Ray task per segment. ``address``: a cluster (``HOST:PORT``, ``auto``) or None for
     RAY_ADDRESS / a new local cluster; a Ray already initialised in this process is used as is.
@@ -176,6 +190,8 @@ class RayPool:
                 kw["address"] = self.address
             elif not os.environ.get("RAY_ADDRESS"):
                 kw["include_dashboard"] = False
+            if self.address:
+                _check_reachable(self.address)
             try:
                 ray.init(**kw)
             except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError by version

@@ -156,7 +156,7 @@ class WorkDir:
         return problem
 
     def check_file(self, name: str, path: Path) -> bool:
-        """True if the file recorded under ``key`` (joined, final) is there with its size and hash."""
+        """True if the file recorded under ``name`` (final) is there with its size and hash."""
         rec = self.manifest.get(name)
         ok = bool(rec) and path.is_file() and path.stat().st_size == rec["size"] and sha256_file(path) == rec["sha256"]
         if rec and not ok:
