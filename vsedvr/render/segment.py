@@ -78,7 +78,13 @@ def _exit_text(code: int) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
-    return f"exited with status {code}"
+    # vspipe's pip wrapper passes a killed child on as sys.exit(-N), i.e. status 256 - N
+    sig = 256 - code if code > 191 else code - 128 if code > 128 else 0
+    try:
+        return f"exited with status {code} (as if killed by {signal.Signals(sig).name})" if sig else \
+            f"exited with status {code}"
+    except ValueError:
+        return f"exited with status {code}"
 
 
 def render_segment(task: Mapping[str, Any], env: Mapping[str, str] | None = None,
@@ -151,9 +157,9 @@ def render_segment(task: Mapping[str, Any], env: Mapping[str, str] | None = None
     try:
         check_disk_full(ff_text, work)
         if ff_code != 0:  # first: when ffmpeg stops, vspipe fails on the closed pipe
-            raise SegmentFailed(f"{where}: ffmpeg {_exit_text(ff_code)}:\n{tail(ff_text)}")
+            raise SegmentFailed(f"{where}: ffmpeg {_exit_text(ff_code)}:\n{tail(ff_text) or '(no message)'}")
         if vs_code != 0:
-            raise SegmentFailed(f"{where}: vspipe {_exit_text(vs_code)}:\n{tail(vs_text)}")
+            raise SegmentFailed(f"{where}: vspipe {_exit_text(vs_code)}:\n{tail(vs_text) or '(no message)'}")
         if write_error:
             raise SegmentFailed(f"{where}: {write_error}")
         if len(hashes) != expected:
