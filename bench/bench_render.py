@@ -80,6 +80,13 @@ def main() -> None:
     p.add_argument("--segment", type=int, default=24, help="frames per segment (default 24)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per vspipe (default 1)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--film-frames", type=int, default=170_000, help="paper table: frames of the film (default 170000)")
+    p.add_argument("--gpu-frame-s", type=float, default=0.15,
+                   help="paper table: seconds per frame on one GPU (default 0.15, an assumption: EDVR-M "
+                        "540x960 is ~9 TFLOP per frame, i.e. ~60 TFLOP/s sustained)")
+    p.add_argument("--gpu-init", type=float, default=5.0,
+                   help="paper table: CUDA context and first-kernel cost added to the measured start-up "
+                        "(default 5 s, an assumption)")
     args = p.parse_args()
     width, height = map(int, args.size.lower().split("x"))
 
@@ -125,8 +132,32 @@ def main() -> None:
         r = results[f"render_{workers}"]
         ups = ", ".join(f"{x:.2f}" for x in r["startup_s"])  # type: ignore[index]
         print(f"  {'render_' + str(workers):<10} {r['wall_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f}  {ups}")  # type: ignore[index]
+    startup = max(results["render_1"]["startup_s"] + results["render_2"]["startup_s"])  # type: ignore[index, operator]
+    results["paper"] = paper_table(startup + args.gpu_init, args.gpu_frame_s, args.film_frames)
+    print(f"\n  on paper: {args.film_frames} frames at {args.gpu_frame_s} s/frame per GPU, start-up per segment "
+          f"{startup:.1f} s (measured, worst) + {args.gpu_init} s (CUDA init, assumed)")
+    print(f"  {'GPUs':>5} {'segment':>8} {'segments':>9} {'rounds':>7} {'hours':>7} {'x ideal':>8}")
+    for row in results["paper"]:  # type: ignore[attr-defined]
+        print(f"  {row['gpus']:5d} {row['segment']:8d} {row['segments']:9d} {row['rounds']:7d} "
+              f"{row['hours']:7.2f} {row['vs_ideal']:8.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def paper_table(startup_s: float, frame_s: float, frames: int) -> list[dict[str, float]]:
+    """Wall time of a film on G GPUs with segments of L frames: every GPU runs ceil(S/G) segments
+    one after the other (equal lengths), each paying the start-up once. Join and verification
+    (ffmpeg, disk-bound) are not included."""
+    rows = []
+    for gpus in (1, 8, 64):
+        for segment in sorted({500, 2000, 5000, -(-frames // gpus)}):
+            segments = -(-frames // segment)
+            rounds = -(-segments // gpus)
+            per_gpu = rounds * startup_s + min(rounds * segment, frames) * frame_s
+            ideal = frames * frame_s / gpus
+            rows.append({"gpus": gpus, "segment": segment, "segments": segments, "rounds": rounds,
+                         "hours": per_gpu / 3600, "vs_ideal": per_gpu / ideal})
+    return rows
 
 
 if __name__ == "__main__":

@@ -226,10 +226,12 @@ class RayPool:
                     task = running.pop(ref)
                     try:
                         yield ("done", task, ray.get(ref))
-                    except RenderError as e:  # raised inside the task (RayTaskError subclasses it)
+                    except RenderError as e:  # raised inside the task (Ray's RayTaskError subclasses it)
+                        cause = getattr(e, "cause", None)  # the task's own exception, without Ray's traceback
+                        message = str(cause) if isinstance(cause, BaseException) else str(e)
                         if not isinstance(e, SegmentFailed):
-                            raise RenderError(str(e).strip().splitlines()[-1]) from None
-                        yield ("failed", task, str(e), False)
+                            raise RenderError(message) from None
+                        yield ("failed", task, message, False)
                     except ray.exceptions.RayError as e:
                         yield ("failed", task, f"segment {task['index']}: {type(e).__name__}: {e}", False)
                 yield ("tick",)
