@@ -327,3 +327,15 @@ def test_device_slots_show_one_gpu_each():
         device_slots(["cuda:0", "cuda:0"])
     with pytest.raises(RenderError, match='"gpu0" is not a device'):
         device_slots(["gpu0"])
+
+
+@pytest.mark.parametrize("args", [["--ray", "--workers", "2"], ["--workers", "2", "--devices", "cuda:0"],
+                                  ["-a", "novalue"], ["--encode", "-c:v 'libx265"], []])
+def test_render_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from vsedvr.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["render", "film.vpy", *(["-o", "film.mkv"] if args else []), *args])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1].startswith("vsedvr") and "error:" in err.splitlines()[-1]
