@@ -339,3 +339,26 @@ def test_render_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture
     assert info.value.code == 2
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines()[-1].startswith("vsedvr") and "error:" in err.splitlines()[-1]
+
+
+def test_ray_not_installed_is_one_clean_message(fast_script, vs_env, tmp_path):
+    """A Python where `import ray` fails (a shadowing package that raises ImportError, as a missing one does)."""
+    script, _ = fast_script
+    fake = tmp_path / "no-ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env = dict(vs_env, PYTHONPATH=str(fake.parent))
+    proc = subprocess.run([*VSEDVR, "render", str(script), "-o", str(tmp_path / "o.mkv"), "--ray", "--ffmpeg", FFMPEG],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "--ray needs Ray, which is not installed here" in proc.stderr
+    assert "pip install 'vsedvr[ray]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_is_named(tmp_path):
+    from vsedvr.render import DiskFullError
+    from vsedvr.render.tools import check_disk_full
+
+    check_disk_full("Error writing trailer: Invalid argument", tmp_path)  # other errors: retried as usual
+    with pytest.raises(DiskFullError, match="is full .* --work-dir on a larger disk"):
+        check_disk_full("[matroska @ 0x1] Error writing packet: No space left on device", tmp_path)
