@@ -2,7 +2,8 @@
 
 Subcommands: ``models`` (the zoo table), ``download`` (fill the cache), ``verify`` (re-hash
 cached files), ``info`` (versions, plugin, devices, cache folder), ``stubs`` (editor completion
-of ``core.edvr.Restore``). stdout carries only what was
+of ``core.edvr.Restore``), ``render`` (a script rendered in segments by many vspipe processes,
+locally or on Ray; :mod:`vsedvr.render`). stdout carries only what was
 asked for (tables, paths, results); progress bars, notes and errors go to stderr, an error as
 one line starting ``vsedvr: error:``. Exit status: 0 success, 1 failure, 2 wrong usage.
 """
@@ -259,6 +260,52 @@ def cmd_stubs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import shlex
+    import signal
+
+    from . import render as rendering  # no torch: the workers' vspipe processes load it
+
+    if args.ray is not None and (args.workers or args.devices):
+        parser.error("--ray takes its workers from the cluster; drop --workers/--devices")
+    if args.workers is not None and args.devices:
+        parser.error("give --workers N (CPU workers) or --devices LIST, not both")
+    bad = [a for a in args.arg if "=" not in a]
+    if bad:
+        parser.error(f"-a {bad[0]!r}: expected NAME=VALUE")
+    try:
+        encode = shlex.split(args.encode) if args.encode else []
+    except ValueError as e:
+        parser.error(f"--encode: {e}")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a scheduler's kill: the same clean stop as Ctrl-C
+    try:
+        if args.ray is not None:
+            pool = rendering.RayPool(args.ray or None, retries=args.retries, cpus_per_task=args.cpus_per_task)
+        else:
+            if args.devices:
+                slots = rendering.device_slots(args.devices.split(","), os.environ.get("CUDA_VISIBLE_DEVICES"))
+            elif args.workers is not None:
+                slots = rendering.cpu_slots(args.workers)
+            else:
+                slots = rendering.default_slots()
+            pool = rendering.LocalPool(slots, retries=args.retries)
+        rendering.render(args.script, args.output, args=args.arg, output_index=args.outputindex,
+                         segment=args.segment, work_dir=args.work_dir, pool=pool, encode=encode,
+                         audio=args.audio, ffmpeg=args.ffmpeg, vspipe=args.vspipe, keep=args.keep,
+                         fresh=args.fresh, progress_interval=args.progress_interval)
+    except rendering.RenderError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted; the verified segments are kept: run the same command again to resume")
+        return 130
+    return 0
+
+
 # ------------------------------------------------------------------------------------- parser
 
 
@@ -311,6 +358,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stub file to start from (default: the installed vapoursynth.pyi)")
     p.add_argument("-o", "--output", type=Path, metavar="PYI", help="where to write (default: --source)")
     p.set_defaults(func=cmd_stubs)
+
+    from .render import DEFAULT_SEGMENT
+
+    p = sub.add_parser(
+        "render", help="render a script in segments on many workers or a Ray cluster (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Render SCRIPT into OUT by cutting it into frame ranges, each rendered by its own "
+                    "`vspipe --start --end` (one worker = one vspipe on one device), written as verified "
+                    "lossless FFV1 and joined. The result is identical, frame by frame, to one plain vspipe "
+                    "render. Re-running the same command resumes. Progress on stderr.",
+        epilog=f"Examples:\n  {PROG} render film.vpy -o film.mkv --devices cuda:0,cuda:1\n"
+               f"  {PROG} render film.vpy -o film.mkv --ray HEAD:6379 -a src=/shared/film.mkv\n"
+               f"  {PROG} render film.vpy -o film.mkv --workers 2 --encode \"-c:v libx265 -crf 18\" --audio src.mkv\n\n"
+               "More: docs/long-videos.md")
+    p.add_argument("script", type=Path, metavar="SCRIPT.vpy")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="the result (FFV1 in MKV unless --encode says otherwise)")
+    p.add_argument("-a", "--arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="passed to vspipe as is (repeat for several)")
+    p.add_argument("--outputindex", type=int, default=0, metavar="N", help="the script's output to render (default 0)")
+    g = p.add_argument_group("workers")
+    g.add_argument("--workers", type=int, metavar="N", help="N CPU workers, the cores divided between them")
+    g.add_argument("--devices", metavar="LIST",
+                   help="one worker per device, e.g. cuda:0,cuda:1 (each sees its GPU alone, so scripts keep "
+                        "device=\"auto\"); default: every GPU nvidia-smi lists, else one CPU worker")
+    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="one Ray task per segment on the cluster at ADDRESS (HOST:PORT or auto); without "
+                        "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs vsedvr[ray]")
+    g.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
+                   help="with --ray on a cluster without GPUs: CPUs (torch threads) per task (default 1)")
+    g.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="attempts after the first for a failed segment (default 2)")
+    g = p.add_argument_group("segments and result")
+    g.add_argument("--segment", type=int, default=DEFAULT_SEGMENT, metavar="FRAMES",
+                   help=f"frames per segment (default {DEFAULT_SEGMENT})")
+    g.add_argument("--work-dir", type=Path, metavar="DIR",
+                   help="segments and manifest; on a folder all nodes share for --ray (default: OUT.parts)")
+    g.add_argument("--encode", metavar="ARGS",
+                   help="ffmpeg arguments of the final encode, one string, e.g. \"-c:v libx265 -crf 18\" "
+                        "(default: keep the lossless FFV1)")
+    g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result")
+    g.add_argument("--keep", action="store_true", help="keep the segment files after the result is verified")
+    g.add_argument("--fresh", action="store_true",
+                   help="if the work folder holds another plan (changed script or arguments), delete it first")
+    g.add_argument("--ffmpeg", metavar="PATH", help="ffmpeg to use (default: PATH, else imageio-ffmpeg)")
+    g.add_argument("--vspipe", metavar="PATH", help="vspipe to use (default: beside this Python, else PATH)")
+    g.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines when stderr is not a terminal (default 10)")
+    p.set_defaults(func=cmd_render)
     return parser
 
 

@@ -1,0 +1,364 @@
+"""``vsedvr render``: segments rendered by real vspipe processes, joined by real ffmpeg, on a local
+pool and on a real local Ray cluster, give the frames of one plain vspipe render; faults (a worker
+killed mid-segment, a damaged segment file, the driver interrupted) end with the same frames and
+redo only the segments they hit.
+
+Frames are compared with ffmpeg's framemd5 (MD5 of each decoded frame), not with vsedvr's own
+hashing. Faults are injected from inside the script through environment variables, which are not
+part of the render plan (so the re-run is the same plan): RENDER_TEST_KILL=FRAME:MARKER[:ray-worker]
+kills vspipe (or the Ray worker above it) when FRAME is first requested; RENDER_TEST_SLEEP
+slows every frame down.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+VSEDVR = [sys.executable, "-m", "vsedvr"]
+
+FAULTS = '''
+import os, signal, time
+def fault(n):
+    kill = os.environ.get("RENDER_TEST_KILL")
+    if kill:
+        frame, marker, *who = kill.split(":")
+        if n == int(frame) and not os.path.exists(marker):
+            open(marker, "w").close()
+            pid = os.getpid()
+            while who == ["ray-worker"] and pid > 1:  # up the parents to the Ray worker process
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                if pid != os.getpid() and (cmdline.startswith(b"ray::") or b"default_worker" in cmdline):
+                    break
+                with open(f"/proc/{pid}/stat") as f:
+                    pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(float(os.environ.get("RENDER_TEST_SLEEP", "0")))
+'''
+
+# 24 frames of 32x24 noise, a scene cut between frames 7 and 8, EDVR x4 (5-frame windows). With
+# --segment 8 the boundaries are at the cut (frame 8) and inside a window (frame 16: its window
+# 14..18 reads two frames of the previous segment).
+EDVR_SCRIPT = FAULTS + '''
+import numpy as np
+import vapoursynth as vs
+core = vs.core
+frames = np.random.default_rng(0).random((24, 3, 24, 32), dtype=np.float32)
+blank = core.std.BlankClip(width=32, height=24, length=24, format=vs.RGBS, fpsnum=24, fpsden=1)
+def fill(n, f):
+    fault(n)
+    out = f.copy()
+    for p in range(3):
+        np.asarray(out[p])[:] = frames[n, p]
+    out.props["_SceneChangePrev"] = int(n == 8)
+    out.props["_SceneChangeNext"] = int(n == 7)
+    return out
+clip = core.edvr.Restore(core.std.ModifyFrame(blank, blank, fill), model="edvr_demo", device="cpu")
+core.resize.Bicubic(clip, format=vs.YUV420P10, matrix_s="709").set_output()
+'''
+
+# Without torch, for the fault tests: 40 frames of noise averaged over a 5-frame window.
+FAST_SCRIPT = FAULTS + '''
+import numpy as np
+import vapoursynth as vs
+core = vs.core
+noise = np.random.default_rng(1).integers(0, 256, (40, 48, 64), dtype=np.uint8)
+blank = core.std.BlankClip(width=64, height=48, length=40, format=vs.YUV420P8, fpsnum=25, fpsden=1)
+def fill(n, f):
+    fault(n)
+    out = f.copy()
+    np.asarray(out[0])[:] = noise[n]
+    return out
+clip = core.std.ModifyFrame(blank, blank, fill)
+core.std.AverageFrames(clip, weights=[1, 2, 3, 2, 1]).set_output()
+'''
+
+
+def framemd5(path: Path) -> list[str]:
+    out = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.rsplit(",", 1)[1].strip() for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def plain_render(script: Path, vspipe: str, env: dict[str, str]) -> list[str]:
+    y4m = script.with_suffix(".plain.y4m")
+    subprocess.run([vspipe, "-c", "y4m", str(script), str(y4m)], env=env, check=True, capture_output=True)
+    return framemd5(y4m)
+
+
+def attempts(work: Path) -> dict[int, int]:
+    """How many times each segment was started (over all runs in this work folder)."""
+    return {int(p.name): len(p.read_text().splitlines()) for p in sorted((work / "attempts").iterdir())}
+
+
+def manifest(work: Path) -> dict:
+    return json.loads((work / "manifest.json").read_text())
+
+
+def render_cli(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*VSEDVR, "render", *args, "--ffmpeg", FFMPEG, "--progress-interval", "2"],
+                          env=env, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def edvr_script(tmp_path_factory: pytest.TempPathFactory, vspipe: str, vs_env: dict[str, str]) -> tuple[Path, list[str]]:
+    script = tmp_path_factory.mktemp("edvr") / "edvr.vpy"
+    script.write_text(EDVR_SCRIPT)
+    return script, plain_render(script, vspipe, dict(vs_env, OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def fast_script(tmp_path_factory: pytest.TempPathFactory, vspipe: str, vs_env: dict[str, str]) -> tuple[Path, list[str]]:
+    script = tmp_path_factory.mktemp("fast") / "fast.vpy"
+    script.write_text(FAST_SCRIPT)
+    return script, plain_render(script, vspipe, vs_env)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every Ray test of the session (starting one costs ~8 s)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# ------------------------------------------------------------------------------ identical
+
+
+@pytest.mark.slow
+def test_local_pool_identical_to_one_vspipe(edvr_script, vs_env, tmp_path):
+    script, plain = edvr_script
+    out = tmp_path / "out.mkv"
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "8", "--keep", env=vs_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # progress and notes go to stderr only
+    assert "24/24 frames" in proc.stderr and "3 segments of 8 frames" in proc.stderr
+    assert len(plain) == 24 and len(set(plain)) == 24
+    assert framemd5(out) == plain
+    work = tmp_path / "out.mkv.parts"
+    assert [tuple(r) for r in manifest(work)["plan"]["ranges"]] == [(0, 7), (8, 15), (16, 23)]
+    assert attempts(work) == {0: 1, 1: 1, 2: 1}
+    for i, (start, end) in enumerate([(0, 7), (8, 15), (16, 23)]):  # each segment alone is vspipe's frames
+        assert framemd5(work / f"seg-{i:05d}.mkv") == plain[start:end + 1]
+
+    again = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "8", env=vs_env)
+    assert again.returncode == 0, again.stderr
+    assert "already rendered and verified" in again.stderr
+    assert attempts(work) == {0: 1, 1: 1, 2: 1}
+
+
+@pytest.mark.slow
+def test_ray_identical_with_a_worker_killed(ray_cluster, edvr_script, vs_env, tmp_path):
+    """One Ray task per segment; the Ray worker of segment 1 dies mid-segment and Ray retries it."""
+    from vsedvr.render import RayPool, render
+
+    script, plain = edvr_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_KILL=f"11:{tmp_path / 'killed'}:ray-worker")
+    messages: list[str] = []
+    summary = render(script, out, segment=8, pool=RayPool(retries=2, env=env), ffmpeg=FFMPEG,
+                     log=messages.append, progress_interval=2)
+    assert (tmp_path / "killed").exists()
+    assert summary["rendered"] == [0, 1, 2]
+    assert framemd5(out) == plain
+    assert attempts(tmp_path / "out.mkv.parts") == {0: 1, 1: 2, 2: 1}
+    assert any("1 retried" in m for m in messages), messages
+
+
+# ---------------------------------------------------------------------------------- faults
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_segment_is_retried(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_KILL=f"25:{tmp_path / 'killed'}")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", env=env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if "segment 2 (frames 20-29): vspipe" in x)
+    assert "SIGKILL" in line and "retrying" in line
+    assert framemd5(out) == plain
+    work = tmp_path / "out.mkv.parts"
+    assert attempts(work) == {0: 1, 1: 1, 2: 2, 3: 1}
+    assert not list(work.glob("seg-*.mkv"))  # removed once the result was verified (no --keep)
+
+
+@pytest.mark.slow
+def test_damaged_segment_files_are_rendered_again(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    args = (str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--keep")
+    assert render_cli(*args, env=vs_env).returncode == 0
+    work = tmp_path / "out.mkv.parts"
+    out.unlink()
+    seg1, seg2 = work / "seg-00001.mkv", work / "seg-00002.mkv"
+    seg1.write_bytes(seg1.read_bytes()[: seg1.stat().st_size // 2])  # truncated
+    data = bytearray(seg2.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped, same size
+    seg2.write_bytes(bytes(data))
+    (work / "seg-00003.mkv").unlink()  # gone
+
+    proc = render_cli(*args, env=vs_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "segment 1 (frames 10-19): file is" in proc.stderr
+    assert "segment 2 (frames 20-29): file is corrupt" in proc.stderr
+    assert "segment 3 (frames 30-39): file missing" in proc.stderr
+    assert attempts(work) == {0: 1, 1: 2, 2: 2, 3: 2}
+    assert framemd5(out) == plain
+
+
+@pytest.mark.slow
+def test_driver_interrupted_and_killed_then_resumed(fast_script, vs_env, tmp_path):
+    """SIGINT after segment 0, SIGKILL (no clean-up at all) after segment 1; the third run finishes."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_SLEEP="0.15")
+    cmd = [*VSEDVR, "render", str(script), "-o", str(out), "--workers", "1", "--segment", "10", "--ffmpeg", FFMPEG]
+
+    def run_until(segment: int, sig: int) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = manifest(work)["segments"] if (work / "manifest.json").exists() else {}
+            if str(segment) in done and (work / "attempts" / f"{segment + 1:05d}").exists():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        return proc
+
+    first = run_until(0, signal.SIGINT)
+    assert first.returncode == 130
+    assert "interrupted; the verified segments are kept" in first.stderr.read()
+    assert not list(work.glob(".*.partial"))  # its vspipe and ffmpeg were stopped, the attempt removed
+    run_until(1, signal.SIGKILL)
+    last = subprocess.run(cmd, env=dict(vs_env), capture_output=True, text=True)
+    assert last.returncode == 0, last.stderr
+    assert "2 already verified" in last.stderr
+    # 0 and 1 were verified before an interruption and reused; 1 and 2 were each cut off once
+    assert attempts(work) == {0: 1, 1: 2, 2: 2, 3: 1}
+    assert framemd5(out) == plain
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.slow
+def test_changed_script_refuses_the_folder_until_fresh(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    mine = tmp_path / "mine.vpy"
+    mine.write_text(script.read_text())
+    out = tmp_path / "out.mkv"
+    args = (str(mine), "-o", str(out), "--segment", "20")
+    assert render_cli(*args, env=vs_env).returncode == 0
+    mine.write_text(script.read_text().replace("weights=[1, 2, 3, 2, 1]", "weights=[1, 1, 1]"))
+    refused = render_cli(*args, env=vs_env)
+    assert refused.returncode == 1
+    assert "holds another render plan (changed: the script's contents)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    changed = render_cli(*args, "-a", "x=1", env=vs_env)
+    assert "the -a arguments (none -> x=1)" in changed.stderr
+    fresh = render_cli(*args, "--fresh", env=vs_env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert framemd5(out) != plain and len(framemd5(out)) == 40
+
+
+def test_errors_are_one_clean_message(fast_script, vs_env, tmp_path):
+    script, _ = fast_script
+    out = str(tmp_path / "out.mkv")
+
+    def fails(*args: str, ffmpeg: str = FFMPEG) -> str:
+        proc = subprocess.run([*VSEDVR, "render", *args, "--ffmpeg", ffmpeg], env=vs_env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stdout == ""
+        assert 'File "' + str(Path(__file__).parent.parent) not in proc.stderr  # no traceback of ours
+        return proc.stderr
+
+    assert "--ffmpeg /nonexistent/ffmpeg: no such executable" in fails(str(script), "-o", out,
+                                                                        ffmpeg="/nonexistent/ffmpeg")
+    broken = tmp_path / "broken.vpy"
+    broken.write_text("import vapoursynth as vs\nraise vs.Error('the source file is missing')\n")
+    assert "the source file is missing" in fails(str(broken), "-o", out)
+    assert "vspipe cannot evaluate" in fails(str(broken), "-o", out)
+    t0 = time.monotonic()
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in fails(str(script), "-o", out, "--ray", "127.0.0.1:1")
+    assert time.monotonic() - t0 < 60
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "holiday.mkv").write_bytes(b"not ours")
+    assert "is not a vsedvr render folder" in fails(str(script), "-o", out, "--work-dir", str(foreign))
+    assert (foreign / "holiday.mkv").read_bytes() == b"not ours"
+    assert "RGB, which yuv4mpeg cannot carry" in fails(*_rgb_script(tmp_path), "-o", out)
+
+
+def _rgb_script(tmp_path: Path) -> list[str]:
+    rgb = tmp_path / "rgb.vpy"
+    rgb.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.RGB24, length=3).set_output()\n")
+    return [str(rgb)]
+
+
+def test_render_package_does_not_import_torch():
+    code = ("import sys, vsedvr.render, vsedvr.cli; vsedvr.cli.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_device_slots_show_one_gpu_each():
+    from vsedvr.render import RenderError, cpu_slots, device_slots
+
+    slots = device_slots(["cuda:0", "cuda:1"], visible="4,6")
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["4", "6"]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(["cuda:1", "cpu"])] == ["1", ""]
+    assert all(s["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) for s in cpu_slots(2))
+    with pytest.raises(RenderError, match="names a GPU twice"):
+        device_slots(["cuda:0", "cuda:0"])
+    with pytest.raises(RenderError, match='"gpu0" is not a device'):
+        device_slots(["gpu0"])
+
+
+@pytest.mark.parametrize("args", [["--ray", "--workers", "2"], ["--workers", "2", "--devices", "cuda:0"],
+                                  ["-a", "novalue"], ["--encode", "-c:v 'libx265"], []])
+def test_render_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from vsedvr.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["render", "film.vpy", *(["-o", "film.mkv"] if args else []), *args])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1].startswith("vsedvr") and "error:" in err.splitlines()[-1]
+
+
+def test_ray_not_installed_is_one_clean_message(fast_script, vs_env, tmp_path):
+    """A Python where `import ray` fails (a shadowing package that raises ImportError, as a missing one does)."""
+    script, _ = fast_script
+    fake = tmp_path / "no-ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env = dict(vs_env, PYTHONPATH=str(fake.parent))
+    proc = subprocess.run([*VSEDVR, "render", str(script), "-o", str(tmp_path / "o.mkv"), "--ray", "--ffmpeg", FFMPEG],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "--ray needs Ray, which is not installed here" in proc.stderr
+    assert "pip install 'vsedvr[ray]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_is_named(tmp_path):
+    from vsedvr.render import DiskFullError
+    from vsedvr.render.tools import check_disk_full
+
+    check_disk_full("Error writing trailer: Invalid argument", tmp_path)  # other errors: retried as usual
+    with pytest.raises(DiskFullError, match="is full .* --work-dir on a larger disk"):
+        check_disk_full("[matroska @ 0x1] Error writing packet: No space left on device", tmp_path)

@@ -1,0 +1,257 @@
+"""The driver of ``vsedvr render``: plan the segments, hand them to a pool, record what comes
+back, then join, encode, verify and move the result into place."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .pools import LocalPool, RayPool
+from .segment import segment_name
+from .tools import (RenderError, check_disk_full, decode_hashes, find_ffmpeg, find_vspipe, script_info,
+                    sha256_file, tail)
+from .workdir import WorkDir
+
+__all__ = ["DEFAULT_SEGMENT", "render"]
+
+DEFAULT_SEGMENT = 2000  # frames; see docs/long-videos.md for the choice on GPUs
+_AUDIO_CODEC_OPTS = ("-c:a", "-acodec", "-codec:a", "-an")
+
+
+def _stderr(text: str) -> None:
+    print(f"vsedvr render: {text}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Frames done across all workers (from the progress files they write), fps, ETA, failures."""
+
+    def __init__(self, work: WorkDir, ranges: Sequence[tuple[int, int]], todo: Sequence[int],
+                 log: Callable[[str], None], interval: float) -> None:
+        self.work, self.ranges, self.todo, self.log = work, ranges, list(todo), log
+        self.total = sum(e - s + 1 for s, e in ranges)
+        self.reused = self.total - sum(ranges[i][1] - ranges[i][0] + 1 for i in todo)
+        self.done: set[int] = set()
+        self.failed = 0
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.interval = interval
+        self.tty = sys.stderr.isatty()
+
+    def frames_this_run(self) -> int:
+        n = 0
+        for i in self.todo:
+            if i in self.done:
+                n += self.ranges[i][1] - self.ranges[i][0] + 1
+                continue
+            try:
+                n += int((self.work.path / "progress" / f"{i:05d}").read_text() or 0)
+            except (OSError, ValueError):
+                pass
+        return n
+
+    def retried(self) -> int:
+        n = 0
+        for i in self.todo:
+            try:
+                n += max(0, len((self.work.path / "attempts" / f"{i:05d}").read_text().splitlines()) - 1)
+            except OSError:
+                pass
+        return n
+
+    def show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (1.0 if self.tty else self.interval):
+            return
+        self.last = now
+        frames = self.frames_this_run()
+        elapsed = max(now - self.t0, 1e-6)
+        fps = frames / elapsed
+        left = self.total - self.reused - frames
+        eta = _clock(left / fps) if fps > 0 else "?"
+        line = (f"{self.reused + frames}/{self.total} frames, {fps:.2f} fps, ETA {eta}; segments "
+                f"{len(self.done)}/{len(self.todo)} done, {self.failed} failed, {self.retried()} retried")
+        if self.tty:
+            print(f"\rvsedvr render: {line}\033[K", end="", file=sys.stderr, flush=True)
+        else:
+            self.log(line)
+
+    def end_line(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+def _ffmpeg_run(cmd: list[str], work: Path, what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        check_disk_full(proc.stderr, work)
+        raise RenderError(f"{what} failed (ffmpeg exit status {proc.returncode}):\n{tail(proc.stderr)}")
+
+
+def _count_frames(ffmpeg: str, path: Path) -> int:
+    proc = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RenderError(f"cannot decode {path}:\n{tail(proc.stderr)}")
+    return sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
+
+
+def _move(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError:  # another file system
+        tmp = dst.with_name(f".{dst.name}.vsedvr-partial")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        src.unlink()
+
+
+def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequence[str] = (),
+           output_index: int = 0, segment: int = DEFAULT_SEGMENT, work_dir: str | os.PathLike | None = None,
+           pool: LocalPool | RayPool | None = None, encode: Sequence[str] = (), audio: str | None = None,
+           ffmpeg: str | None = None, vspipe: str | None = None, keep: bool = False, fresh: bool = False,
+           env: Mapping[str, str] | None = None, log: Callable[[str], None] = _stderr,
+           progress_interval: float = 10.0) -> dict[str, Any]:
+    """Renders ``script`` into ``output`` segment by segment; returns a summary
+    (segments ``rendered`` and ``reused``, ``frames``, ``seconds``). Raises RenderError.
+
+    ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
+    frame by frame). ``env``: environment of every vspipe and ffmpeg (None: the workers' own).
+    """
+    t_start = time.monotonic()
+    script = Path(script).resolve()
+    output = Path(output).resolve()
+    if not script.is_file():
+        raise RenderError(f"no such script: {script}")
+    if segment < 1:
+        raise RenderError(f"--segment must be at least 1 frame, got {segment}")
+    if audio is not None and not Path(audio).is_file():
+        raise RenderError(f"--audio {audio}: no such file")
+    if not output.parent.is_dir():
+        raise RenderError(f"the output's folder {output.parent} does not exist")
+    ffmpeg_exe = find_ffmpeg(ffmpeg)
+    vspipe_exe = find_vspipe(vspipe)
+    pool = pool if pool is not None else LocalPool([{}], env=env)
+
+    info = script_info(vspipe_exe, script, args, output_index, env)
+    frames = int(info["Frames"])
+    ranges = [(s, min(s + segment, frames) - 1) for s in range(0, frames, segment)]
+    plan = {"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
+            "output_index": output_index, "frames": frames, "segment": segment, "ranges": ranges,
+            "info": {k: info.get(k) for k in ("Width", "Height", "Format Name", "FPS")},
+            "encode": list(encode), "audio": str(Path(audio).resolve()) if audio else None, "output": str(output)}
+    work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
+    resumed = work.open(plan, fresh=fresh)
+    finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]
+    final = work.manifest.get("final")
+    if final and final.get("key") == finish_key and output.is_file() and work.check_file("final", output):
+        log(f"{output} is already rendered and verified (work folder {work.path}); nothing to do")
+        return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
+                "work_dir": str(work.path)}
+    work.manifest.pop("final", None)
+
+    todo = []
+    for i in range(len(ranges)):
+        problem = work.check_segment(i)
+        if problem is None:
+            continue
+        if problem != "not rendered":
+            log(f"segment {i} (frames {ranges[i][0]}-{ranges[i][1]}): {problem}; rendering it again")
+        todo.append(i)
+    if hasattr(pool, "connect"):
+        pool.connect()
+    log(f"{script.name}: {frames} frames {info.get('Width')}x{info.get('Height')} {info.get('Format Name')}, "
+        f"{len(ranges)} segments of {segment} frames; {len(ranges) - len(todo)} already verified"
+        f"{' (resumed ' + str(work.path) + ')' if resumed else ''}; {len(todo)} to render on {pool.describe()}")
+
+    tasks = [{"work_dir": str(work.path), "index": i, "start": ranges[i][0], "end": ranges[i][1],
+              "script": str(script), "args": list(args), "output_index": output_index,
+              "ffmpeg": ffmpeg, "vspipe": vspipe} for i in todo]
+    progress = Progress(work, ranges, todo, log, progress_interval)
+    failures: dict[int, str] = {}
+    warned_space = False
+    try:
+        for event in pool.run(tasks):
+            if event[0] == "done":
+                rec = event[2]
+                work.record_segment(rec)
+                progress.done.add(rec["index"])
+                progress.show(force=True)
+                if not warned_space:
+                    warned_space = True
+                    per_frame = rec["size"] / max(1, rec["end"] - rec["start"] + 1)
+                    need = per_frame * (frames - (rec["end"] - rec["start"] + 1)) * (2 if not encode else 1.2)
+                    free = shutil.disk_usage(work.path).free
+                    if need > free:
+                        log(f"warning: the segments and the result need about {need / 1e9:.1f} GB more, "
+                            f"{work.path} has {free / 1e9:.1f} GB free")
+            elif event[0] == "failed":
+                _, task, message, retrying = event
+                progress.failed += 1
+                if retrying:
+                    log(f"{message.splitlines()[0]}; retrying")
+                else:
+                    failures[task["index"]] = message
+                    log(message)
+            else:
+                progress.show()
+    finally:
+        progress.end_line()
+    if failures:
+        raise RenderError(f"{len(failures)} of {len(ranges)} segments failed ({', '.join(map(str, sorted(failures)))}); "
+                          f"the others are kept: run the same command again to retry the failed ones. "
+                          f"Last error: {failures[max(failures)]}")
+
+    # join (and encode) once, into a temporary name in the work folder, verified before the move
+    records = [work.segment(i) for i in range(len(ranges))]
+    hashes = [h for rec in records for h in rec["hashes"]]
+    concat = work.path / "concat.txt"
+    concat.write_text("".join(f"file '{segment_name(i)}'\n" for i in range(len(ranges))))
+    partial = work.path / f"final.partial{output.suffix or '.mkv'}"
+    cmd = [ffmpeg_exe, "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(concat)]
+    if audio:
+        cmd += ["-i", str(audio)]
+    cmd += ["-map", "0:v:0"]
+    if audio:
+        cmd += ["-map", "1:a"]
+        if not any(opt in encode for opt in _AUDIO_CODEC_OPTS):
+            cmd += ["-c:a", "copy"]
+    cmd += list(encode) if encode else ["-c:v", "copy"]
+    log(f"joining {len(ranges)} segments{' with audio' if audio else ''}"
+        f"{' and encoding: ' + shlex.join(encode) if encode else ' (lossless FFV1)'}")
+    _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
+    if encode:
+        got = _count_frames(ffmpeg_exe, partial)
+        if got != frames:
+            partial.unlink(missing_ok=True)
+            raise RenderError(f"the encoded result has {got} frames, the script {frames}; "
+                              f"check the --encode arguments (frame rate or filters that drop frames)")
+    else:
+        got_hashes = decode_hashes(ffmpeg_exe, partial, records[0]["frame_size"])
+        if got_hashes != hashes:
+            bad = next((i for i, (a, b) in enumerate(zip(got_hashes, hashes)) if a != b), min(len(got_hashes), frames))
+            partial.unlink(missing_ok=True)
+            raise RenderError(f"the joined result differs from the verified segments at frame {bad} "
+                              f"({len(got_hashes)} frames decoded, {frames} expected); the segments are kept")
+    _move(partial, output)
+    work.record_file("final", output, key=finish_key, verified="frame hashes" if not encode else "frame count")
+    concat.unlink(missing_ok=True)
+    if not keep:
+        for i in range(len(ranges)):
+            (work.path / segment_name(i)).unlink(missing_ok=True)
+    seconds = time.monotonic() - t_start
+    log(f"wrote {output} ({frames} frames, {'identical to vspipe frame by frame' if not encode else 'encoded'}) "
+        f"in {_clock(seconds)}; {len(todo)} segments rendered, {len(ranges) - len(todo)} reused")
+    return {"rendered": todo, "reused": [i for i in range(len(ranges)) if i not in todo], "frames": frames,
+            "seconds": seconds, "work_dir": str(work.path)}

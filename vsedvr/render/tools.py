@@ -1,0 +1,219 @@
+"""The external programs a render drives: finding vspipe and ffmpeg, asking vspipe about a
+script, reading a yuv4mpeg stream frame by frame, decoding a file into per-frame hashes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["RenderError", "DiskFullError", "find_ffmpeg", "find_vspipe", "script_info", "Y4MReader",
+           "decode_hashes", "sha256_file", "tail"]
+
+_NO_SPACE = "No space left on device"
+
+
+class RenderError(Exception):
+    """A render cannot go on; the message says why and what to do (shown without a traceback)."""
+
+
+class DiskFullError(RenderError):
+    """The work folder or the output's file system is full."""
+
+
+def tail(text: str | bytes, lines: int = 12) -> str:
+    """The last lines of a program's stderr, for an error message."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def check_disk_full(stderr: str, where: Path) -> None:
+    """Raises DiskFullError when a program's stderr says the disk is full."""
+    if _NO_SPACE in stderr:
+        raise DiskFullError(f"the disk holding {where} is full ({_NO_SPACE}); free some space or pass "
+                            f"--work-dir on a larger disk, then run the same command again to resume")
+
+
+def find_ffmpeg(explicit: str | os.PathLike | None = None) -> str:
+    """``explicit``, else ``ffmpeg`` on PATH, else imageio-ffmpeg's binary; RenderError if none."""
+    if explicit:
+        path = shutil.which(str(explicit))
+        if path is None:
+            raise RenderError(f"--ffmpeg {explicit}: no such executable")
+        return path
+    path = shutil.which("ffmpeg")
+    if path:
+        return path
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # noqa: BLE001 - not installed, or installed without its binary
+        pass
+    raise RenderError("no ffmpeg found: install ffmpeg (it must be on PATH), pass --ffmpeg PATH, "
+                      "or `pip install imageio-ffmpeg` (ships a static ffmpeg with ffv1)")
+
+
+def find_vspipe(explicit: str | os.PathLike | None = None) -> str:
+    """``explicit``, else vspipe beside this Python, else on PATH; RenderError if none."""
+    if explicit:
+        path = shutil.which(str(explicit))
+        if path is None:
+            raise RenderError(f"--vspipe {explicit}: no such executable")
+        return path
+    beside = Path(sys.executable).parent / "vspipe"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    path = shutil.which("vspipe")
+    if path:
+        return path
+    raise RenderError("no vspipe found beside this Python or on PATH; install VapourSynth "
+                      "(`pip install vapoursynth`) or pass --vspipe PATH")
+
+
+def vspipe_args(script: Path, args: Sequence[str], output_index: int) -> list[str]:
+    """The vspipe options every call for this script shares: -a NAME=VALUE..., -o INDEX."""
+    out: list[str] = []
+    for arg in args:
+        out += ["-a", arg]
+    return out + ["-o", str(output_index)]
+
+
+def script_info(vspipe: str, script: Path, args: Sequence[str], output_index: int,
+                env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``vspipe --info`` of the script as a dict (Frames, Width, Format Name, FPS, ...)."""
+    cmd = [vspipe, "--info", *vspipe_args(script, args, output_index), str(script), "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=None if env is None else dict(env))
+    if proc.returncode != 0:
+        raise RenderError(f"vspipe cannot evaluate {script} (exit status {proc.returncode}):\n"
+                          f"{tail(proc.stderr or proc.stdout, 20)}")
+    info = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    if info.get("Type", "Video") != "Video" or "Frames" not in info:
+        raise RenderError(f"output {output_index} of {script} is not a video clip: {proc.stdout.strip()}")
+    if info.get("Format Name", "") in ("", "None") or info.get("Width", "0") == "0":
+        raise RenderError(f"output {output_index} of {script} has a variable format or size; "
+                          f"vsedvr render needs a constant one (add a resize to the output)")
+    if info.get("Color Family") == "RGB":
+        raise RenderError(f"output {output_index} of {script} is RGB, which yuv4mpeg cannot carry; "
+                          f"convert it at the end of the script, e.g. "
+                          f"core.resize.Bicubic(clip, format=vs.YUV444P16, matrix_s=\"709\")")
+    return info
+
+
+# ------------------------------------------------------------------------------------- y4m
+
+
+@dataclass(frozen=True)
+class Y4MFormat:
+    width: int
+    height: int
+    colorspace: str  # the C tag, e.g. 420p10
+
+    @property
+    def frame_size(self) -> int:
+        """Bytes of one frame's payload (all planes, as yuv4mpeg stores them)."""
+        c = self.colorspace
+        if c.startswith("mono"):
+            bits = int(c[4:] or 8)
+            return self.width * self.height * (1 if bits <= 8 else 2)
+        m = re.fullmatch(r"(4[0-4][0-4])(alpha|p(\d+)|jpeg|paldv|mpeg2)?", c)
+        if m is None:
+            raise RenderError(f"unsupported yuv4mpeg colour space C{c}")
+        sub, extra, bits = m.group(1), m.group(2), m.group(3)
+        sample = 2 if bits and int(bits) > 8 else 1
+        cw, ch = {"420": (2, 2), "422": (2, 1), "444": (1, 1), "411": (4, 1), "410": (4, 4)}[sub]
+        chroma = -(-self.width // cw) * -(-self.height // ch)
+        planes = self.width * self.height + 2 * chroma + (self.width * self.height if extra == "alpha" else 0)
+        return planes * sample
+
+
+class Y4MReader:
+    """Reads a yuv4mpeg stream: ``header`` (the stream line), then (frame line, payload) pairs."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.header = self._line()
+        if not self.header.startswith(b"YUV4MPEG2 "):
+            raise RenderError(f"vspipe did not write yuv4mpeg (got {self.header[:40]!r})")
+        tags = {t[:1]: t[1:] for t in self.header.decode("ascii").split()[1:]}
+        self.format = Y4MFormat(int(tags["W"]), int(tags["H"]), tags.get("C", "420jpeg"))
+        self.frame_size = self.format.frame_size
+
+    def _line(self) -> bytes:
+        out = bytearray()
+        while True:
+            byte = self.stream.read(1)
+            if not byte:
+                if out:
+                    raise RenderError("the yuv4mpeg stream ended inside a header line")
+                return b""
+            out += byte
+            if byte == b"\n":
+                return bytes(out)
+            if len(out) > 4096:
+                raise RenderError("a yuv4mpeg header line is longer than 4096 bytes")
+
+    def frames(self) -> Iterator[tuple[bytes, bytes]]:
+        """(frame header line, payload) until the stream ends; an incomplete frame stops it."""
+        while True:
+            line = self._line()
+            if not line:
+                return
+            if not line.startswith(b"FRAME"):
+                raise RenderError(f"bad yuv4mpeg frame header {line[:40]!r}")
+            payload = self.stream.read(self.frame_size)
+            if len(payload) != self.frame_size:
+                return  # vspipe died mid-frame; the caller sees the short count and the exit status
+            yield line, payload
+
+
+def frame_hash(payload: bytes | memoryview) -> str:
+    """The hash recorded for one frame (MD5 of its planes, the bytes ffmpeg's framemd5 also hashes)."""
+    return hashlib.md5(payload).hexdigest()
+
+
+def decode_hashes(ffmpeg: str, path: Path, frame_size: int, pix_fmt: str | None = None) -> list[str]:
+    """Decodes the first video stream of ``path`` to raw frames and hashes each one."""
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo"]
+    if pix_fmt:
+        cmd += ["-pix_fmt", pix_fmt]
+    proc = subprocess.Popen(cmd + ["-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hashes = []
+    assert proc.stdout is not None and proc.stderr is not None
+    buf = bytearray(frame_size)
+    view = memoryview(buf)
+    while True:
+        got = 0
+        while got < frame_size:
+            n = proc.stdout.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got < frame_size:
+            if got:
+                hashes.append("incomplete")
+            break
+        hashes.append(frame_hash(view))
+    err = proc.stderr.read().decode("utf-8", "replace")
+    if proc.wait() != 0:
+        hashes.append(f"decode error: {tail(err, 3)}")
+    return hashes
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

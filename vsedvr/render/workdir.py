@@ -1,0 +1,169 @@
+"""The work folder of one render: its plan, the manifest (replaced atomically), the segment files.
+
+Layout: ``manifest.json`` (plan, verified segments, joined file, final output), ``seg-NNNNN.mkv``
+(verified segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned),
+``attempts/NNNNN`` (one line per attempt), ``progress/NNNNN`` (frames done by the running attempt),
+``joined.mkv`` (the segments concatenated).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .tools import DiskFullError, RenderError, sha256_file
+
+__all__ = ["WorkDir", "plan_id"]
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+#: Plan fields whose change makes the segments of a folder useless.
+IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges")
+
+
+def plan_id(plan: dict[str, Any]) -> str:
+    blob = json.dumps({k: plan[k] for k in IDENTITY}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changed = []
+    if old.get("script_sha256") != new["script_sha256"]:
+        changed.append("the script's contents")
+    if old.get("args") != new["args"]:
+        changed.append(f"the -a arguments ({' '.join(old.get('args', [])) or 'none'} -> {' '.join(new['args']) or 'none'})")
+    if old.get("output_index") != new["output_index"]:
+        changed.append("the output index")
+    if old.get("segment") != new["segment"]:
+        changed.append(f"--segment ({old.get('segment')} -> {new['segment']})")
+    if old.get("frames") != new["frames"] or old.get("info") != new["info"]:
+        changed.append("the clip vspipe reports (frames, size or format)")
+    return ", ".join(changed) or "the plan"
+
+
+class WorkDir:
+    """A render's work folder; the driver is the only writer of its manifest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.manifest: dict[str, Any] = {}
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def open(self, plan: dict[str, Any], fresh: bool = False) -> bool:
+        """Takes the folder for ``plan``; True when it resumes a plan already there.
+
+        A folder holding another plan is refused (its segments are not thrown away behind the
+        user's back), unless ``fresh``, which deletes that plan's files first.
+        """
+        pid = plan_id(plan)
+        if self.manifest_path.is_file():
+            try:
+                old = json.loads(self.manifest_path.read_text())
+            except (OSError, ValueError) as e:
+                raise RenderError(f"cannot read {self.manifest_path} ({e}); delete the folder {self.path} "
+                                  f"or pass another --work-dir") from e
+            if old.get("plan_id") != pid:
+                if not fresh:
+                    raise RenderError(
+                        f"the work folder {self.path} holds another render plan (changed: "
+                        f"{_describe_change(old.get('plan', {}), plan)}); its segments would not fit this one. "
+                        f"Run the earlier command to finish it, pass --work-dir DIR for a new folder, "
+                        f"or add --fresh to delete its segments and start over")
+                self.clear()
+            else:
+                self.manifest = old
+                self.manifest["plan"] = plan  # the finishing options (encoder, audio, output) may change
+                self._prepare()
+                return True
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
+                              f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
+        self.manifest = {"format": FORMAT, "plan_id": pid, "plan": plan, "segments": {}}
+        self._prepare()
+        return False
+
+    def _prepare(self) -> None:
+        try:
+            for sub in ("", "attempts", "progress"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RenderError(f"cannot create the work folder {self.path}: {e}") from e
+        for stale in self.path.glob(".*.partial"):  # attempts of an earlier run that never finished
+            stale.unlink(missing_ok=True)
+        for old in (self.path / "progress").iterdir():
+            old.unlink(missing_ok=True)
+        self.save()
+
+    def clear(self) -> None:
+        """Deletes what vsedvr wrote here (and nothing else)."""
+        for pattern in ("seg-*.mkv", ".*.partial", "joined.mkv", "concat.txt", "final.partial.*", MANIFEST):
+            for f in self.path.glob(pattern):
+                f.unlink(missing_ok=True)
+        for sub in ("attempts", "progress"):
+            shutil.rmtree(self.path / sub, ignore_errors=True)
+
+    def save(self) -> None:
+        """Writes the manifest to a temporary file and renames it over the old one."""
+        tmp = self.path / f".{MANIFEST}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.manifest, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest_path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(f"the disk holding {self.path} is full; free some space and run the same "
+                                    f"command again to resume") from e
+            raise
+
+    # ------------------------------------------------------------------------------ segments
+
+    def segment(self, index: int) -> dict[str, Any] | None:
+        return self.manifest["segments"].get(str(index))
+
+    def record_segment(self, record: dict[str, Any]) -> None:
+        attempts = self.path / "attempts" / f"{record['index']:05d}"
+        record = dict(record, attempts=len(attempts.read_text().splitlines()) if attempts.exists() else 1)
+        self.manifest["segments"][str(record["index"])] = record
+        self.save()
+
+    def check_segment(self, index: int) -> str | None:
+        """None if the recorded segment is on disk and intact, else what is wrong (and forgets it)."""
+        rec = self.segment(index)
+        if rec is None:
+            return "not rendered"
+        path = self.path / rec["file"]
+        problem = None
+        if not path.is_file():
+            problem = "file missing"
+        elif path.stat().st_size != rec["size"]:
+            problem = f"file is {path.stat().st_size} bytes, {rec['size']} were written"
+        elif sha256_file(path) != rec["sha256"]:
+            problem = "file is corrupt (SHA-256 differs)"
+        if problem:
+            del self.manifest["segments"][str(index)]
+            path.unlink(missing_ok=True)
+            self.save()
+        return problem
+
+    def check_file(self, name: str, path: Path) -> bool:
+        """True if the file recorded under ``name`` (final) is there with its size and hash."""
+        rec = self.manifest.get(name)
+        ok = bool(rec) and path.is_file() and path.stat().st_size == rec["size"] and sha256_file(path) == rec["sha256"]
+        if rec and not ok:
+            del self.manifest[name]
+            self.save()
+        return ok
+
+    def record_file(self, name: str, path: Path, **extra: Any) -> None:
+        self.manifest[name] = {"size": path.stat().st_size, "sha256": sha256_file(path), **extra}
+        self.save()
