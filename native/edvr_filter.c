@@ -491,13 +491,30 @@ static void VS_CC restoreCreate(const VSMap *in, VSMap *out, void *userData, VSC
     int rgbFloat = fmt->colorFamily == cfRGB && fmt->sampleType == stFloat &&
                    (fmt->bitsPerSample == 32 || fmt->bitsPerSample == 16);
     if (!rgbFloat || vi->width == 0 || vi->height == 0) {
+        /* Each message ends with the conversion to paste (tests/test_suggested_fixes.py pastes them):
+         * RGB needs no matrix (zimg refuses one for RGB input), YUV needs one, a variable size needs
+         * width and height. */
         char name[32] = "a variable format";
         if (fmt->colorFamily != cfUndefined)
             vsapi->getVideoFormatName(fmt, name);
-        snprintf(err, sizeof err,
-                 FILTER_NAME ": \"clip\" must be RGBS or RGBH with a constant format and size, got %s%s; convert "
-                 "first, e.g. clip = core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s=\"709\")",
-                 name, rgbFloat ? " of variable size" : "");
+        const char *fixed = vi->width == 0 || vi->height == 0
+            ? "width=clip.get_frame(0).width, height=clip.get_frame(0).height, format=vs.RGBS" : "format=vs.RGBS";
+        const char *size = vi->width == 0 || vi->height == 0 ? " of variable size" : "";
+        if (fmt->colorFamily == cfRGB)
+            snprintf(err, sizeof err,
+                     FILTER_NAME ": \"clip\" must be RGBS or RGBH with a constant format and size, got %s%s; "
+                     "convert first (RGB needs no matrix): `clip = core.resize.Bicubic(clip, %s)`", name, size, fixed);
+        else if (fmt->colorFamily == cfUndefined)
+            snprintf(err, sizeof err,
+                     FILTER_NAME ": \"clip\" must be RGBS or RGBH with a constant format and size, got %s%s; "
+                     "convert every frame to RGBS first: `clip = core.resize.Bicubic(clip, %s, matrix_in_s=\"709\")` "
+                     "when the frames are YUV (\"170m\" for SD), `clip = core.resize.Bicubic(clip, %s)` when they are RGB",
+                     name, size, fixed, fixed);
+        else
+            snprintf(err, sizeof err,
+                     FILTER_NAME ": \"clip\" must be RGBS or RGBH with a constant format and size, got %s%s; "
+                     "convert first, with the source's matrix: `clip = core.resize.Bicubic(clip, %s, matrix_in_s=\"709\")` "
+                     "(\"170m\" for SD)", name, size, fixed);
         vsapi->mapSetError(out, err);
         vsapi->freeNode(node);
         return;

@@ -21,7 +21,7 @@ from vsedvr.zoo import MODELS
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SOURCE_W, SOURCE_H, SOURCE_FRAMES = 96, 64, 12
 SCALE = {"sr_yuv_source.vpy": 4, "deblur.vpy": 1, "rgbh_speed.vpy": 4, "scene_aware.vpy": 4}
-OWNED_ELSEWHERE = {"demo.vpy"}  # the README's demo, tested with `make demo`
+OWNED_ELSEWHERE = {"demo.vpy"}  # the README's demo: tests/test_readme_commands.py runs `make demo`
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +118,67 @@ def test_rgbh_example_restores_in_rgbh(tiny_checkpoint: Path) -> None:
     assert scope["out"].format.id == vs.YUV420P10
 
 
-def test_sr_example_uses_the_sources_matrix(tiny_checkpoint: Path) -> None:
+def test_sr_example_takes_the_sources_colour_and_writes_bt709(tiny_checkpoint: Path) -> None:
     scope = run_in_process("sr_yuv_source.vpy", model=str(tiny_checkpoint))
+    colour = scope["source_colour"]
     blank = vs.core.std.BlankClip(width=1920, height=1080, format=vs.YUV420P8, length=1)
-    assert scope["yuv_matrix"](blank) == vs.MATRIX_BT709  # HD without _Matrix
-    assert scope["yuv_matrix"](blank.resize.Point(720, 480)) == vs.MATRIX_BT470_BG  # SD without _Matrix
-    tagged = vs.core.std.SetFrameProps(blank, _Matrix=vs.MATRIX_ST170_M)
-    assert scope["yuv_matrix"](tagged) == vs.MATRIX_ST170_M
-    assert scope["out"].get_frame(0).props["_Matrix"] == vs.MATRIX_BT470_BG  # the generated source is SD
+    bt709 = {"matrix_in": vs.MATRIX_BT709, "transfer_in": vs.TRANSFER_BT709, "primaries_in": vs.PRIMARIES_BT709}
+    bt601 = {"matrix_in": vs.MATRIX_ST170_M, "transfer_in": vs.TRANSFER_BT601, "primaries_in": vs.PRIMARIES_ST170_M}
+    assert colour(blank) == bt709  # HD without properties
+    assert colour(blank.resize.Point(720, 480)) == bt601  # SD without properties
+    tagged = vs.core.std.SetFrameProps(blank, _Matrix=vs.MATRIX_BT470_BG, _Primaries=vs.PRIMARIES_BT470_BG,
+                                       _Transfer=vs.TRANSFER_BT601)
+    assert colour(tagged) == {"matrix_in": vs.MATRIX_BT470_BG, "transfer_in": vs.TRANSFER_BT601,
+                              "primaries_in": vs.PRIMARIES_BT470_BG}
+    # the generated source is SD (96x64): its 4x output is BT.709 all the same, and says so
+    props = scope["out"].get_frame(0).props
+    assert (props["_Matrix"], props["_Transfer"], props["_Primaries"]) == (
+        vs.MATRIX_BT709, vs.TRANSFER_BT709, vs.PRIMARIES_BT709)
+
+
+def test_sd_primaries_are_converted_not_relabelled(tiny_checkpoint: Path) -> None:
+    """SMPTE 170M red written as BT.709 is a different code value than the same red relabelled."""
+    scope = run_in_process("sr_yuv_source.vpy", model=str(tiny_checkpoint))
+    red = vs.core.std.BlankClip(width=8, height=8, format=vs.RGBS, length=1, color=[0.8, 0.1, 0.1])
+    sd = {"matrix_in": vs.MATRIX_ST170_M, "transfer_in": vs.TRANSFER_BT601, "primaries_in": vs.PRIMARIES_ST170_M}
+    converted = scope["to_bt709_yuv"](red, sd).get_frame(0)
+    relabelled = vs.core.resize.Bicubic(red, format=vs.YUV420P10, matrix_s="709").get_frame(0)
+    assert abs(int(converted[2][0, 0]) - int(relabelled[2][0, 0])) >= 2  # Cr moves
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real H.264 file (ffmpeg's test pattern, 64x48, 6 frames) in a folder of its own."""
+    import imageio_ffmpeg
+
+    path = tmp_path_factory.mktemp("videos") / "input.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x48:rate=24", "-frames:v", "6", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    str(path)], check=True, timeout=120)
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo.vpy", "sr_yuv_source.vpy"])
+def test_relative_src_is_taken_from_where_vspipe_runs(name: str, small_video: Path, tiny_checkpoint: Path,
+                                                      vspipe: str, vs_env: dict[str, str]) -> None:
+    """From a shell in the video's folder, ``-a src=input.mp4`` (and a relative checkpoint) work."""
+    (small_video.parent / "tiny.pth").write_bytes(tiny_checkpoint.read_bytes())
+    env = {k: v for k, v in vs_env.items() if k != "PWD"}  # bash sets it, as a terminal's shell has
+    command = f"{vspipe} -c y4m -a src=input.mp4 -a model=tiny.pth {EXAMPLES / name} -"
+    done = subprocess.run(["bash", "-c", command], cwd=small_video.parent, env=env, capture_output=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    fields, frames = read_y4m(done.stdout)
+    assert (fields["W"], fields["H"], frames) == ("256", "192", 6)
+
+
+def test_a_missing_relative_src_names_both_folders(small_video: Path, vspipe: str, vs_env: dict[str, str]) -> None:
+    env = {k: v for k, v in vs_env.items() if k != "PWD"}
+    done = subprocess.run(["bash", "-c", f"{vspipe} -c y4m -a src=missing.mp4 {EXAMPLES / 'sr_yuv_source.vpy'} -"],
+                          cwd=small_video.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and done.stdout == ""
+    assert "'missing.mp4' not found in" in done.stderr
+    assert str(small_video.parent) in done.stderr and str(EXAMPLES) in done.stderr
 
 
 def test_restore_has_typed_keyword_parameters() -> None:

@@ -7,7 +7,7 @@ downloads nothing.
 
 On Python >= 3.12 VapourSynth is the plain ``vapoursynth==81`` wheel. On 3.11 (these machines)
 that wheel's core is used with its Python binding rebuilt from the R81 sources, because the
-wheel's ``vapoursynth.abi3.so`` needs 3.12 (see README, "Installing on Python 3.11").
+wheel's ``vapoursynth.abi3.so`` needs 3.12 (docs/install.md, "Python 3.11").
 
 Standard library only: it runs before the venv exists.
 """
@@ -294,11 +294,40 @@ def tree_digest(paths: list[Path]) -> str:
 
 def ensure_requirements() -> None:
     digest = tree_digest([DEV_REQUIREMENTS])
-    if stamp_ok("requirements", digest) and venv_ok("import torch, torchvision, numpy, vsutil, pytest"):
+    if stamp_ok("requirements", digest) and venv_ok("import torch, torchvision, numpy, vsutil, pytest, imageio_ffmpeg"):
         return
-    log("installing PyTorch and the test tools (PyTorch is about 5.5 GB installed)")
+    log("installing PyTorch, ffmpeg and the test tools (PyTorch is about 5.5 GB installed)")
     pip("install", "-q", "-r", DEV_REQUIREMENTS)
     write_stamp("requirements", digest)
+
+
+BESTSOURCE = "vapoursynth-bestsource==22"
+BS_CHECK = "import vapoursynth as vs, sys; sys.exit(not hasattr(vs.core, 'bs'))"
+
+
+def ensure_source_plugin() -> None:
+    """BestSource (``core.bs.VideoSource``), the source plugin the examples open videos with.
+
+    On Python >= 3.12 requirements-dev.txt installs it. Its wheels declare ``Requires-Python >=3.12``
+    although they hold only a plugin library (no Python code), so on 3.11 the 3.12 wheel is
+    downloaded and installed with ``--ignore-requires-python``.
+    """
+    if venv_ok(BS_CHECK):
+        return
+    if sys.version_info < (3, 12):
+        WORK.mkdir(parents=True, exist_ok=True)
+        wheels = list(WORK.glob("vapoursynth_bestsource-22-*.whl"))
+        if not wheels:
+            log(f"downloading {BESTSOURCE} (the Python 3.12 wheel: a plugin library, fine on 3.11)")
+            pip("download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+                "--platform", "manylinux_2_28_x86_64", "-d", WORK, BESTSOURCE)
+            wheels = list(WORK.glob("vapoursynth_bestsource-22-*.whl"))
+        log(f"installing {wheels[0].name}")
+        pip("install", "-q", "--no-deps", "--ignore-requires-python", wheels[0])
+    else:
+        pip("install", "-q", BESTSOURCE)
+    if not venv_ok(BS_CHECK):
+        raise SystemExit(f"bootstrap: {BESTSOURCE} is installed but the core has no `bs` namespace")
 
 
 PACKAGE_SOURCES = ["vsedvr", "native", "models", "setup.cfg", "setup.py", "pyproject.toml"]
@@ -312,6 +341,18 @@ def ensure_package() -> None:
     pip("install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall", str(ROOT))
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     write_stamp("vsedvr", digest)
+
+
+def ensure_ffmpeg_on_path() -> None:
+    """``.venv/bin/ffmpeg``: a link to imageio-ffmpeg's static ffmpeg, so README's ``... | ffmpeg ...``
+    commands work once ``.venv/bin`` is on PATH (``. .venv/bin/activate``)."""
+    link = VENV / "bin" / "ffmpeg"
+    exe = subprocess.check_output(
+        [str(venv_python()), "-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"], text=True).strip()
+    if link.is_symlink() and os.readlink(link) == exe:
+        return
+    link.unlink(missing_ok=True)
+    link.symlink_to(exe)
 
 
 def ensure_vapoursynth_config() -> None:
@@ -339,6 +380,8 @@ def main() -> None:
     ensure_venv()
     ensure_vapoursynth()
     ensure_requirements()
+    ensure_source_plugin()
+    ensure_ffmpeg_on_path()
     ensure_package()
     ensure_vapoursynth_config()
     ensure_editor_stubs()

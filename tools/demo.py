@@ -1,13 +1,20 @@
-"""README's main command: render examples/demo.vpy through the venv's vspipe into demo-output/.
+"""README's main command (``make demo``): from a video file to a restored video file, offline.
 
-Writes ``demo-output/demo.y4m`` (the restored clip, YUV420P10) and then compares it with the
-ground truth: it decodes the y4m back to RGB (zimg, BT.709 limited range, as it was encoded),
-puts bicubic x4 of the LR input through the same YUV 4:2:0 10-bit round trip, prints the mean
-PSNR of both against the ground truth to stderr (RGB, 8-bit rounded, all frames) and writes
-``demo-output/demo-compare.png``: the middle frame as bicubic | EDVR | ground truth.
+1. Writes ``demo-output/input.mp4``: a real H.264 file (libx264, the static ffmpeg of
+   imageio-ffmpeg), 24 frames of 96x64, a steady pan over a picture the demo model never saw,
+   downscaled x4 the way REDS makes its low-resolution frames.
+2. Runs examples/demo.vpy's header command as written there, through bash from the checkout root
+   with .venv/bin on PATH: vspipe opens that file with BestSource, restores it
+   with ``core.edvr.Restore(..., model="edvr_demo")`` and pipes y4m into ffmpeg, which writes
+   ``demo-output/restored.mp4`` (384x256 H.264, tagged BT.709). The same conversions with a
+   bicubic x4 instead of EDVR give ``demo-output/bicubic.mp4``, for comparison.
+3. Decodes both files again (BestSource) and prints their PSNR against the ground truth
+   (RGB, 8-bit, all frames) and writes ``demo-output/demo-compare.png``: the middle frame as
+   bicubic | EDVR | ground truth (README shows a copy, docs/demo-compare.png).
 """
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -18,38 +25,31 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "demo-output"
 SCRIPT = ROOT / "examples" / "demo.vpy"
-OUTPUT = ROOT / "demo-output" / "demo.y4m"
-COMPARE = ROOT / "demo-output" / "demo-compare.png"
+INPUT = OUT / "input.mp4"
+RESTORED = OUT / "restored.mp4"
+BICUBIC = OUT / "bicubic.mp4"
+COMPARE = OUT / "demo-compare.png"
+CROP = (slice(64, 256), slice(96, 288))  # the picture shows these rows and columns of the 384x256 frames
+BIN = Path(sys.executable).parent
+TAGS = "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709"
+# the encoder settings of examples/demo.vpy's header command, for the bicubic comparison
+ENCODE = ["-y", "-loglevel", "error", "-i", "-", "-vf", TAGS, "-c:v", "libx264", "-crf", "16", "-pix_fmt", "yuv420p"]
 
 
-def read_y4m(path: Path) -> tuple[list[np.ndarray], int, int]:
-    """Frames of a 4:2:0 10/16-bit y4m as flat uint16 arrays, with (width, height)."""
-    data = path.read_bytes()
-    end = data.index(b"\n")
-    fields = data[:end].split()
-    if fields[0] != b"YUV4MPEG2":
-        raise ValueError(f"{path}: not a y4m file")
-    params = {f[:1]: f[1:] for f in fields[1:]}
-    width, height, colour = int(params[b"W"]), int(params[b"H"]), params.get(b"C", b"420")
-    if colour not in (b"420p10", b"420p16"):
-        raise ValueError(f"{path}: expected 4:2:0 10-bit y4m, got C{colour.decode()}")
-    samples = width * height + 2 * ((width + 1) // 2) * ((height + 1) // 2)
-    frames, pos = [], end + 1
-    while pos < len(data):
-        header_end = data.index(b"\n", pos)
-        if not data[pos:header_end].startswith(b"FRAME"):
-            raise ValueError(f"{path}: broken frame header at byte {pos}")
-        start = header_end + 1
-        frames.append(np.frombuffer(data, dtype="<u2", count=samples, offset=start))
-        pos = start + 2 * samples
-    return frames, width, height
+def ffmpeg() -> str:
+    """The static ffmpeg of imageio-ffmpeg (the bootstrap also links it as .venv/bin/ffmpeg)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Minimal 8-bit RGB PNG writer (rgb: uint8, (height, width, 3))."""
+    """Minimal 8-bit RGB PNG writer (rgb: uint8, (height, width, 3)), every row "Up"-filtered."""
     height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(height))
+    up = np.diff(rgb, axis=0, prepend=np.zeros((1, width, 3), np.uint8))  # uint8: wraps modulo 256
+    raw = b"".join(b"\x02" + up[y].tobytes() for y in range(height))
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -58,83 +58,126 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
                      + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-def compare() -> None:
-    """PSNR of the rendered y4m and of bicubic against the ground truth; the side-by-side PNG."""
+def encode(clip, path: Path, args: list[str]) -> None:  # noqa: ANN001 - a vs.VideoNode
+    """Pipes a YUV clip as y4m into ffmpeg (``args``, then ``path``)."""
+    proc = subprocess.Popen([ffmpeg(), *args, str(path)], stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    try:
+        clip.output(proc.stdin, y4m=True)
+    finally:
+        proc.stdin.close()
+    if proc.wait():
+        raise SystemExit(f"demo: ffmpeg failed writing {path}")
+
+
+def write_input(lr: np.ndarray) -> None:
+    """The LR frames (L, 3, h, w) as a real H.264 file in BT.709, 24 fps."""
     import vapoursynth as vs
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    from train_demo import bicubic_up, demo_clip, psnr, to_uint8
-
-    import torch
-
     core = vs.core
-    lr, hr = demo_clip()
-    frames, width, height = read_y4m(OUTPUT)
-    if len(frames) != hr.shape[0] or (height, width) != tuple(hr.shape[-2:]):
-        raise ValueError(f"{OUTPUT}: {len(frames)} frames of {width}x{height}, expected "
-                         f"{hr.shape[0]} of {hr.shape[-1]}x{hr.shape[-2]}; re-render it")
-
-    def planes(frame: vs.VideoFrame) -> np.ndarray:
-        return np.stack([np.asarray(frame[p]) for p in range(3)])
-
-    # Decode the y4m: fill a YUV420P10 clip with its samples, convert back to RGB with zimg.
-    yuv = core.std.BlankClip(width=width, height=height, format=vs.YUV420P10, length=len(frames))
-    yuv = core.std.SetFrameProps(yuv, _Matrix=1, _Transfer=1, _Primaries=1, _Range=0, _ChromaLocation=0)  # limited range
-    luma, chroma = width * height, ((width + 1) // 2) * ((height + 1) // 2)
+    length, _, height, width = lr.shape
+    blank = core.std.BlankClip(width=width, height=height, format=vs.RGBS, length=length, fpsnum=24, fpsden=1)
 
     def fill(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
         out = f.copy()
-        flat = frames[n]
-        np.asarray(out[0])[:] = flat[:luma].reshape(height, width)
-        for p in (1, 2):
-            start = luma + (p - 1) * chroma
-            np.asarray(out[p])[:] = flat[start:start + chroma].reshape((height + 1) // 2, (width + 1) // 2)
+        for plane in range(3):
+            np.asarray(out[plane])[:] = lr[n, plane]
         return out
 
-    decoded = core.resize.Bicubic(core.std.ModifyFrame(yuv, yuv, fill), format=vs.RGBS, matrix_in_s="709")
+    yuv = core.resize.Bicubic(core.std.ModifyFrame(blank, blank, fill), format=vs.YUV420P8, matrix_s="709",
+                              transfer_in_s="709", primaries_in_s="709", dither_type="error_diffusion")
+    encode(yuv, INPUT, ["-y", "-loglevel", "error", "-i", "-", "-vf", TAGS, "-c:v", "libx264", "-crf", "10"])
 
-    # Bicubic through the same RGB -> YUV420P10 -> RGB round trip.
-    bic = bicubic_up(lr).clamp(0, 1).numpy()
-    blank = core.std.BlankClip(width=width, height=height, format=vs.RGBS, length=len(frames))
 
-    def fill_bicubic(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
-        out = f.copy()
-        for p in range(3):
-            np.asarray(out[p])[:] = bic[n, p]
-        return out
+def header_command() -> str:
+    """examples/demo.vpy's header command (its lines indented 3+ spaces before "# Arguments")."""
+    lines = []
+    for line in SCRIPT.read_text().splitlines():
+        if not line.startswith("#") or line.startswith("# Arguments"):
+            break
+        if line.startswith("#   "):
+            lines.append(line[1:].strip())
+    return " ".join(line.removesuffix("\\").strip() for line in lines)
 
-    bic_clip = core.std.ModifyFrame(blank, blank, fill_bicubic)
-    bic_clip = core.resize.Bicubic(core.resize.Bicubic(bic_clip, format=vs.YUV420P10, matrix_s="709"),
-                                   format=vs.RGBS, matrix_in_s="709")
 
-    edvr_rgb = torch.from_numpy(np.stack([planes(f) for f in decoded.frames()]))
-    bic_rgb = torch.from_numpy(np.stack([planes(f) for f in bic_clip.frames()]))
-    p_edvr = float(np.mean([psnr(edvr_rgb[i], hr[i]) for i in range(len(frames))]))
-    p_bic = float(np.mean([psnr(bic_rgb[i], hr[i]) for i in range(len(frames))]))
-    print(f"demo: PSNR vs ground truth, {len(frames)} frames, after the YUV420P10 round trip: "
-          f"EDVR (edvr_demo) {p_edvr:.2f} dB, bicubic {p_bic:.2f} dB ({p_edvr - p_bic:+.2f} dB)",
-          file=sys.stderr)
+def restore() -> float:
+    """examples/demo.vpy's header command (vspipe | ffmpeg), as a user runs it; returns its seconds."""
+    started = time.monotonic()
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("PWD", None)  # bash sets it to ROOT
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", header_command()], cwd=ROOT, env=env)
+    if done.returncode:
+        raise SystemExit(f"demo: `{header_command()}` failed (exit {done.returncode})")
+    return time.monotonic() - started
 
-    mid = len(frames) // 2
-    gap = torch.ones(3, height, 4)
-    panel = torch.cat([bic_rgb[mid], gap, edvr_rgb[mid], gap, hr[mid]], dim=2)
+
+def write_bicubic() -> None:
+    """The input through the same conversions and encoder, with bicubic x4 instead of EDVR."""
+    import vapoursynth as vs
+
+    core = vs.core
+    clip = core.bs.VideoSource(str(INPUT), cachemode=0)
+    rgb = core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="709")
+    rgb = core.resize.Bicubic(rgb, rgb.width * 4, rgb.height * 4, filter_param_a=0, filter_param_b=0.75)
+    encode(core.resize.Bicubic(rgb, format=vs.YUV420P10, matrix_s="709", dither_type="error_diffusion"),
+           BICUBIC, ENCODE)
+
+
+def decode(path: Path) -> np.ndarray:
+    """A BT.709 video file as float32 RGB frames (L, 3, H, W)."""
+    import vapoursynth as vs
+
+    core = vs.core
+    rgb = core.resize.Bicubic(core.bs.VideoSource(str(path), cachemode=0), format=vs.RGBS, matrix_in_s="709")
+    return np.stack([np.stack([np.asarray(f[p]) for p in range(3)]) for f in rgb.frames()])
+
+
+def compare(hr: np.ndarray) -> tuple[float, float]:
+    """PSNR of restored.mp4 and bicubic.mp4 against the ground truth; writes the comparison PNG."""
+    import torch
+
+    from train_demo import psnr, to_uint8
+
+    edvr, bic = decode(RESTORED), decode(BICUBIC)
+    for name, frames in (("restored", edvr), ("bicubic", bic)):
+        if frames.shape != hr.shape:
+            raise SystemExit(f"demo: {name}.mp4 decodes to {frames.shape}, expected {hr.shape}")
+    truth = torch.from_numpy(hr)
+    p_edvr = float(np.mean([psnr(torch.from_numpy(edvr[i]), truth[i]) for i in range(len(hr))]))
+    p_bic = float(np.mean([psnr(torch.from_numpy(bic[i]), truth[i]) for i in range(len(hr))]))
+    mid = len(hr) // 2
+    rows, cols = CROP
+    gap = np.ones((3, rows.stop - rows.start, 4), np.float32)
+    bic_mid, edvr_mid, hr_mid = (f[mid, :, rows, cols] for f in (bic, edvr, hr))
+    panel = torch.from_numpy(np.concatenate([bic_mid, gap, edvr_mid, gap, hr_mid], axis=2))
     write_png(COMPARE, to_uint8(panel).byte().permute(1, 2, 0).contiguous().numpy())
-    print(f"demo: wrote {COMPARE.relative_to(ROOT)} (frame {mid}: bicubic | EDVR | ground truth)",
-          file=sys.stderr)
+    return p_edvr, p_bic
 
 
 def main() -> int:
-    OUTPUT.parent.mkdir(exist_ok=True)
-    vspipe = Path(sys.executable).parent / "vspipe"
-    started = time.monotonic()
-    done = subprocess.run([str(vspipe), "--progress", "-c", "y4m", str(SCRIPT), str(OUTPUT)])
-    if done.returncode:
-        return done.returncode
-    print(f"demo: wrote {OUTPUT.relative_to(ROOT)} ({OUTPUT.stat().st_size / 1e6:.1f} MB) "
-          f"in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    compare()
+    sys.path.insert(0, str(ROOT / "tools"))
+    from train_demo import demo_clip
+
+    OUT.mkdir(exist_ok=True)
+    for stale in (INPUT, RESTORED, BICUBIC, COMPARE):
+        stale.unlink(missing_ok=True)
+    lr, hr = (t.numpy() for t in demo_clip())
+    write_input(lr)
+    print(f"demo: wrote {INPUT.relative_to(ROOT)} ({lr.shape[0]} frames of {lr.shape[3]}x{lr.shape[2]}, H.264)",
+          file=sys.stderr)
+    print(f"demo: running: {header_command()}", file=sys.stderr)
+    seconds = restore()
+    print(f"demo: wrote {RESTORED.relative_to(ROOT)} ({hr.shape[3]}x{hr.shape[2]}, H.264, BT.709) in "
+          f"{seconds:.1f} s (BestSource -> edvr.Restore with edvr_demo -> ffmpeg)", file=sys.stderr)
+    write_bicubic()
+    p_edvr, p_bic = compare(hr)
+    print(f"demo: PSNR against the ground truth, {len(hr)} frames decoded from the files: "
+          f"EDVR (edvr_demo) {p_edvr:.2f} dB, bicubic {p_bic:.2f} dB ({p_edvr - p_bic:+.2f} dB)", file=sys.stderr)
+    print(f"demo: wrote {BICUBIC.relative_to(ROOT)} and {COMPARE.relative_to(ROOT)} "
+          f"(frame {len(hr) // 2}, cropped: bicubic | EDVR | ground truth)", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # vspipe, ffmpeg and torch share the cores
     sys.exit(main())

@@ -77,7 +77,7 @@ def restore(
     :param precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (the last two on CUDA only). ``None`` or
         ``"auto"``: fp16 for RGBH clips on CUDA, else fp32.
     :param compile: run the network through ``torch.compile``. The first frame of each tile
-        shape then waits for the compilation (about a minute); see README for what it buys.
+        shape then waits for the compilation (about a minute); see docs/cuda.md for what it buys.
     :return: the restored clip: 4x the size (1x for deblurring models), same format, frame count
         and frame properties.
     :raises vapoursynth.Error: a wrong argument, an unusable clip or model; the message names it.

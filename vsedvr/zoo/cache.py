@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .registry import BUNDLED_PACKAGE, MMEDIT_BASE_URL, MODELS, ModelSpec
+from .registry import BUNDLED_PACKAGE, MMEDIT_BASE_URL, MODELS, ModelSpec, did_you_mean
 
 try:
     import fcntl
@@ -138,7 +138,7 @@ def _spec(spec: ModelSpec | str) -> ModelSpec:
     try:
         return MODELS[spec]
     except KeyError:
-        raise ModelError(f"unknown model {spec!r}; known models: {', '.join(MODELS)}") from None
+        raise ModelError(f"unknown model {spec!r};{did_you_mean(spec)} known models: {', '.join(MODELS)}") from None
 
 
 def _stat_key(path: Path) -> tuple[int, int]:

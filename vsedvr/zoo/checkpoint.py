@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import ModelError, ProgressCallback, fetch
-from .registry import MODELS, ModelSpec
+from .registry import MODELS, ModelSpec, did_you_mean
 
 if TYPE_CHECKING:
     from vsedvr.nets import EDVR
@@ -263,8 +263,8 @@ def load_model(
             ) from None
         if not found:
             raise ModelError(
-                f"unknown model {os.fspath(model)!r}: not a zoo name and {path} {state}. "
-                f"Zoo names: {', '.join(MODELS)}"
+                f"unknown model {os.fspath(model)!r}: not a zoo name and {path} {state}."
+                f"{did_you_mean(os.fspath(model))} Zoo names: {', '.join(MODELS)}"
             )
 
     source = str(path)

@@ -22,6 +22,7 @@ official table gives a REDS4 figure for that file.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "MMEDIT_BASE_URL",
     "MODELS",
     "ModelSpec",
+    "did_you_mean",
     "hash_prefix_from_filename",
 ]
 
@@ -269,3 +271,13 @@ _ENTRIES = (
 
 #: Known checkpoints by name.
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _ENTRIES}
+
+
+def did_you_mean(name: str) -> str:
+    """`` Did you mean "edvr_demo"?`` for a misspelt zoo name (case, ``-`` for ``_``, typos), else ""."""
+    by_key = {key.lower(): key for key in MODELS}
+    typed = name.strip().lower().replace("-", "_")
+    close = difflib.get_close_matches(typed, by_key, n=2, cutoff=0.75)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(f'"{by_key[c]}"' for c in close) + "?"

@@ -1,0 +1,90 @@
+"""Every fix an error message suggests works when pasted: the code between backticks is run on the
+clip that was refused, and Restore then accepts the result and renders it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import vapoursynth as vs
+
+core = vs.core
+W, H = 16, 12
+
+
+def refusal(clip: vs.VideoNode, **kwargs: object) -> str:
+    with pytest.raises(vs.Error) as err:
+        core.edvr.Restore(clip, **kwargs)
+    return str(err.value)
+
+
+def pasted_fixes(message: str) -> list[str]:
+    """The `clip = ...` statements a message suggests, in order."""
+    fixes = re.findall(r"`(clip = [^`]+)`", message)
+    assert fixes, f"no pasteable fix in: {message}"
+    return fixes
+
+
+def paste(fix: str, clip: vs.VideoNode) -> vs.VideoNode:
+    scope = {"clip": clip, "core": core, "vs": vs}
+    exec(fix, scope)  # noqa: S102 - the code is the message's suggestion, which is what is tested
+    return scope["clip"]
+
+
+def restores(clip: vs.VideoNode, model: Path) -> None:
+    out = core.edvr.Restore(clip, model=str(model))
+    frame = out.get_frame(out.num_frames - 1)
+    assert (frame.width, frame.height) == (4 * clip.width, 4 * clip.height)
+
+
+def blank(fmt: int, width: int = W, height: int = H) -> vs.VideoNode:
+    return core.std.BlankClip(width=width, height=height, format=fmt, length=2, color=None)
+
+
+@pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.YUV420P10, vs.GRAY8, vs.RGB24, vs.RGB48, vs.RGB30])
+def test_constant_format_fix_works(fmt: int, tiny_checkpoint: Path) -> None:
+    clip = blank(fmt)
+    message = refusal(clip)
+    assert core.get_video_format(fmt).name in message
+    (fix,) = pasted_fixes(message)
+    if core.get_video_format(fmt).color_family == vs.RGB:
+        assert "matrix" in message and "matrix_in" not in fix  # zimg refuses a YUV matrix for RGB input
+    restores(paste(fix, clip), tiny_checkpoint)
+
+
+@pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.RGBS, vs.RGB24])
+def test_variable_size_fix_works(fmt: int, tiny_checkpoint: Path) -> None:
+    clip = core.std.Splice([blank(fmt), blank(fmt, 2 * W, 2 * H)], mismatch=True)
+    message = refusal(clip)
+    assert "variable size" in message
+    (fix,) = pasted_fixes(message)
+    assert "width=" in fix and "height=" in fix
+    fixed = paste(fix, clip)
+    assert (fixed.width, fixed.height) == (W, H)  # the first frame's size
+    restores(fixed, tiny_checkpoint)
+
+
+@pytest.mark.parametrize(("formats", "which"), [((vs.YUV420P8, vs.YUV444P8), 0), ((vs.RGB24, vs.RGB48), 1)])
+def test_variable_format_fix_for_its_frames_works(formats: tuple[int, int], which: int, tiny_checkpoint: Path) -> None:
+    clip = core.std.Splice([blank(f) for f in formats], mismatch=True)
+    assert clip.format is None or clip.format.id == 0
+    fixes = pasted_fixes(refusal(clip))
+    assert len(fixes) == 2  # one for YUV frames, one for RGB frames
+    restores(paste(fixes[which], clip), tiny_checkpoint)
+
+
+@pytest.mark.parametrize("typed", ["edvr-demo", "edvr_dmeo", "EDVR_demo", "edvrdemo"])
+def test_misspelt_model_gets_did_you_mean(typed: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VSEDVR_HOME", str(tmp_path))  # offline: the suggestion is the bundled model
+    clip = blank(vs.RGBS)
+    message = refusal(clip, model=typed)
+    suggested = re.search(r'Did you mean "([^"]+)"', message)
+    assert suggested, message
+    assert suggested.group(1) == "edvr_demo"
+    out = core.edvr.Restore(clip, model=suggested.group(1))
+    assert out.get_frame(0).width == 4 * W
+
+
+def test_a_path_gets_no_did_you_mean(tmp_path: Path) -> None:
+    message = refusal(blank(vs.RGBS), model=str(tmp_path / "edvrm.pth"))
+    assert "does not exist" in message and "Did you mean" not in message
