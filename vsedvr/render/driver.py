@@ -214,7 +214,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
                           f"Last error: {failures[max(failures)]}")
 
     # join (and encode) once, into a temporary name in the work folder, verified before the move
-    records = [work.segment(i) for i in range(len(ranges))]
+    records = [work.manifest["segments"][str(i)] for i in range(len(ranges))]
     hashes = [h for rec in records for h in rec["hashes"]]
     concat = work.path / "concat.txt"
     concat.write_text("".join(f"file '{segment_name(i)}'\n" for i in range(len(ranges))))

@@ -121,7 +121,7 @@ def render_segment(task: Mapping[str, Any], env: Mapping[str, str] | None = None
         frame_size = 0
         write_error = None
         try:
-            reader = Y4MReader(vs.stdout)
+            reader = Y4MReader(vs.stdout)  # type: ignore[arg-type]
             frame_size = reader.frame_size
             ff.stdin.write(reader.header)
             last = time.monotonic()

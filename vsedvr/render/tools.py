@@ -125,8 +125,8 @@ class Y4MFormat:
         """Bytes of one frame's payload (all planes, as yuv4mpeg stores them)."""
         c = self.colorspace
         if c.startswith("mono"):
-            bits = int(c[4:] or 8)
-            return self.width * self.height * (1 if bits <= 8 else 2)
+            depth = int(c[4:] or 8)
+            return self.width * self.height * (1 if depth <= 8 else 2)
         m = re.fullmatch(r"(4[0-4][0-4])(alpha|p(\d+)|jpeg|paldv|mpeg2)?", c)
         if m is None:
             raise RenderError(f"unsupported yuv4mpeg colour space C{c}")
@@ -196,7 +196,7 @@ def decode_hashes(ffmpeg: str, path: Path, frame_size: int, pix_fmt: str | None 
     while True:
         got = 0
         while got < frame_size:
-            n = proc.stdout.readinto(view[got:])
+            n = proc.stdout.readinto(view[got:])  # type: ignore[attr-defined]
             if not n:
                 break
             got += n

@@ -158,7 +158,8 @@ class WorkDir:
     def check_file(self, name: str, path: Path) -> bool:
         """True if the file recorded under ``name`` (final) is there with its size and hash."""
         rec = self.manifest.get(name)
-        ok = bool(rec) and path.is_file() and path.stat().st_size == rec["size"] and sha256_file(path) == rec["sha256"]
+        ok = rec is not None and path.is_file() and path.stat().st_size == rec["size"] \
+            and sha256_file(path) == rec["sha256"]
         if rec and not ok:
             del self.manifest[name]
             self.save()
