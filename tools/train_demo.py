@@ -2,35 +2,27 @@
 
 The official EDVR checkpoints are downloaded on first use; this one is trained by the project
 itself so that the demo and the tests have a model that genuinely restores, offline. It is a
-*demo*: a small network (32 channels, 2 + 5 residual blocks) trained for ~26 minutes on a CPU on
-synthetic clips, not comparable to the official REDS models.
+*demo*: a small network (32 channels, 2 + 5 residual blocks, TSA) trained for 800 steps on a
+CPU on synthetic clips, not comparable to the official REDS models (docs/demo-model.md).
 
-Data: pictures that ship inside the scikit-image wheel (``skimage.data``, read from the installed
-package, hash-checked by scikit-image, never downloaded). A clip is made by moving a crop window
-over one picture: every clip gets its own constant velocity (integer HR pixels per frame, both
-axes, -6..6) plus an integer jitter of -1..1 px per frame, so consecutive LR frames are shifted by
-sub-pixel amounts (HR shifts that are not multiples of 4). No zoom or rotation. LR frames are made
-the way REDS LR frames are (MATLAB ``imresize`` bicubic, i.e. an antialiased bicubic x1/4): here
-``torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)`` on a crop
-with a 16 px margin (so the crop border does not leak into the kernel), clamped to [0, 1] and
-rounded to 8 bits like a PNG. Augmentation: flips, transpose, RGB channel permutation; grey
-pictures are used as three equal channels. The pictures in ``HELD_OUT_IMAGES`` are never used
-for training; ``bench/demo_quality.py`` and the demo use them.
+Data (tools/demo_data.py, nothing downloaded): moving scenes made of pictures inside the
+scikit-image wheel and procedural content (hard-edged shapes over gradients, gratings, text in
+Pillow's bundled font, 1/f noise), seen through a moving camera (sub-pixel pans in any direction
+with shake, zoom, rotation) with an object moving over the background in a third of the clips;
+LR frames are the REDS degradation (antialiased bicubic x1/4, 8-bit), no noise. Whole families
+and whole pictures (``demo_data.HELD_OUT_FAMILIES``) are never used for training;
+``bench/demo_quality.py`` measures on them.
 
 Training: Charbonnier loss (eps 1e-3, i.e. sqrt(d^2 + 1e-6)), Adam (betas 0.9/0.99), linear
-warm-up, cosine decay to 1e-6, gradient-norm clip 1.0, HR 64x64 / LR 16x16 patches, batch 8, 5
-frames. Deformable convs use an equivalent ``grid_sample`` formulation during training only (7x
-faster backward on CPU than ``torchvision.ops.deform_conv2d``; checked against it at start-up);
-the saved weights are plain EDVR weights.
+warm-up, cosine decay to 1e-6 over ``--steps``, gradient-norm clip 1.0, HR 64x64 / LR 16x16
+patches, batch 8, 5 frames. Deformable convs use an equivalent ``grid_sample`` formulation
+during training only (7x faster backward on CPU than ``torchvision.ops.deform_conv2d``; checked
+against it at start-up); the saved weights are plain EDVR weights.
 
-Deterministic for a given ``--seed`` and ``--steps``: the batches are drawn from a seeded
-generator and the network is initialised from ``--seed``. The schedule's progress is
-``max(step / steps, elapsed / budget)``, and training stops when it reaches 1, so a run always
-ends within ``--minutes``. Without ``--steps`` (the default) the schedule follows the wall clock
-alone: on a shared CPU whose speed varies from minute to minute this uses the whole budget, but
-the number of steps (recorded in the file's meta, with what stopped the run) then depends on the
-machine's load; ``--steps N`` with a generous ``--minutes`` gives a step-based, exactly
-repeatable run (the same batches and initialisation; the learning-rate curve then follows steps).
+Defined by steps: the same ``--seed``, ``--steps`` and ``--threads`` give the same batches, the
+same initialisation and the same learning-rate curve, whatever the machine's load; the wall time
+is measured and recorded in the file's meta (``train_seconds``). ``--minutes`` is only an
+emergency stop (recorded as ``stopped_by: time``; such a run is not the defined one).
 
 The checkpoint uses mmediting's layout (``{'meta': {...}, 'state_dict': {'generator.<key>'}}``,
 legacy non-zip serialisation) and is written as ``<out-dir>/edvr_demo-<first 8 hex of its
@@ -38,8 +30,8 @@ SHA-256>.pth``. Update ``vsedvr/zoo/registry.py`` when the name changes.
 
 Usage::
 
-    .venv/bin/python tools/train_demo.py                 # ~26 min of training + evaluation
-    .venv/bin/python tools/train_demo.py --minutes 1 --out-dir /tmp/smoke   # smoke run
+    nice -n 5 .venv/bin/python tools/train_demo.py          # the shipped model (800 steps)
+    .venv/bin/python tools/train_demo.py --steps 20 --out-dir /tmp/smoke   # smoke run
 """
 from __future__ import annotations
 
@@ -94,7 +86,7 @@ ARCH: dict[str, Any] = {
 
 MAX_SPEED = 8.0  # HR px per frame (any direction), upper end of the camera speed
 EVAL_SEED = 20240601
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 800
 
 # The data (families, pictures, motion, degradation) lives in tools/demo_data.py.
 TRAIN_IMAGES = demo_data.TRAIN_IMAGES
@@ -438,7 +430,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "is not the step-defined run)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=64, help="HR patch size (LR = patch / 4)")
-    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-speed", type=float, default=MAX_SPEED, help="HR px per frame")
     p.add_argument("--object-prob", type=float, default=0.35,
                    help="share of training clips with an object moving over the background")
