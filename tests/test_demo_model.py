@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Margins for a 10-clip sample (docs/demo-model.md has the 20-clip figures of the shipped file;
+# Margins for a 10-clip sample (docs/demo-model.md has the 60-clip figures of the shipped file;
 # on these 10 clips edvr_demo-e144401d gives +1.79 dB over bicubic and +0.132 dB over 5 copies).
 MIN_GAIN_OVERALL = 0.5     # dB over bicubic, all held-out clips
 MIN_GAIN_PER_FAMILY = 0.2  # dB over bicubic, every held-out family
@@ -94,7 +94,7 @@ def test_demo_model_beats_bicubic_and_uses_the_neighbours(offline: None, held_ou
 
 
 @pytest.mark.xfail(strict=True, reason="issue 15 open: on flat+stripes edvr_demo-e144401d is below "
-                                       "bicubic (-0.15 dB here, -0.25 dB on 20 clips); see docs/demo-model.md")
+                                       "bicubic (-0.15 dB here, -0.39 dB on 60 clips); see docs/demo-model.md")
 def test_demo_model_beats_bicubic_on_every_family(offline: None, held_out_result: dict[str, Any]) -> None:
     for family, r in held_out_result["per_group"].items():
         assert r["restored"] >= r["bicubic"] + MIN_GAIN_PER_FAMILY, (family, r)
