@@ -1,22 +1,29 @@
-"""Quality of the bundled demo model on held-out clips: EDVR vs bicubic vs EDVR fed 5 copies.
+"""Quality of the bundled demo model on held-out content: EDVR vs bicubic vs EDVR fed 5 copies.
 
-The clips come from the pictures ``tools/train_demo.py`` never trains on (``HELD_OUT_IMAGES``:
-chelsea, coffee, rocket), with the same synthetic motion and degradation as training (moving
-crop window, antialiased bicubic x1/4, 8-bit LR). For each clip three reconstructions of the
-centre frame are compared with its ground truth:
+The clips are made by ``tools/demo_data.py`` from content ``tools/train_demo.py`` never trains
+on: whole held-out *families* (``HELD_OUT_FAMILIES``: photos, scans, drawings, flat+stripes,
+zoneplate; the picture families use only pictures never trained on), moving the way training
+clips move (sub-pixel pans in any direction with shake, zoom, rotation, an object moving over the
+background in a third of the clips), degraded the REDS way (antialiased bicubic x1/4, 8-bit LR,
+no noise). For each clip three reconstructions of the centre frame are compared with its ground
+truth:
 
-* ``restored``: the network on the 5-frame window;
+* ``restored``: the network on the 5-frame window (what ``edvr.Restore`` computes for a frame
+  inside a clip);
 * ``bicubic``: plain bicubic x4 of the LR centre frame (``F.interpolate``, align_corners=False);
-* ``5 copies``: the network fed 5 copies of the centre frame (no temporal information).
+* ``5 copies``: the network fed 5 copies of the centre frame (no temporal information), so
+  ``restored - 5 copies`` is what the other four frames add.
 
-PSNR is mmedit's REDS4 convention: all three RGB channels, values clamped to [0, 1] and rounded
-to 8 bits (x255, round) before the error, no border crop; the table gives per-clip PSNR
-averaged over the clips of each picture, and over all clips.
+PSNR and SSIM follow mmedit's REDS4 convention: RGB, values clamped and rounded to 8 bits, no
+border crop (SSIM: 11x11 Gaussian window, sigma 1.5, mean over channels); the table gives
+per-clip figures averaged over each family and over all clips. ``--old-measure`` gives the
+figures the first demo model was judged by (integer pans over chelsea, coffee, rocket).
 
 Usage::
 
-    .venv/bin/python bench/demo_quality.py                       # edvr_demo, 8 clips per picture
-    .venv/bin/python bench/demo_quality.py --model path/to.pth --clips 4 --lr-size 32x48
+    .venv/bin/python bench/demo_quality.py                      # edvr_demo, 12 clips per family
+    .venv/bin/python bench/demo_quality.py --model path/to.pth --clips 4
+    .venv/bin/python bench/demo_quality.py --old-measure        # 8 pans per picture, LR 48x64
 """
 from __future__ import annotations
 
@@ -34,30 +41,49 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_demo  # noqa: E402  (tools/train_demo.py: clip synthesis and metrics; imports torch)
 import torch  # noqa: E402
 
+FAMILY_LR_SIZE = (24, 40)
+OLD_LR_SIZE = (48, 64)
 
-def measure(model: str = "edvr_demo", *, clips_per_image: int = 8, lr_size: tuple[int, int] = (48, 64),
-            seed: int = train_demo.EVAL_SEED, images: Sequence[str] = train_demo.HELD_OUT_IMAGES,
+
+def measure(model: str = "edvr_demo", *, clips_per_family: int = 12,
+            lr_size: tuple[int, int] = FAMILY_LR_SIZE, seed: int = train_demo.EVAL_SEED,
+            families: Sequence[str] = train_demo.HELD_OUT_FAMILIES,
             threads: int | None = None) -> dict[str, Any]:
-    """PSNRs of restored / bicubic / 5 copies on held-out clips (see :func:`train_demo.evaluate`)."""
+    """PSNR / SSIM of restored, bicubic, 5 copies per held-out family (see ``train_demo.evaluate``)."""
     from vsedvr import load_model
 
     if threads:
         torch.set_num_threads(threads)
     net = load_model(model, progress=False)
-    clips = train_demo.heldout_clips(images, clips_per_image, lr_size, seed)
+    clips = train_demo.family_clips(families, clips_per_family, lr_size, seed)
     return train_demo.evaluate(net, clips)
 
 
+def measure_old(model: str = "edvr_demo", *, clips_per_image: int = 8,
+                lr_size: tuple[int, int] = OLD_LR_SIZE, seed: int = train_demo.EVAL_SEED,
+                threads: int | None = None) -> dict[str, Any]:
+    """The first demo model's measure: integer pans over chelsea, coffee and rocket."""
+    from vsedvr import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    net = load_model(model, progress=False)
+    return train_demo.evaluate(net, train_demo.heldout_clips(clips_per_image=clips_per_image,
+                                                             lr_size=lr_size, seed=seed))
+
+
 def table(result: dict[str, Any]) -> str:
-    """The per-picture and overall PSNRs as a text table."""
-    head = f"{'picture':<10} {'restored':>9} {'bicubic':>9} {'5 copies':>9} {'vs bicubic':>11} {'vs copies':>10}"
+    """Per-group and overall PSNR (dB) and SSIM as a text table."""
+    head = (f"{'held out':<13} {'restored':>8} {'bicubic':>8} {'5 copies':>8} {'vs bicubic':>10} "
+            f"{'vs copies':>9} | {'SSIM rest.':>10} {'bicubic':>7} {'5 copies':>8}")
     lines = [head, "-" * len(head)]
-    rows = list(result["per_image"].items()) + [("all", result)]
+    rows = list(result["per_group"].items()) + [("all", result)]
     for name, r in rows:
         if name == "all":
             lines.append("-" * len(head))
-        lines.append(f"{name:<10} {r['restored']:9.2f} {r['bicubic']:9.2f} {r['copies']:9.2f} "
-                     f"{r['restored'] - r['bicubic']:+11.2f} {r['restored'] - r['copies']:+10.2f}")
+        lines.append(f"{name:<13} {r['restored']:8.2f} {r['bicubic']:8.2f} {r['copies']:8.2f} "
+                     f"{r['restored'] - r['bicubic']:+10.2f} {r['restored'] - r['copies']:+9.3f} | "
+                     f"{r['restored_ssim']:10.4f} {r['bicubic_ssim']:7.4f} {r['copies_ssim']:8.4f}")
     return "\n".join(lines)
 
 
@@ -69,21 +95,33 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="edvr_demo", help="zoo name or checkpoint path")
-    p.add_argument("--clips", type=int, default=8, help="clips per held-out picture")
-    p.add_argument("--lr-size", type=_size, default=(48, 64), help="LR clip size HxW (multiples of 4)")
+    p.add_argument("--clips", type=int, default=None,
+                   help="clips per held-out family (default 12), or per picture with --old-measure (8)")
+    p.add_argument("--lr-size", type=_size, default=None,
+                   help=f"LR clip size HxW (default {FAMILY_LR_SIZE[0]}x{FAMILY_LR_SIZE[1]}, "
+                        f"{OLD_LR_SIZE[0]}x{OLD_LR_SIZE[1]} with --old-measure)")
     p.add_argument("--seed", type=int, default=train_demo.EVAL_SEED)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--old-measure", action="store_true",
+                   help="the first demo model's measure (pans over chelsea, coffee, rocket)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     args = p.parse_args(argv)
     started = time.monotonic()
-    result = measure(args.model, clips_per_image=args.clips, lr_size=args.lr_size, seed=args.seed,
-                     threads=args.threads)
+    if args.old_measure:
+        size = args.lr_size or OLD_LR_SIZE
+        result = measure_old(args.model, clips_per_image=args.clips or 8, lr_size=size,
+                             seed=args.seed, threads=args.threads)
+        what = "old measure: integer pans over held-out pictures"
+    else:
+        size = args.lr_size or FAMILY_LR_SIZE
+        result = measure(args.model, clips_per_family=args.clips or 12, lr_size=size,
+                         seed=args.seed, threads=args.threads)
+        what = "held-out families"
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.model}: {result['clips']} held-out clips ({', '.join(result['per_image'])}), "
-              f"LR {args.lr_size[0]}x{args.lr_size[1]} -> x4, 5 frames, seed {args.seed}; "
-              "PSNR dB, RGB, 8-bit rounded")
+        print(f"{args.model}: {result['clips']} clips, {what}, LR {size[0]}x{size[1]} -> x4, "
+              f"5 frames, seed {args.seed}; PSNR dB / SSIM, RGB, 8-bit rounded")
         print(table(result))
     print(f"demo_quality: {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0

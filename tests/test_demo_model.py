@@ -1,7 +1,9 @@
-"""The bundled demo model (``edvr_demo``) loads offline and genuinely restores held-out clips.
+"""The bundled demo model (``edvr_demo``) loads offline and genuinely restores held-out content.
 
-A small version of ``bench/demo_quality.py``: 2 clips of 32x48 (LR) from each picture that
-``tools/train_demo.py`` never trains on.
+The quality test is a small version of ``bench/demo_quality.py``: 2 clips of 24x40 (LR) from each
+held-out family (content and generators ``tools/train_demo.py`` never trains on). The data tests
+check what the quality figures rest on: held-out content is disjoint from training content, the
+clips are reproducible, and the LR centre frame is the degraded HR centre frame (not shifted).
 """
 from __future__ import annotations
 
@@ -15,14 +17,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Margins for a 10-clip sample (docs/demo-model.md has the 60-clip figures of the shipped file;
+# on these 10 clips edvr_demo-e144401d gives +1.79 dB over bicubic and +0.132 dB over 5 copies).
+MIN_GAIN_OVERALL = 0.5     # dB over bicubic, all held-out clips
+MIN_GAIN_PER_FAMILY = 0.2  # dB over bicubic, every held-out family
+MIN_TEMPORAL_GAIN = 0.05   # dB over 5 copies of the centre frame, all held-out clips
 
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("demo_quality", ROOT / "bench" / "demo_quality.py")
+
+def _load(name: str, path: Path) -> Any:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("demo_quality", module)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _bench() -> Any:
+    return _load("demo_quality", ROOT / "bench" / "demo_quality.py")
+
+
+def _data() -> Any:
+    sys.path.insert(0, str(ROOT / "tools"))
+    return _load("demo_data", ROOT / "tools" / "demo_data.py")
 
 
 @pytest.fixture()
@@ -47,18 +66,86 @@ def test_demo_model_is_bundled_and_loads_offline(offline: None) -> None:
     assert path.is_file() and path.stat().st_size < 8_000_000
     net = load_model("edvr_demo", progress=False)
     assert net.scale == 4 and net.num_frames == 5 and net.with_tsa
+    by_path = load_model(str(path), progress=False)
+    assert all((a == b).all() for a, b in zip(net.state_dict().values(), by_path.state_dict().values()))
 
 
-def test_demo_model_beats_bicubic_and_single_frame(offline: None) -> None:
+@pytest.fixture(scope="module")
+def held_out_result() -> dict[str, Any]:
+    """bench/demo_quality.py's measure on 2 clips per held-out family (no network needed)."""
     import torch
 
     bench = _bench()
     threads = torch.get_num_threads()
     try:  # one thread: immune to OpenMP spin-waiting when the CPU is shared
-        result = bench.measure("edvr_demo", clips_per_image=2, lr_size=(32, 48), threads=1)
+        result = bench.measure("edvr_demo", clips_per_family=2, threads=1)
     finally:
         torch.set_num_threads(threads)
     print(bench.table(result))
-    assert result["clips"] == 6
-    assert result["restored"] >= result["bicubic"] + 0.5, result
-    assert result["restored"] > result["copies"], result
+    return result
+
+
+def test_demo_model_beats_bicubic_and_uses_the_neighbours(offline: None, held_out_result: dict[str, Any]) -> None:
+    result = held_out_result
+    assert result["clips"] == 2 * len(_data().HELD_OUT_FAMILIES)
+    assert result["restored"] >= result["bicubic"] + MIN_GAIN_OVERALL, result
+    assert result["restored_ssim"] > result["bicubic_ssim"], result
+    assert result["restored"] >= result["copies"] + MIN_TEMPORAL_GAIN, result
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 open: on flat+stripes edvr_demo-e144401d is below "
+                                       "bicubic (-0.15 dB here, -0.39 dB on 60 clips); see docs/demo-model.md")
+def test_demo_model_beats_bicubic_on_every_family(offline: None, held_out_result: dict[str, Any]) -> None:
+    for family, r in held_out_result["per_group"].items():
+        assert r["restored"] >= r["bicubic"] + MIN_GAIN_PER_FAMILY, (family, r)
+
+
+def test_held_out_content_is_never_trained_on() -> None:
+    data = _data()
+    held_pictures = {p for pics in data.HELD_OUT_PICTURES.values() for p in pics}
+    assert set(data.HELD_OUT_FAMILIES).isdisjoint(data.TRAIN_FAMILIES)
+    assert set(data.HELD_OUT_FAMILIES) >= set(data.HELD_OUT_PICTURES)
+    assert held_pictures.isdisjoint(data.TRAIN_IMAGES)
+    assert set(data.HELD_OUT_IMAGES) <= held_pictures          # the demo clip's picture too
+    assert "cat" in data.EXCLUDED_IMAGES                       # the same photograph as chelsea
+    assert set(data.TRAIN_WEIGHTS) == set(data.TRAIN_FAMILIES)
+    # The procedural held-out generators exist and are not reachable from a training family.
+    for family in set(data.HELD_OUT_FAMILIES) - set(data.HELD_OUT_PICTURES):
+        assert family in data.PROCEDURAL and family not in data.TRAIN_FAMILIES
+
+
+def _best_shift(lr_centre: Any, hr_centre: Any) -> tuple[int, int]:
+    """The LR-pixel shift (-1..1 each way) at which bicubic x4 of lr best matches hr."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(lr_centre[None], scale_factor=4, mode="bicubic", align_corners=False)[0]
+    errors = {}
+    for dy in (-4, 0, 4):
+        for dx in (-4, 0, 4):
+            a = up[:, 8 + dy: -8 + dy or None, 8 + dx: -8 + dx or None]
+            b = hr_centre[:, 8:-8, 8:-8]
+            errors[(dy // 4, dx // 4)] = float((a - b).pow(2).mean())
+    return min(errors, key=errors.get)
+
+
+def test_clips_are_reproducible_and_the_centre_frames_aligned() -> None:
+    import numpy as np
+    import torch
+
+    data = _data()
+    first = data.family_clips(clips_per_family=1, seed=7)
+    again = data.family_clips(clips_per_family=1, seed=7)
+    assert [f for f, _, _ in first] == list(data.HELD_OUT_FAMILIES)
+    for (fa, la, ha), (fb, lb, hb) in zip(first, again):
+        assert fa == fb and torch.equal(la, lb) and torch.equal(ha, hb)
+        assert la.shape == (5, 3, 24, 40) and ha.shape == (3, 96, 160)
+        assert _best_shift(la[2], ha) == (0, 0), fa
+    rng = np.random.default_rng(3)
+    moving = 0
+    for _ in range(8):
+        lr, hr = data.training_clip(rng, 64, 8.0)
+        assert lr.shape == (5, 3, 16, 16) and hr.shape == (5, 3, 64, 64)
+        assert float(lr.min()) >= 0 and float(lr.max()) <= 1
+        assert torch.equal(lr * 255, (lr * 255).round())          # 8-bit LR
+        moving += int(any(not torch.equal(lr[t], lr[2]) for t in (0, 1, 3, 4)))
+    assert moving >= 6

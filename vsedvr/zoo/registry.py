@@ -263,7 +263,8 @@ _ENTRIES = (
         layout="mmedit",
         source="bundled with vsedvr (models/), trained by the project's tools/train_demo.py",
         description="small demo EDVR (32 channels, TSA), x4 SR, trained by tools/train_demo.py on "
-                    "synthetic motion over scikit-image pictures; NOT comparable to the official models",
+                    "synthetic moving scenes (bundled pictures, shapes, gratings, text, noise); "
+                    "NOT comparable to the official models",
         padding="reflection_circle",
         bundled=True,
     ),
