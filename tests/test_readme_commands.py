@@ -131,7 +131,13 @@ def probe(path: Path) -> tuple[str, int]:
 
 def check_video_outputs(cmd: Command) -> None:
     """Every video file a command writes exists, plays (ffmpeg decodes it) and carries the colour
-    tags the command gives."""
+    tags the command gives; ``vsedvr render`` writes lossless FFV1 in MKV."""
+    rendered = re.match(r"vsedvr render .*?-o (\S+)", cmd.text)
+    if rendered:
+        stream, frames = probe(ROOT / rendered.group(1))
+        assert "ffv1" in stream and frames >= 1, stream
+        if "examples/scene_aware.vpy" in cmd.text and "src=" not in cmd.text:
+            assert frames == 12 and "384x256" in stream, stream  # its generated clip, 4x
     for segment in cmd.text.split("|"):
         if not segment.strip().startswith("ffmpeg"):
             continue
