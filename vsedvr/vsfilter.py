@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from . import log
-from .engine import PlaneViews, WindowEngine
+from .engine import PlaneViews, WindowEngine, watch_native_exit
 from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
+
+__all__ = ["Restorer", "create", "watch_native_exit"]
 
 #: The parameters of Restore besides clip (the plugin's registration string lists the same).
 PARAMETERS = ("model", "device", "padding", "scenechange", "tile", "tile_overlap", "precision", "compile")
@@ -42,6 +44,9 @@ class Restorer:
 
     def __init__(self, engine: WindowEngine, padding: str, scenechange: bool) -> None:
         self.engine = engine
+        # The VapourSynth environment whose script made this filter: frames are computed on the
+        # core's worker threads, which have none, and its warnings belong in that core's log
+        self.environment = log.current_environment()
         self.num_frames = engine.model.num_frames
         self.scale = engine.model.scale
         self.padding = padding
@@ -52,8 +57,9 @@ class Restorer:
                 output: PlaneViews) -> str | None:
         """Fills ``output`` with restored frame n; returns None, or the error text."""
         try:
-            # restore() holds the engine's lock; write() waits for the result outside it
-            self.engine.write(self.engine.restore(window, sources), output)
+            with log.frames_of(self.environment):
+                # restore() holds the engine's lock; write() waits for the result outside it
+                self.engine.write(self.engine.restore(window, sources), output)
             return None
         except Exception:  # noqa: BLE001 - every error must reach VapourSynth as a frame error
             return "".join(traceback.format_exc()).rstrip()
@@ -126,9 +132,27 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         precision = "fp16" if bits == 16 and device.type == "cuda" else "fp32"
     compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
+    _initialise_torch(model, device, compute_dtype)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
                           tile=tile, tile_overlap=tile_overlap, compile=bool(compile_network))
     return Restorer(engine, padding, bool(scenechange))
+
+
+def _initialise_torch(model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """One tiny window through the network, so that PyTorch's lazily created state exists now.
+
+    What PyTorch and its libraries (oneDNN's primitive cache, cuDNN and cuBLAS handles) create at
+    their first use registers its destructor for process exit then. The plugin registers its exit
+    guard after this call returns (native/edvr_filter.c, "process exit"), and exit handlers run in
+    the reverse order of registration: so the guard stops the frames before that state is torn
+    down, also when the host exits during the very first frame.
+    """
+    # large enough for the convolutions to take oneDNN's path (batch-1 3x3 ones need > 20480 values)
+    side = max(64, model.size_multiple)
+    with torch.inference_mode():
+        frame = torch.zeros((1, 3, side, side), device=device, dtype=dtype)
+        features = model.frame_features(frame)
+        model.restore_window([features] * model.num_frames, frame)
 
 
 def _has_bf16(device: torch.device) -> bool:
