@@ -75,3 +75,40 @@ def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, 
         results.append(done.returncode)
     crashes = [f"signal {signal.Signals(-rc).name}" if rc < 0 else f"rc {rc}" for rc in results if rc != 0]
     assert not crashes, f"{len(crashes)} of {len(results)} runs: {crashes}"
+
+
+def test_two_restores_at_once_equal_one_after_the_other(vsscript_host: Path, tmp_path: Path,
+                                                         vs_env: dict[str, str]) -> None:
+    """Two Restores rendering together in one host give the frames each gives alone: neither
+    changes the other's thread count (the banded deformable convolution used to set the
+    process-wide one while it ran)."""
+    script = _script(tmp_path, "two.vpy", """\
+        clips.moving_pattern(48, 32, 8, seed=1).edvr.Restore(model="edvr_demo", device="cpu").set_output(0)
+        clips.moving_pattern(48, 32, 8, seed=2).edvr.Restore(model="edvr_demo", device="cpu").set_output(1)
+        """)
+    runs = {}
+    for how in ("frames-apart", "frames"):
+        done = subprocess.run([str(vsscript_host), how, str(script), "8"], env=vs_env, capture_output=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+        runs[how] = np.frombuffer(done.stdout, dtype=np.float32).reshape(8, 2, 3, 128, 192)
+    differing = [(n, k) for n in range(8) for k in range(2)
+                 if not np.array_equal(runs["frames"][n, k], runs["frames-apart"][n, k])]
+    assert not differing, f"{len(differing)} of 16 frames differ (frame, output): {differing}"
+
+
+def test_frame_time_warnings_reach_the_hosts_log_handler(vsscript_host: Path, tmp_path: Path,
+                                                         vs_env: dict[str, str]) -> None:
+    """The NaN warning is raised on a core worker thread while a frame is computed; the host's log
+    handler (a previewer's log pane) gets it, and it is not also on stderr."""
+    script = _script(tmp_path, "nan.vpy", """\
+        clip = vs.core.std.BlankClip(width=32, height=24, length=6, format=vs.RGBS, color=[0.5, 0.5, 0.5])
+        clip = vs.core.std.Expr(clip, ["x 0 * 0 /", "", ""])  # 0/0: NaN in the R plane
+        clip.edvr.Restore(model="edvr_demo", device="cpu").set_output()
+        """)
+    done = subprocess.run([str(vsscript_host), "log", str(script), "3"], env=vs_env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    messages = done.stdout.splitlines()[1:]
+    assert [m for m in messages if "NaN or infinite samples" in m], (done.stdout, done.stderr)
+    assert "NaN or infinite" not in done.stderr

@@ -6,8 +6,9 @@ message, which the plugin turns into a ``vs.Error`` (create) or a frame error (p
 """
 from __future__ import annotations
 
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,13 @@ from .engine import PlaneViews, WindowEngine, watch_native_exit
 from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
 
-__all__ = ["Restorer", "create", "watch_native_exit"]
+__all__ = ["Restorer", "create", "trace", "watch_native_exit"]
+
+#: Debug hook, off (None) by default. Set before a Restore is created, that filter calls
+#: ``trace(event, frame)`` on the thread doing it: "compute" when the engine's lock is taken for the
+#: frame (its network starts), "computed" when it is released, "write" and "written" around the copy
+#: of the result into the output frame. tests/test_filter.py shows the overlap fmParallel gives.
+trace: Callable[[str, int], None] | None = None
 
 #: The parameters of Restore besides clip (the plugin's registration string lists the same).
 PARAMETERS = ("model", "device", "padding", "scenechange", "tile", "tile_overlap", "precision", "compile")
@@ -47,6 +54,10 @@ class Restorer:
         # The VapourSynth environment whose script made this filter: frames are computed on the
         # core's worker threads, which have none, and its warnings belong in that core's log
         self.environment = log.current_environment()
+        self._trace = trace
+        self._traced_frame = threading.local()
+        if trace is not None:
+            engine._lock = _TracedLock(engine._lock, trace, self._traced_frame)
         self.num_frames = engine.model.num_frames
         self.scale = engine.model.scale
         self.padding = padding
@@ -59,10 +70,41 @@ class Restorer:
         try:
             with log.frames_of(self.environment):
                 # restore() holds the engine's lock; write() waits for the result outside it
-                self.engine.write(self.engine.restore(window, sources), output)
+                if self._trace is None:
+                    self.engine.write(self.engine.restore(window, sources), output)
+                else:
+                    self._traced_frame.n = n
+                    pending = self.engine.restore(window, sources)
+                    self._trace("write", n)
+                    self.engine.write(pending, output)
+                    self._trace("written", n)
             return None
         except Exception:  # noqa: BLE001 - every error must reach VapourSynth as a frame error
             return "".join(traceback.format_exc()).rstrip()
+
+
+class _TracedLock:
+    """The engine's lock, reporting when a traced frame takes and releases it (see ``trace``)."""
+
+    def __init__(self, lock: Any, trace: Callable[[str, int], None], frame: threading.local) -> None:
+        self._lock, self._trace, self._frame = lock, trace, frame
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        taken = self._lock.acquire(blocking, timeout)
+        if taken and hasattr(self._frame, "n"):
+            self._trace("compute", self._frame.n)
+        return taken
+
+    def release(self) -> None:
+        if hasattr(self._frame, "n"):
+            self._trace("computed", self._frame.n)
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -10,6 +10,8 @@
    host frames SCRIPT N       renders frames 0..N-1 of outputs 0 and 1 together (all requests in flight
                               at once) and writes each frame's planes to stdout: output 0's frame 0,
                               output 1's frame 0, output 0's frame 1, ...
+   host frames-apart SCRIPT N the same frames, written in the same order, but output 0's all rendered
+                              before output 1's are requested
 
    Exit status: 0 when everything asked for happened, 1 on a script or frame error (printed). */
 #include <pthread.h>
@@ -130,7 +132,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < messages && i < 64; i++)
             printf("%s\n", logged[i]);
         pthread_mutex_unlock(&logMutex);
-    } else if (!strcmp(mode, "frames")) {
+    } else if (!strcmp(mode, "frames") || !strcmp(mode, "frames-apart")) {
         VSNode *other = vssapi->getOutputNode(script, 1);
         if (!other) {
             printf("no output 1\n");
@@ -138,16 +140,21 @@ int main(int argc, char **argv) {
         }
         if (frames > 256)
             return 2;
-        /* both filters at once: every frame requested before any has arrived */
-        pending = 2 * frames;
-        for (int n = 0; n < frames; n++) {
-            vsapi->getFrameAsync(n, node, keepFrame, (void *)(intptr_t)0);
-            vsapi->getFrameAsync(n, other, keepFrame, (void *)(intptr_t)1);
+        VSNode *both[2] = { node, other };
+        int together = !strcmp(mode, "frames");
+        for (int k = 0; k < 2; k += together ? 2 : 1) {
+            /* together: both filters' frames all requested before any has arrived */
+            pthread_mutex_lock(&logMutex);
+            pending = together ? 2 * frames : frames;
+            pthread_mutex_unlock(&logMutex);
+            for (int n = 0; n < frames; n++)
+                for (int j = k; j < (together ? 2 : k + 1); j++)
+                    vsapi->getFrameAsync(n, both[j], keepFrame, (void *)(intptr_t)j);
+            pthread_mutex_lock(&logMutex);
+            while (pending)
+                pthread_cond_wait(&doneCond, &logMutex);
+            pthread_mutex_unlock(&logMutex);
         }
-        pthread_mutex_lock(&logMutex);
-        while (pending)
-            pthread_cond_wait(&doneCond, &logMutex);
-        pthread_mutex_unlock(&logMutex);
         ok = !failed;
         for (int n = 0; n < frames; n++)
             for (int k = 0; k < 2; k++) {
