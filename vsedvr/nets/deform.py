@@ -21,8 +21,8 @@ How, per image and per band of output rows:
 Threads. torchvision's kernel runs its sampling on one thread. Here the bands are spread over
 a small pool of Python threads (as many as ``torch.get_num_threads()``), each band running
 single-threaded: the pool's threads set their own OpenMP and MKL counts to 1, and the process's
-thread count is never changed (:func:`_band_threads`; other filters keep their own rounding). The alternative, OpenMP-parallel ops, means ~30 parallel regions per
-band; on a loaded machine each can wait for a preempted or spin-waiting worker. Measured on the
+thread count is never changed (:func:`_band_threads`; other filters keep their own rounding).
+The alternative, OpenMP-parallel ops, means ~30 parallel regions per band; on a loaded machine each can wait for a preempted or spin-waiting worker. Measured on the
 shared 2-core development machine while another process kept both cores busy (1 x 64 x 180 x
 320, 8 groups, 2 threads): 0.25 s this way, 4.5 s with OpenMP-parallel ops (0.24 s with
 ``OMP_WAIT_POLICY=passive``), 0.8 s for torchvision.
