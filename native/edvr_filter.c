@@ -194,10 +194,14 @@ Py_IsFinalizing() stays false. exit() then runs the C atexit handlers and the sh
 static destructors (libtorch's, OpenMP's) while VapourSynth's worker threads are still inside
 PyTorch: a crash in the middle of a convolution.
 
-So the plugin registers its own atexit handler. atexit handlers and static destructors run in
-the reverse order of their registration, and it must run before libtorch's: it is registered
-when a Restore is created (PyTorch is loaded by then) and again after the process's first frame
-(libraries loaded lazily at the first frame register later still). The handler
+So the plugin runs its own handler first. atexit handlers and static destructors run in the
+reverse order of their registration, so it must be registered after libtorch's: it is registered
+when a Restore is created (PyTorch is loaded by then, and vsfilter has run one tiny window through
+the network, so that what PyTorch creates at its first use exists already) and again after the
+process's first frame. What a frame uses for the first time (each of PyTorch's Python bindings
+builds its argument parser at its first call) would still register later; so, on the main thread
+(the one that returns from main), it is also a thread_local destructor, which exit() runs before
+every atexit handler. The handler
  - sets `exiting`: no new frame enters Python (it fails with a frame error), and the Python side
    reads the same flag (vsfilter.watch_native_exit) and stops a running frame at its next
    feature encoding, as it does after Python's own atexit;
@@ -205,8 +209,8 @@ when a Restore is created (PyTorch is loaded by then) and again after the proces
    not the GIL while waiting (a running frame needs the GIL to finish). Bounded, because the
    exit must never hang: a frame that takes longer (or a thread blocked forever) is left to
    whatever the teardown does to it.
-Where Python itself is finalising or finalised (vspipe, python scripts), its atexit guard has
-already stopped the frames and threads may be parked forever on the GIL: no wait there. */
+Where Python itself is finalising or finalised (a plain Python script), its atexit guard has
+already stopped the frames, and threads may be parked forever on the GIL: no wait there. */
 
 static pthread_mutex_t exitMutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t exitIdle; /* signalled when the last frame leaves Python after `exiting` */
