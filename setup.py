@@ -55,7 +55,7 @@ class BuildPyWithPlugin(build_py):
             macros=[("VSEDVR_VERSION", f'"{version}"'), ("VSEDVR_VERSION_MAJOR", str(major)),
                     ("VSEDVR_VERSION_MINOR", str(minor))],
             extra_postargs=["-O2", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden"])
-        cc.link_shared_object(objects, str(out_dir / PLUGIN), libraries=["dl"])
+        cc.link_shared_object(objects, str(out_dir / PLUGIN), libraries=["dl", "pthread"])
 
 
 class PlatformWheel(bdist_wheel):

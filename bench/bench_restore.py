@@ -18,6 +18,9 @@ thread count for every variant:
              feature cache from the DCN speed-up.
   a_compile  (only when asked for) a_python with ``Restore(compile=True)``; its first frame (the
              compilation) is reported apart and its rate is over the other frames.
+  a_globalthreads  (only when asked for) a_python with the banded DCN's former thread handling
+             (``torch.set_num_threads(1)`` process-wide around each call, restored after), the
+             baseline for its per-thread replacement (issue 16): ratio a_python/a_globalthreads.
 
 Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``; on CUDA also
 peak VRAM, ``torch.cuda.max_memory_allocated``); variants are interleaved when ``--repeats`` > 1
@@ -69,7 +72,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "edvrl": dict(num_feat=128, num_reconstruct_block=40),
 }
 VARIANTS = ("a_vspipe", "a_python", "b_naive", "c_modify")
-OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile")
+OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile", "a_globalthreads")
 LABELS = {
     "a_vspipe": "a  vsedvr Restore, vspipe",
     "a_python": "a  vsedvr Restore, Python frames()",
@@ -77,6 +80,7 @@ LABELS = {
     "c_modify": "c  ModifyFrame + get_frame + lock, torchvision DCN",
     "c_fastdcn": "c' ModifyFrame + get_frame + lock, fast DCN",
     "a_compile": "a' vsedvr Restore(compile=True), Python frames()",
+    "a_globalthreads": "a' vsedvr Restore, former global set_num_threads(1) in the DCN",
 }
 NUM_FRAMES_T = 5  # every benchmarked model has 5-frame windows, centre 2
 
@@ -252,7 +256,9 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     frames = make_frames(setup.count, setup.height, setup.width)
     start = time.perf_counter()
     compiled = variant == "a_compile"
-    if variant in ("a_python", "a_compile"):
+    if variant == "a_globalthreads":
+        _use_global_band_threads()
+    if variant in ("a_python", "a_compile", "a_globalthreads"):
         from vapoursynth import core
 
         clip = source_clip(frames)
@@ -288,8 +294,46 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     timed = setup.count - 1 if compiled else setup.count
     return dict(seconds=seconds, frames_timed=timed, load_seconds=load,
                 first_frame_seconds=first if compiled else None,
-                seconds_after_first=after_first if variant in ("a_python", "a_compile") else None,
+                seconds_after_first=after_first if variant in ("a_python", "a_compile", "a_globalthreads") else None,
                 peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF), peak_vram_mib=vram)
+
+
+def _use_global_band_threads() -> None:
+    """The banded DCN's thread handling before issue 16 (vsedvr 0.1.0 at e425991), for a_globalthreads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import contextmanager
+
+    import torch
+
+    from vsedvr.nets import deform
+
+    state = dict(users=0, saved=1, pool=None, size=0)
+    lock = threading.Lock()
+
+    @contextmanager
+    def band_threads(bands: int):
+        with lock:
+            if state["users"] == 0:
+                state["saved"] = torch.get_num_threads()
+                if state["saved"] > 1:
+                    torch.set_num_threads(1)
+            state["users"] += 1
+            workers = min(state["saved"], bands)
+            pool = None
+            if workers > 1:
+                if state["size"] < state["saved"]:
+                    state["pool"] = ThreadPoolExecutor(max_workers=state["saved"])
+                    state["size"] = state["saved"]
+                pool = state["pool"]
+        try:
+            yield pool
+        finally:
+            with lock:
+                state["users"] -= 1
+                if state["users"] == 0 and state["saved"] > 1:
+                    torch.set_num_threads(state["saved"])
+
+    deform._band_threads = band_threads
 
 
 def _naive(net: Any, frames: np.ndarray, device: str) -> None:
@@ -615,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                                load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
             ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
                       for a in ("a_vspipe", "a_python", "a_compile")
-                      for b in ("b_naive", "c_modify", "c_fastdcn", "a_python")
+                      for b in ("b_naive", "c_modify", "c_fastdcn", "a_python", "a_globalthreads")
                       if a in rows and b in rows and a != b}
             if "a_compile" in rows and "a_python" in rows:  # both without their first frame
                 ratios["a_compile/a_python"] = (statistics.median(r["seconds_after_first"] for r in runs["a_python"])

@@ -8,17 +8,25 @@
  * in the host process, so one build serves every Python 3 version, and in a host without Python
  * Restore fails with a clear error instead of the plugin failing to load.
  */
+#define _GNU_SOURCE /* clock_gettime, pthread_condattr_setclock, syscall under -std=c11 */
 #include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
+#include <time.h>
 
 #include "VapourSynth4.h"
 
 #define FILTER_NAME "Restore"
 #define MAX_FRAMES 15 /* longest temporal window accepted from the Python side */
+#define EXIT_WAIT_SECONDS 10 /* longest wait at process exit for frames being computed */
 
 /* ---------------------------------------------------------------- Python, reached at run time */
 
@@ -177,6 +185,113 @@ static int pyCallChecked(PyObject *fn, PyObject *args, PyObject **result, char *
     return 1;
 }
 
+/* ---------------------------------------------------------------- process exit
+
+A host may end the process with frames still being computed: vsedit closing mid-render, or any
+VSScript host that returns from main (or calls exit()) without freeing its script. libvsscript
+never finalises Python, so Python's atexit (engine.py's _finish_at_exit) never runs there, and
+Py_IsFinalizing() stays false. exit() then runs the C atexit handlers and the shared libraries'
+static destructors (libtorch's, OpenMP's) while VapourSynth's worker threads are still inside
+PyTorch: a crash in the middle of a convolution.
+
+So the plugin runs its own handler first. atexit handlers and static destructors run in the
+reverse order of their registration, so it must be registered after libtorch's: it is registered
+when a Restore is created (PyTorch is loaded by then, and vsfilter has run one tiny window through
+the network, so that what PyTorch creates at its first use exists already) and again after the
+process's first frame. What a frame uses for the first time (each of PyTorch's Python bindings
+builds its argument parser at its first call) would still register later; so, on the main thread
+(the one that returns from main), it is also a thread_local destructor, which exit() runs before
+every atexit handler. The handler
+ - sets `exiting`: no new frame enters Python (it fails with a frame error), and the Python side
+   reads the same flag (vsfilter.watch_native_exit) and stops a running frame at its next
+   feature encoding, as it does after Python's own atexit;
+ - waits, for at most EXIT_WAIT_SECONDS, until no frame is inside Python. It holds no lock and
+   not the GIL while waiting (a running frame needs the GIL to finish). Bounded, because the
+   exit must never hang: a frame that takes longer (or a thread blocked forever) is left to
+   whatever the teardown does to it.
+Where Python itself is finalising or finalised (a plain Python script), its atexit guard has
+already stopped the frames, and threads may be parked forever on the GIL: no wait there. */
+
+static pthread_mutex_t exitMutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t exitIdle; /* signalled when the last frame leaves Python after `exiting` */
+static volatile int exiting;     /* read by the Python side through its address */
+static int framesInPython;
+static _Thread_local int inPythonHere; /* this thread is inside runPython (exit() called from a frame) */
+
+static void exitGuardInit(void) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&exitIdle, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+static void finishAtExit(void) {
+    pthread_mutex_lock(&exitMutex);
+    exiting = 1;
+    int pythonGone = !py.ok || !py.IsInitialized() || py.IsFinalizing();
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += EXIT_WAIT_SECONDS;
+    while (!pythonGone && framesInPython > inPythonHere)
+        if (pthread_cond_timedwait(&exitIdle, &exitMutex, &deadline) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&exitMutex);
+}
+
+/* glibc's (and libstdc++'s) registration of a thread_local destructor; exit() runs the calling
+   thread's before any atexit handler. */
+extern int __cxa_thread_atexit_impl(void (*func)(void *), void *obj, void *dsoSymbol) __attribute__((weak));
+extern void *__dso_handle;
+
+static int onMainThread(void) {
+    return syscall(SYS_gettid) == getpid();
+}
+
+static void finishAtThreadExit(void *unused) {
+    (void)unused;
+    finishAtExit();
+}
+
+/* Registers finishAtExit (again): see above for why more than once. Running it twice is harmless. */
+static void guardExit(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static _Thread_local int guardedHere;
+    pthread_once(&once, exitGuardInit);
+    atexit(finishAtExit);
+    /* The thread that creates a Restore is the one that evaluates scripts: under VSScript usually
+       the host's main thread, the one that returns from main. exit() runs its thread_local
+       destructors first, before every atexit handler and static destructor, whenever they were
+       registered (PyTorch's Python bindings create theirs at their first call, in the first frame).
+       Only on the main thread: another thread's thread_local destructors also run when that
+       thread merely ends, and the main thread's run only when the process exits. */
+    if (!guardedHere && __cxa_thread_atexit_impl && onMainThread()) {
+        guardedHere = 1;
+        __cxa_thread_atexit_impl(finishAtThreadExit, NULL, &__dso_handle);
+    }
+}
+
+/* Counts a frame into Python; 0 when the process is exiting. */
+static int enterPython(void) {
+    pthread_mutex_lock(&exitMutex);
+    int ok = !exiting;
+    if (ok) {
+        framesInPython++;
+        inPythonHere++;
+    }
+    pthread_mutex_unlock(&exitMutex);
+    return ok;
+}
+
+static void leavePython(void) {
+    pthread_mutex_lock(&exitMutex);
+    framesInPython--;
+    inPythonHere--;
+    if (exiting)
+        pthread_cond_broadcast(&exitIdle);
+    pthread_mutex_unlock(&exitMutex);
+}
+
 /* ---------------------------------------------------------------- temporal window rules */
 
 typedef enum { PadReflectionCircle, PadReplicate, PadReflection, PadCircle } Padding;
@@ -267,7 +382,12 @@ static PyObject *planeViews(const VSFrame *f, int writable, const VSAPI *vsapi) 
 /* Runs restorer.process(n, window, sources, output) under the GIL; 0 and err on failure. */
 static int runPython(RestoreData *d, int n, const int *window, const VSFrame *const *frames, int lo,
                      VSFrame *dst, char *err, size_t errSize, const VSAPI *vsapi) {
+    if (!enterPython()) {
+        snprintf(err, errSize, "the process is exiting; frame %d was not computed", n);
+        return 0;
+    }
     if (!pyUsable()) {
+        leavePython();
         snprintf(err, errSize, "the Python interpreter is shutting down; frame %d was not computed", n);
         return 0;
     }
@@ -303,6 +423,12 @@ static int runPython(RestoreData *d, int n, const int *window, const VSFrame *co
     pyDecRef(sources);
     pyDecRef(output);
     py.GILState_Release(gil);
+    leavePython();
+    static int firstFrame = 1; /* a benign race: at worst registered twice */
+    if (firstFrame) {
+        firstFrame = 0;
+        guardExit();
+    }
     return ok;
 }
 
@@ -432,6 +558,17 @@ static int createRestorer(RestoreData *d, const VSMap *in, const VSVideoInfo *vi
                           const VSAPI *vsapi) {
     PyGILState_STATE gil = py.GILState_Ensure();
     int ok = 0, scale = 0, padding = 0;
+    /* the Python side reads the exit flag itself (see finishAtExit) */
+    PyObject *watch = pyFilterFunction("watch_native_exit", err, errSize);
+    PyObject *watchArgs = watch ? py.Tuple_New(1) : NULL;
+    if (watchArgs)
+        py.Tuple_SetItem(watchArgs, 0, py.Long_FromLongLong((long long)(intptr_t)&exiting));
+    int watching = watchArgs && pyCallChecked(watch, watchArgs, NULL, err, errSize);
+    pyDecRef(watch);
+    if (!watching) {
+        py.GILState_Release(gil);
+        return 0;
+    }
     PyObject *create = pyFilterFunction("create", err, errSize);
     PyObject *options = create ? argumentDict(in, vsapi, err, errSize) : NULL;
     PyObject *args = options ? py.Tuple_New(5) : NULL;
@@ -545,8 +682,12 @@ static void VS_CC restoreCreate(const VSMap *in, VSMap *out, void *userData, VSC
         free(d);
         return;
     }
+    guardExit();
     VSFilterDependency deps[] = { { d->node, rpGeneral } };
-    VSNode *filter = vsapi->createVideoFilter2(FILTER_NAME, &d->vi, restoreGetFrame, restoreFree, fmParallelRequests,
+    /* fmParallel: frames of this filter run on several threads at once. The network stays serial
+       (the engine's lock); what overlaps is the rest of a frame, around that lock: the transfer of
+       frame n's result to the host, and its copy into the output, while frame n+1 computes. */
+    VSNode *filter = vsapi->createVideoFilter2(FILTER_NAME, &d->vi, restoreGetFrame, restoreFree, fmParallel,
                                                deps, 1, d, core);
     if (!filter) {
         vsapi->mapSetError(out, FILTER_NAME ": the core refused to create the filter");

@@ -145,6 +145,46 @@ def test_random_order_equals_sequential(tiny_checkpoint: Path, threads: int) -> 
         core.num_threads = old
 
 
+def test_frames_overlap_around_the_serial_network(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fmParallel: while one frame's result is written out, the next frame's network already runs
+    (under fmParallelRequests VapourSynth ran one frame of the filter at a time, and the transfers
+    could never overlap the computation). The network itself stays serial."""
+    import threading
+    import time
+
+    from vsedvr import vsfilter
+
+    events: list[tuple[float, str, int]] = []
+    lock = threading.Lock()
+
+    def record(event: str, frame: int) -> None:
+        with lock:
+            events.append((time.perf_counter(), event, frame))
+
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = 8
+    try:
+        monkeypatch.setattr(vsfilter, "trace", record)
+        clip = vs.core.edvr.Restore(clips.moving_pattern(64, 48, 24, seed=5), model=str(tiny_checkpoint))
+        monkeypatch.setattr(vsfilter, "trace", None)
+        for fut in [clip.get_frame_async(n) for n in range(24)]:
+            fut.result()
+    finally:
+        core.num_threads = old
+    spans: dict[tuple[str, int], list[float]] = {}
+    for t, event, frame in sorted(events):
+        kind = "compute" if event.startswith("compute") else "write"
+        spans.setdefault((kind, frame), []).append(t)
+    computes = sorted(v for (kind, _), v in spans.items() if kind == "compute")
+    assert len(computes) == 24 and all(len(v) == 2 for v in spans.values()), spans
+    # the network is serial: no two computations overlap
+    assert all(a[1] <= b[0] for a, b in zip(computes, computes[1:])), computes
+    overlaps = [(m, k) for (km, m), c in spans.items() if km == "compute"
+                for (kk, k), w in spans.items() if kk == "write" and k != m and c[0] < w[1] and w[0] < c[1]]
+    assert overlaps, "no frame's computation ran while another frame was being written"
+
+
 def frames_of_frame(frame: vs.VideoFrame) -> np.ndarray:
     return np.stack([np.asarray(frame[p]) for p in range(3)]).astype(np.float32)
 

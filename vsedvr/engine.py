@@ -17,6 +17,7 @@ with the GPU (the offset check reads its value after the download too).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import threading
 import time
@@ -46,11 +47,24 @@ EXIT_WAIT = 10.0
 
 _engines: weakref.WeakSet[WindowEngine] = weakref.WeakSet()
 _exiting = threading.Event()
+_native_exiting: ctypes.c_int | None = None  # the plugin's flag, set by its C atexit handler
 
 
 def _stop_if_exiting() -> None:
-    if _exiting.is_set():
-        raise RuntimeError("Restore: Python is exiting; frame not computed")
+    if _exiting.is_set() or (_native_exiting is not None and _native_exiting.value):
+        raise RuntimeError("Restore: the process is exiting; frame not computed")
+
+
+def watch_native_exit(address: int) -> None:
+    """Also stop frames when the plugin's exit flag (an ``int`` at ``address``) is set.
+
+    Hosts that embed Python and never finalise it (libvsscript: vsedit and other previewers)
+    never run :func:`_finish_at_exit`; the plugin's own C ``atexit`` handler sets this flag
+    instead and waits for running frames (native/edvr_filter.c, "process exit").
+    """
+    global _native_exiting
+    if _native_exiting is None or ctypes.addressof(_native_exiting) != address:
+        _native_exiting = ctypes.c_int.from_address(address)
 
 
 @atexit.register

@@ -7,6 +7,10 @@
   nothing, so nothing is shown twice: under vspipe and other VSScript hosts R81 itself puts a
   ``PythonVSScriptLoggingBridge`` on the root logger that forwards every record to the core log,
   and a program that configured :mod:`logging` gets the records where it asked for them.
+* :func:`frames_of` makes a filter's own VapourSynth environment current on the worker thread that
+  computes its frame. Those threads have none under VSScript, so without it both handlers above
+  fall back to stderr, and a previewer's log pane never sees a warning raised while a frame is
+  computed (NaN input, lost alignment, compile fallback, out-of-memory retry).
 * :func:`stdout_to_stderr` points file descriptor 1 at stderr around a block (HolyWu's
   ``redirect_stdout_to_stderr``), so that anything a library prints while a model is downloaded
   or loaded, from Python or from C, cannot end up inside the video stream.
@@ -21,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["LOGGER_NAME", "VapourSynthHandler", "install", "stdout_to_stderr"]
+__all__ = ["LOGGER_NAME", "VapourSynthHandler", "current_environment", "frames_of", "install", "stdout_to_stderr"]
 
 #: The logger every vsedvr module writes to.
 LOGGER_NAME = "vsedvr"
@@ -122,6 +126,40 @@ def install() -> VapourSynthHandler:
             logger.addHandler(handler)
     handler.remember_environment()
     return handler
+
+
+def current_environment() -> Any:
+    """The current VapourSynth environment (a ``vs.Environment``), or None where there is none."""
+    vs = sys.modules.get("vapoursynth")
+    if vs is None:
+        return None
+    try:
+        return vs.get_current_environment()
+    except Exception:  # noqa: BLE001 - no policy, or no environment on this thread
+        return None
+
+
+@contextlib.contextmanager
+def frames_of(environment: Any) -> Iterator[None]:
+    """Within the block, ``environment`` (from :func:`current_environment`) is this thread's
+    VapourSynth environment, so that log records reach the log of the core that owns the filter.
+
+    Nothing changes where it is current already (a plain Python host has one environment for all
+    threads), where it is None, or where it has died (the script was freed while a frame was
+    still being computed): the records then go where they would have gone anyway.
+    """
+    with contextlib.ExitStack() as scope:
+        if environment is not None and not _is_current(environment):
+            with contextlib.suppress(Exception):  # the environment is gone
+                scope.enter_context(environment.use())
+        yield
+
+
+def _is_current(environment: Any) -> bool:
+    try:
+        return bool(environment.active)
+    except Exception:  # noqa: BLE001 - a dead environment
+        return True
 
 
 def _flush_stdout() -> None:

@@ -7,18 +7,27 @@ message, which the plugin turns into a ``vs.Error`` (create) or a frame error (p
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import log
-from .engine import PlaneViews, WindowEngine
+from .engine import PlaneViews, WindowEngine, watch_native_exit
 from .memory import NetworkSize, free_cuda_memory, plan_memory
 from .windows import PADDINGS
 from .zoo import MODELS, ModelError, load_model
+
+__all__ = ["Restorer", "create", "trace", "watch_native_exit"]
+
+#: Debug hook, off (None) by default. Set before a Restore is created, that filter calls
+#: ``trace(event, frame)`` on the thread doing it: "compute" when the engine's lock is taken for the
+#: frame (its network starts), "computed" when it is released, "write" and "written" around the copy
+#: of the result into the output frame. tests/test_filter.py shows the overlap fmParallel gives.
+trace: Callable[[str, int], None] | None = None
 
 #: The parameters of Restore besides clip (the plugin's registration string lists the same).
 PARAMETERS = ("model", "device", "padding", "scenechange", "tile", "tile_overlap", "precision", "compile")
@@ -44,6 +53,13 @@ class Restorer:
 
     def __init__(self, engine: WindowEngine, padding: str, scenechange: bool) -> None:
         self.engine = engine
+        # The VapourSynth environment whose script made this filter: frames are computed on the
+        # core's worker threads, which have none, and its warnings belong in that core's log
+        self.environment = log.current_environment()
+        self._trace = trace
+        self._traced_frame = threading.local()
+        if trace is not None:
+            engine._lock = _TracedLock(engine._lock, trace, self._traced_frame)
         self.num_frames = engine.model.num_frames
         self.scale = engine.model.scale
         self.padding = padding
@@ -54,11 +70,43 @@ class Restorer:
                 output: PlaneViews) -> str | None:
         """Fills ``output`` with restored frame n; returns None, or the error text."""
         try:
-            # restore() holds the engine's lock; write() waits for the result outside it
-            self.engine.write(self.engine.restore(window, sources), output)
+            with log.frames_of(self.environment):
+                # restore() holds the engine's lock; write() waits for the result outside it
+                if self._trace is None:
+                    self.engine.write(self.engine.restore(window, sources), output)
+                else:
+                    self._traced_frame.n = n
+                    pending = self.engine.restore(window, sources)
+                    self._trace("write", n)
+                    self.engine.write(pending, output)
+                    self._trace("written", n)
             return None
         except Exception:  # noqa: BLE001 - every error must reach VapourSynth as a frame error
             return "".join(traceback.format_exc()).rstrip()
+
+
+class _TracedLock:
+    """The engine's lock, reporting when a traced frame takes and releases it (see ``trace``)."""
+
+    def __init__(self, lock: Any, trace: Callable[[str, int], None], frame: threading.local) -> None:
+        self._lock, self._trace, self._frame = lock, trace, frame
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        taken = self._lock.acquire(blocking, timeout)
+        if taken and hasattr(self._frame, "n"):
+            self._trace("compute", self._frame.n)
+        return taken
+
+    def release(self) -> None:
+        if hasattr(self._frame, "n"):
+            self._trace("computed", self._frame.n)
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -128,6 +176,7 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         precision = "fp16" if bits == 16 and device.type == "cuda" else "fp32"
     compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
+    _initialise_torch(model, device, compute_dtype)  # first: the plan then sees what the libraries' handles took
     cached_windows = 2
     if device.type == "cuda" and tile is None:
         tile, tile_overlap, cached_windows = _plan_tiles(model, device, width, height, compute_dtype,
@@ -154,6 +203,23 @@ def _plan_tiles(model: torch.nn.Module, device: torch.device, width: int, height
         overlap, plan.cached_windows, plan.peak_bytes / 2**30, free / 2**30, device,
         "" if plan.fits else " (more than the plan allows: out-of-memory retries may follow)")
     return plan.tile, overlap, plan.cached_windows
+
+
+def _initialise_torch(model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """One tiny window through the network, so that PyTorch's lazily created state exists now.
+
+    What PyTorch and its libraries (oneDNN's primitive cache, cuDNN and cuBLAS handles) create at
+    their first use registers its destructor for process exit then. The plugin registers its exit
+    guard after this call returns (native/edvr_filter.c, "process exit"), and exit handlers run in
+    the reverse order of registration: so the guard stops the frames before that state is torn
+    down, also when the host exits during the very first frame.
+    """
+    # large enough for the convolutions to take oneDNN's path (batch-1 3x3 ones need > 20480 values)
+    side = max(64, model.size_multiple)
+    with torch.inference_mode():
+        frame = torch.zeros((1, 3, side, side), device=device, dtype=dtype)
+        features = model.frame_features(frame)
+        model.restore_window([features] * model.num_frames, frame)
 
 
 def _has_bf16(device: torch.device) -> bool:

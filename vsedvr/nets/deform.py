@@ -20,9 +20,9 @@ How, per image and per band of output rows:
 
 Threads. torchvision's kernel runs its sampling on one thread. Here the bands are spread over
 a small pool of Python threads (as many as ``torch.get_num_threads()``), each band running
-single-threaded, while torch's intra-op thread count is held at 1 for the duration of the call
-(:func:`_band_threads`). The alternative, OpenMP-parallel ops, means ~30 parallel regions per
-band; on a loaded machine each can wait for a preempted or spin-waiting worker. Measured on the
+single-threaded: the pool's threads set their own OpenMP and MKL counts to 1, and the process's
+thread count is never changed (:func:`_band_threads`; other filters keep their own rounding).
+The alternative, OpenMP-parallel ops, means ~30 parallel regions per band; on a loaded machine each can wait for a preempted or spin-waiting worker. Measured on the
 shared 2-core development machine while another process kept both cores busy (1 x 64 x 180 x
 320, 8 groups, 2 threads): 0.25 s this way, 4.5 s with OpenMP-parallel ops (0.24 s with
 ``OMP_WAIT_POLICY=passive``), 0.8 s for torchvision.
@@ -31,10 +31,12 @@ Memory is bounded by ``chunk_elements`` per band and thread, whatever the frame 
 """
 from __future__ import annotations
 
+import ctypes
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -301,43 +303,70 @@ def _corners(offset: Tensor, mask: Tensor | None, base_y: Tensor, base_x: Tensor
 
 
 # --------------------------------------------------------------------------- threads
+#
+# torch.set_num_threads is process-wide in effect: it sets a global count that every thread
+# copies at its first parallel operation, and the OpenMP and MKL counts of the calling thread.
+# Changing it while other Restores (or other PyTorch filters) run makes their operations run with
+# another thread count, which changes their rounding (and their speed). So the count is never
+# changed here: the pool's own threads are made single-threaded, each for itself, through the
+# per-thread controls of the libraries PyTorch uses (omp_set_num_threads sets the calling thread's
+# OpenMP count; mkl_set_num_threads_local the calling thread's MKL count). Where PyTorch does not
+# run on OpenMP, or a control cannot be found, there is no pool and the bands run in the calling
+# thread with PyTorch's own threading: slower on a loaded machine, the same results.
 
 _thread_lock = threading.Lock()
-_thread_users = 0
-_saved_threads = 1
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_single_threading: Callable[[], None] | None | bool = False  # False: not looked up yet
+
+
+def _find_single_threading() -> Callable[[], None] | None:
+    """A function that makes the calling thread's PyTorch operations single-threaded, or None."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    lib = Path(torch.__file__).parent / "lib"
+    try:
+        # the OpenMP runtime and MKL (linked into libtorch_cpu) that PyTorch itself loaded
+        omp = next((ctypes.CDLL(str(p)) for p in sorted(lib.glob("libgomp*.so*")) + sorted(lib.glob("libiomp*.so*"))),
+                   None) or ctypes.CDLL(None)
+        omp_set = omp.omp_set_num_threads
+    except (OSError, AttributeError):
+        return None
+    mkl_set = None
+    if torch.backends.mkl.is_available():
+        try:
+            # the C interface; the lower-case name is Fortran's, which takes its argument by reference
+            mkl_set = ctypes.CDLL(str(next(lib.glob("libtorch_cpu.*")))).MKL_Set_Num_Threads_Local
+        except (OSError, AttributeError, StopIteration):
+            return None
+
+    def single_threaded() -> None:
+        torch.get_num_threads()  # PyTorch's per-thread initialisation first: it would undo what follows
+        omp_set(1)
+        if mkl_set is not None:
+            mkl_set(1)
+
+    return single_threaded
 
 
 @contextmanager
 def _band_threads(bands: int) -> Iterator[ThreadPoolExecutor | None]:
-    """Hold torch's intra-op threads at 1 and yield a pool of that many Python threads instead.
-
-    Yields None (run the bands here) when torch had one thread or there is one band. The thread
-    count is process-wide, so overlapping calls from several threads share one saved value:
-    the first sets it to 1, the last restores it. Other torch work running at the same time in
-    other threads runs single-threaded meanwhile.
-    """
-    global _thread_users, _saved_threads, _pool, _pool_size
-    with _thread_lock:
-        if _thread_users == 0:
-            _saved_threads = torch.get_num_threads()
-            if _saved_threads > 1:
-                torch.set_num_threads(1)
-        _thread_users += 1
-        workers = min(_saved_threads, bands)
-        pool = None
-        if workers > 1:
-            if _pool_size < _saved_threads:
+    """A pool of single-threaded Python threads for the bands, as many as the calling thread's
+    PyTorch thread count; None (run the bands here) when that is 1, there is one band, or the
+    pool threads cannot be made single-threaded (see above). Changes no thread count but the
+    pool threads' own."""
+    global _pool, _pool_size, _single_threading
+    workers = min(torch.get_num_threads(), bands)
+    pool = None
+    if workers > 1:
+        with _thread_lock:
+            if _single_threading is False:
+                _single_threading = _find_single_threading()
+            if _single_threading is not None and _pool_size < workers:
                 # The old pool is not shut down: a concurrent call may still submit to it; its
                 # idle threads end once it is garbage.
-                _pool = ThreadPoolExecutor(max_workers=_saved_threads, thread_name_prefix="vsedvr-dcn")
-                _pool_size = _saved_threads
+                _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsedvr-dcn",
+                                           initializer=_single_threading)
+                _pool_size = workers
             pool = _pool
-    try:
-        yield pool
-    finally:
-        with _thread_lock:
-            _thread_users -= 1
-            if _thread_users == 0 and _saved_threads > 1:
-                torch.set_num_threads(_saved_threads)
+    yield pool

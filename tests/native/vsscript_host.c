@@ -1,0 +1,171 @@
+/* A VSScript4 host as previewers (vsedit and the like) are: it evaluates a script through
+   libvsscript, which embeds Python and never finalises it, and asks for frames with
+   getFrameAsync. Built and run by tests/test_native_host.py.
+
+   host exit SCRIPT N         requests frames 0..N-1, waits 0.2 s and returns from main while they are
+                              in flight (nothing freed: a host that just quits)
+   host exit-thread SCRIPT N  the same, but another thread calls exit(0)
+   host log SCRIPT N          renders frames 0..N-1 one by one, then prints the messages its log handler
+                              received ("messages: K", then one per line)
+   host frames SCRIPT N       renders frames 0..N-1 of outputs 0 and 1 together (all requests in flight
+                              at once) and writes each frame's planes to stdout: output 0's frame 0,
+                              output 1's frame 0, output 0's frame 1, ...
+   host frames-apart SCRIPT N the same frames, written in the same order, but output 0's all rendered
+                              before output 1's are requested
+
+   Exit status: 0 when everything asked for happened, 1 on a script or frame error (printed). */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "VSScript4.h"
+
+static const VSAPI *vsapi;
+
+static void VS_CC dropFrame(void *userData, const VSFrame *f, int n, VSNode *node, const char *errorMsg) {
+    (void)userData; (void)n; (void)node; (void)errorMsg;
+    if (f)
+        vsapi->freeFrame(f);
+}
+
+static void *exitNow(void *arg) {
+    (void)arg;
+    exit(0);
+}
+
+static pthread_mutex_t logMutex = PTHREAD_MUTEX_INITIALIZER;
+static int messages;
+static char logged[64][1024];
+
+static void VS_CC onLog(int msgType, const char *msg, void *userData) {
+    (void)msgType; (void)userData;
+    pthread_mutex_lock(&logMutex);
+    if (messages < 64)
+        snprintf(logged[messages], sizeof logged[0], "%s", msg);
+    messages++;
+    pthread_mutex_unlock(&logMutex);
+}
+
+static pthread_cond_t doneCond = PTHREAD_COND_INITIALIZER;
+static const VSFrame *results[2][256];
+static int pending, failed;
+
+static void VS_CC keepFrame(void *userData, const VSFrame *f, int n, VSNode *node, const char *errorMsg) {
+    (void)node;
+    pthread_mutex_lock(&logMutex);
+    results[(int)(intptr_t)userData][n] = f;
+    if (!f) {
+        fprintf(stderr, "output %d frame %d: %s\n", (int)(intptr_t)userData, n, errorMsg);
+        failed = 1;
+    }
+    if (--pending == 0)
+        pthread_cond_signal(&doneCond);
+    pthread_mutex_unlock(&logMutex);
+}
+
+static int writeFrame(const VSFrame *f) {
+    const VSVideoFormat *fmt = vsapi->getVideoFrameFormat(f);
+    for (int p = 0; p < fmt->numPlanes; p++) {
+        const uint8_t *row = vsapi->getReadPtr(f, p);
+        size_t width = (size_t)vsapi->getFrameWidth(f, p) * fmt->bytesPerSample;
+        for (int y = 0; y < vsapi->getFrameHeight(f, p); y++, row += vsapi->getStride(f, p))
+            if (fwrite(row, 1, width, stdout) != width)
+                return 0;
+    }
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4)
+        return 2;
+    const char *mode = argv[1], *path = argv[2];
+    int frames = atoi(argv[3]);
+    const VSSCRIPTAPI *vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
+    if (!vssapi) {
+        printf("no VSScript (is Python configured? vapoursynth config)\n");
+        return 3;
+    }
+    vsapi = vssapi->getVSAPI(VAPOURSYNTH_API_VERSION);
+    VSCore *core = vsapi->createCore(0);
+    vsapi->addLogHandler(onLog, NULL, NULL, core);
+    VSScript *script = vssapi->createScript(core);
+    if (vssapi->evaluateFile(script, path)) {
+        printf("script error: %s\n", vssapi->getError(script));
+        vssapi->freeScript(script);
+        return 1;
+    }
+    VSNode *node = vssapi->getOutputNode(script, 0);
+    if (!node) {
+        printf("no output 0\n");
+        return 1;
+    }
+    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread")) {
+        for (int n = 0; n < frames; n++)
+            vsapi->getFrameAsync(n, node, dropFrame, NULL);
+        printf("requested %d\n", frames);
+        fflush(stdout);
+        usleep(200 * 1000); /* the first frames are being computed now */
+        if (!strcmp(mode, "exit-thread")) {
+            pthread_t t;
+            pthread_create(&t, NULL, exitNow, NULL);
+            for (;;)
+                pause();
+        }
+        return 0; /* node, script and core never freed: a host that just quits */
+    }
+    int ok = 1;
+    char error[1024];
+    if (!strcmp(mode, "log")) {
+        for (int n = 0; n < frames && ok; n++) {
+            const VSFrame *f = vsapi->getFrame(n, node, error, sizeof error);
+            if (!f) {
+                printf("frame %d: %s\n", n, error);
+                ok = 0;
+            }
+            vsapi->freeFrame(f);
+        }
+        pthread_mutex_lock(&logMutex);
+        printf("messages: %d\n", messages);
+        for (int i = 0; i < messages && i < 64; i++)
+            printf("%s\n", logged[i]);
+        pthread_mutex_unlock(&logMutex);
+    } else if (!strcmp(mode, "frames") || !strcmp(mode, "frames-apart")) {
+        VSNode *other = vssapi->getOutputNode(script, 1);
+        if (!other) {
+            printf("no output 1\n");
+            return 1;
+        }
+        if (frames > 256)
+            return 2;
+        VSNode *both[2] = { node, other };
+        int together = !strcmp(mode, "frames");
+        for (int k = 0; k < 2; k += together ? 2 : 1) {
+            /* together: both filters' frames all requested before any has arrived */
+            pthread_mutex_lock(&logMutex);
+            pending = together ? 2 * frames : frames;
+            pthread_mutex_unlock(&logMutex);
+            for (int n = 0; n < frames; n++)
+                for (int j = k; j < (together ? 2 : k + 1); j++)
+                    vsapi->getFrameAsync(n, both[j], keepFrame, (void *)(intptr_t)j);
+            pthread_mutex_lock(&logMutex);
+            while (pending)
+                pthread_cond_wait(&doneCond, &logMutex);
+            pthread_mutex_unlock(&logMutex);
+        }
+        ok = !failed;
+        for (int n = 0; n < frames; n++)
+            for (int k = 0; k < 2; k++) {
+                ok = ok && writeFrame(results[k][n]);
+                vsapi->freeFrame(results[k][n]);
+            }
+        vsapi->freeNode(other);
+    } else {
+        return 2;
+    }
+    vsapi->freeNode(node);
+    vssapi->freeScript(script);
+    return ok ? 0 : 1;
+}
