@@ -362,3 +362,19 @@ def test_a_full_disk_is_named(tmp_path):
     check_disk_full("Error writing trailer: Invalid argument", tmp_path)  # other errors: retried as usual
     with pytest.raises(DiskFullError, match="is full .* --work-dir on a larger disk"):
         check_disk_full("[matroska @ 0x1] Error writing packet: No space left on device", tmp_path)
+
+
+def test_a_script_failing_only_on_a_worker_shows_vspipes_message(tmp_path, vs_env):
+    """The driver's own `vspipe --info` evaluates fine; on the worker (no GPU visible) the script
+    fails before a frame is written: the error is the script's, not ffmpeg's empty input."""
+    script = tmp_path / "worker_only.vpy"
+    script.write_text("import os\nimport vapoursynth as vs\n"
+                      "if os.environ.get('CUDA_VISIBLE_DEVICES') == '':\n"
+                      "    raise vs.Error('no GPU on this worker')\n"
+                      "vs.core.std.BlankClip(width=16, height=16, length=4, format=vs.YUV420P8).set_output()\n")
+    env = {k: v for k, v in vs_env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = render_cli(str(script), "-o", str(tmp_path / "out.mkv"), "--workers", "1", "--retries", "0",
+                      env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "no GPU on this worker" in proc.stderr, proc.stderr
+    assert "ffmpeg exited" not in proc.stderr, proc.stderr

@@ -116,7 +116,8 @@ class LocalPool:
         try:
             while running:
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-                for fut in done:
+                # the finished segments first: one that raises a fatal error must not cost the others
+                for fut in sorted(done, key=lambda f: f.exception() is not None):
                     task, attempt = running.pop(fut)
                     try:
                         yield ("done", task, fut.result())

@@ -72,14 +72,16 @@ def _write_progress(path: Path | None, frames: int) -> None:
     os.replace(tmp, path)
 
 
-def _exit_text(code: int) -> str:
+def _exit_text(code: int, wrapper: bool = False) -> str:
+    """How a process ended; ``wrapper``: vspipe's pip wrapper, which passes a killed child on as
+    status 256 - N (ffmpeg's own statuses, 256 + AVERROR, are no signals)."""
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
     # vspipe's pip wrapper passes a killed child on as sys.exit(-N), i.e. status 256 - N
-    sig = 256 - code if code > 191 else code - 128 if code > 128 else 0
+    sig = (256 - code if code > 191 else code - 128 if code > 128 else 0) if wrapper else 0
     try:
         return f"exited with status {code} (as if killed by {signal.Signals(sig).name})" if sig else \
             f"exited with status {code}"
@@ -156,10 +158,12 @@ def render_segment(task: Mapping[str, Any], env: Mapping[str, str] | None = None
     where = f"segment {index} (frames {start}-{end})"
     try:
         check_disk_full(ff_text, work)
-        if ff_code != 0:  # first: when ffmpeg stops, vspipe fails on the closed pipe
+        # vspipe's message first (a script error, CUDA out of memory: it explains ffmpeg's "invalid
+        # data" on an empty input), unless ffmpeg stopped reading and vspipe failed on the closed pipe
+        if vs_code != 0 and not (ff_code != 0 and write_error == "ffmpeg stopped reading"):
+            raise SegmentFailed(f"{where}: vspipe {_exit_text(vs_code, wrapper=True)}:\n{tail(vs_text) or '(no message)'}")
+        if ff_code != 0:
             raise SegmentFailed(f"{where}: ffmpeg {_exit_text(ff_code)}:\n{tail(ff_text) or '(no message)'}")
-        if vs_code != 0:
-            raise SegmentFailed(f"{where}: vspipe {_exit_text(vs_code)}:\n{tail(vs_text) or '(no message)'}")
         if write_error:
             raise SegmentFailed(f"{where}: {write_error}")
         if len(hashes) != expected:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,9 +189,26 @@ def decode_hashes(ffmpeg: str, path: Path, frame_size: int, pix_fmt: str | None 
     cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo"]
     if pix_fmt:
         cmd += ["-pix_fmt", pix_fmt]
-    proc = subprocess.Popen(cmd + ["-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe read after stdout: a corrupt file makes ffmpeg print an error per
+    # slice and frame, and a full stderr pipe would block it (and this loop) for good
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(cmd + ["-"], stdout=subprocess.PIPE, stderr=err_file)
+        try:
+            hashes = _hash_frames(proc, frame_size)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        err_file.seek(0)
+        err = err_file.read().decode("utf-8", "replace")
+    if code != 0:
+        hashes.append(f"decode error: {tail(err, 3)}")
+    return hashes
+
+
+def _hash_frames(proc: subprocess.Popen, frame_size: int) -> list[str]:
     hashes = []
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
     buf = bytearray(frame_size)
     view = memoryview(buf)
     while True:
@@ -205,9 +223,7 @@ def decode_hashes(ffmpeg: str, path: Path, frame_size: int, pix_fmt: str | None 
                 hashes.append("incomplete")
             break
         hashes.append(frame_hash(view))
-    err = proc.stderr.read().decode("utf-8", "replace")
-    if proc.wait() != 0:
-        hashes.append(f"decode error: {tail(err, 3)}")
+    proc.stdout.close()
     return hashes
 
 
