@@ -145,6 +145,30 @@ def test_random_order_equals_sequential(tiny_checkpoint: Path, threads: int) -> 
         core.num_threads = old
 
 
+@pytest.mark.parametrize("threads", [8, 16])
+def test_in_order_rendering_encodes_each_frame_once_at_many_threads(tiny_checkpoint: Path, threads: int) -> None:
+    """Under fmParallel all threads wait for the network at once; the engine serves the lowest frame
+    first, so the feature cache (two windows) still encodes each input frame once (handed over in
+    arbitrary order: 185 encodings for 80 frames at 8 threads)."""
+    import gc
+
+    from vsedvr.engine import WindowEngine
+
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = threads
+    try:
+        clip = clips.moving_pattern(W, H, 60, seed=4)
+        before = {id(o) for o in gc.get_objects() if type(o) is WindowEngine}
+        out = vs.core.edvr.Restore(clip, model=str(tiny_checkpoint))
+        for _ in out.frames():
+            pass
+        engine = next(o for o in gc.get_objects() if type(o) is WindowEngine and id(o) not in before)
+        assert engine.cache.misses == 60, (engine.cache.hits, engine.cache.misses)
+    finally:
+        core.num_threads = old
+
+
 def test_frames_overlap_around_the_serial_network(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fmParallel: while one frame's result is written out, the next frame's network already runs
     (under fmParallelRequests VapourSynth ran one frame of the filter at a time, and the transfers
