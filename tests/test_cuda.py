@@ -228,3 +228,13 @@ def test_oom_while_compiling_on_cuda_keeps_compile(caplog: pytest.LogCaptureFixt
         render(engine, _engine_frames(24, 16, 5), [2])
     assert engine.compiled and engine.tile is None
     assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
+
+
+def test_auto_device_names_its_index() -> None:
+    """device="auto" resolves to cuda:N, not bare "cuda": a bare device follows whichever device
+    the VapourSynth worker thread has current (another CUDA filter may have switched it), so the
+    scoped device context and the uploads would land on that one."""
+    from vsedvr.vsfilter import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda", torch.cuda.current_device())
+    assert resolve_device("auto").index is not None

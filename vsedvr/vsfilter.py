@@ -113,7 +113,7 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` as a torch device, or ArgumentError."""
     allowed = '"device" must be "auto", "cpu", "cuda" or "cuda:N"'
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
