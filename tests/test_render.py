@@ -378,3 +378,25 @@ def test_a_script_failing_only_on_a_worker_shows_vspipes_message(tmp_path, vs_en
     assert proc.returncode == 1, proc.stderr
     assert "no GPU on this worker" in proc.stderr, proc.stderr
     assert "ffmpeg exited" not in proc.stderr, proc.stderr
+
+
+def test_a_second_render_on_the_same_folder_is_refused(fast_script, vs_env, tmp_path):
+    """Two drivers on one work folder would delete each other's attempts and manifest records:
+    the second is refused while the first runs, and the first ends identical to one vspipe."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    first = subprocess.Popen([*VSEDVR, "render", str(script), "-o", str(out), "--workers", "1", "--segment", "20",
+                              "--ffmpeg", FFMPEG], env=dict(vs_env, RENDER_TEST_SLEEP="0.2"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "out.mkv.parts" / "manifest.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        second = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "20", env=vs_env, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert "another vsedvr render is using the work folder" in second.stderr, second.stderr
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert framemd5(out) == plain

@@ -3,11 +3,12 @@
 Layout: ``manifest.json`` (plan, verified segments, joined file, final output), ``seg-NNNNN.mkv``
 (verified segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned),
 ``attempts/NNNNN`` (one line per attempt), ``progress/NNNNN`` (frames done by the running attempt),
-``joined.mkv`` (the segments concatenated).
+``joined.mkv`` (the segments concatenated), ``.lock`` (held by the driver that uses the folder).
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from .tools import DiskFullError, RenderError, sha256_file
 __all__ = ["WorkDir", "plan_id"]
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 FORMAT = 1
 #: Plan fields whose change makes the segments of a folder useless.
 IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges")
@@ -63,6 +65,11 @@ class WorkDir:
         user's back), unless ``fresh``, which deletes that plan's files first.
         """
         pid = plan_id(plan)
+        if not self.manifest_path.is_file() and self.path.exists() and any(
+                p.name != LOCK for p in self.path.iterdir()):
+            raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
+                              f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
+        self._lock()
         if self.manifest_path.is_file():
             try:
                 old = json.loads(self.manifest_path.read_text())
@@ -82,12 +89,25 @@ class WorkDir:
                 self.manifest["plan"] = plan  # the finishing options (encoder, audio, output) may change
                 self._prepare()
                 return True
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
-                              f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
         self.manifest = {"format": FORMAT, "plan_id": pid, "plan": plan, "segments": {}}
         self._prepare()
         return False
+
+    def _lock(self) -> None:
+        """One driver per folder, held until the process ends: a second run on the same output would
+        delete the first one's attempts in progress and overwrite its manifest."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RenderError(f"cannot create the work folder {self.path}: {e}") from e
+        try:
+            self._lock_file = open(self.path / LOCK, "w")  # noqa: SIM115 - kept open: the lock
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RenderError(f"another vsedvr render is using the work folder {self.path}; let it finish "
+                              f"(or stop it), or pass --work-dir DIR") from None
+        except OSError as e:
+            raise RenderError(f"cannot lock the work folder {self.path}: {e}") from e
 
     def _prepare(self) -> None:
         try:
