@@ -45,13 +45,16 @@ def terminate_all() -> None:
         procs = list(_live)
     for proc in procs:
         try:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: see _spawn
         except OSError:
             pass
 
 
 def _spawn(cmd: list[str], **kw: Any) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, **kw)
+    """Starts a process in a group of its own, so that :func:`terminate_all` kills what it started
+    too: pip's ``vspipe`` is a Python wrapper that runs the real vspipe as its child, and killing the
+    wrapper alone left that one computing (holding its GPU) until its next write failed."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kw)
     with _live_lock:
         _live.add(proc)
     return proc
