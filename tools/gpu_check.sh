@@ -49,7 +49,11 @@ plan() {
 prepare() {
     set -e
     local python=.venv/bin/python
-    grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+    # git's own path: in a worktree .git is a file and info/exclude lives in the main repository
+    local exclude
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    grep -qsx '/.whl/' "$exclude" || echo '/.whl/' >> "$exclude"
     rm -rf .whl && mkdir .whl
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
