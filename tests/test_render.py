@@ -321,7 +321,9 @@ def test_device_slots_show_one_gpu_each():
 
     slots = device_slots(["cuda:0", "cuda:1"], visible="4,6")
     assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["4", "6"]
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(["cuda:1", "cpu"])] == ["1", ""]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(["cpu"])] == [""]
+    with pytest.raises(RenderError, match="mixes the CPU with GPUs.*use --devices cuda:1$"):
+        device_slots(["cuda:1", "cpu"])
     assert all(s["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) for s in cpu_slots(2))
     with pytest.raises(RenderError, match="names a GPU twice"):
         device_slots(["cuda:0", "cuda:0"])

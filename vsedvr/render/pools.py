@@ -55,6 +55,12 @@ def device_slots(devices: Sequence[str], visible: str | None = None) -> list[dic
         slots[-1].update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
     if len({tuple(s.items()) for s in slots if s["CUDA_VISIBLE_DEVICES"]}) < sum(1 for s in slots if s["CUDA_VISIBLE_DEVICES"]):
         raise RenderError(f"--devices {','.join(devices)} names a GPU twice; one worker per GPU")
+    gpus = [d.strip() for d in devices if d.strip() != "cpu"]
+    if gpus and len(gpus) < len(devices):
+        # A frame computed on the CPU (fp32) differs from the same frame on a GPU (fp16 there by
+        # default), so segments from both would not make the output of one vspipe render.
+        raise RenderError(f"--devices {','.join(devices)} mixes the CPU with GPUs: their frames differ, "
+                          f"so the video would not equal one render; use --devices {','.join(gpus)}")
     return slots
 
 
