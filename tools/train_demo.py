@@ -2,7 +2,7 @@
 
 The official EDVR checkpoints are downloaded on first use; this one is trained by the project
 itself so that the demo and the tests have a model that genuinely restores, offline. It is a
-*demo*: a small network (32 channels, 2 + 5 residual blocks, TSA) trained for 800 steps on a
+*demo*: a small network (32 channels, 2 + 5 residual blocks, TSA) trained for 3500 steps on a
 CPU on synthetic clips, not comparable to the official REDS models (docs/demo-model.md).
 
 Data (tools/demo_data.py, nothing downloaded): moving scenes made of pictures inside the
@@ -30,7 +30,7 @@ SHA-256>.pth``. Update ``vsedvr/zoo/registry.py`` when the name changes.
 
 Usage::
 
-    nice -n 5 .venv/bin/python tools/train_demo.py          # the shipped model (800 steps)
+    .venv/bin/python tools/train_demo.py          # the shipped model (3500 steps, about 40 minutes)
     .venv/bin/python tools/train_demo.py --steps 20 --out-dir /tmp/smoke   # smoke run
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ ARCH: dict[str, Any] = {
 
 MAX_SPEED = 8.0  # HR px per frame (any direction), upper end of the camera speed
 EVAL_SEED = 20240601
-DEFAULT_STEPS = 800
+DEFAULT_STEPS = 3500
 
 # The data (families, pictures, motion, degradation) lives in tools/demo_data.py.
 TRAIN_IMAGES = demo_data.TRAIN_IMAGES
@@ -165,14 +165,56 @@ def heldout_clips(images: Sequence[str] = HELD_OUT_IMAGES, clips_per_image: int 
 
 
 def training_batch(rng: np.random.Generator, batch: int, hr_patch: int, max_speed: float = MAX_SPEED,
-                   object_prob: float = 0.35) -> tuple[Tensor, Tensor]:
+                   object_prob: float = 0.35, weights: dict[str, float] | None = None,
+                   colour_mix: float = 0.0) -> tuple[Tensor, Tensor]:
     """(lr (B, T, 3, p/4, p/4), hr centre frames (B, 3, p, p)) from the training families."""
     lrs, hrs = [], []
     for _ in range(batch):
-        lr, hr = demo_data.training_clip(rng, hr_patch, max_speed, object_prob)
+        lr, hr = demo_data.training_clip(rng, hr_patch, max_speed, object_prob, weights, colour_mix)
         lrs.append(lr)
         hrs.append(hr[CENTER])
     return torch.stack(lrs).contiguous(), torch.stack(hrs).contiguous()
+
+
+class TrainingBatches(torch.utils.data.Dataset):
+    """Batch *step* of a run, drawn from its own generator ``default_rng([seed, step])``.
+
+    Seeding by step makes the batches independent of who makes them and in what order, so a
+    worker process can make them ahead (on the second core) and a run is the same with any
+    number of workers.
+    """
+
+    def __init__(self, args: argparse.Namespace, weights: dict[str, float]) -> None:
+        self.args, self.weights = args, weights
+
+    def __len__(self) -> int:
+        return self.args.steps
+
+    def __getitem__(self, step: int) -> tuple[Tensor, Tensor]:
+        a = self.args
+        rng = np.random.default_rng([a.seed, step])
+        x, y = training_batch(rng, a.batch, a.patch, a.max_speed, a.object_prob, self.weights,
+                              a.colour_mix)
+        if a.lr_noise:
+            x = add_lr_noise(x, rng, a.lr_noise)
+        return x, y
+
+
+def _single_threaded_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``photo=0.3,shapes=0.2,...`` -> the family mix (every training family, weights > 0)."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        out[name.strip()] = float(value)
+    if set(out) != set(demo_data.TRAIN_FAMILIES) or min(out.values()) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"--mix needs a weight > 0 for each of {', '.join(demo_data.TRAIN_FAMILIES)}")
+    total = sum(out.values())
+    return {k: v / total for k, v in out.items()}
 
 
 def demo_clip(image: str = "coffee", length: int = 24, lr_size: tuple[int, int] = (64, 96),
@@ -403,6 +445,14 @@ def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(pred, target)
+
+
+LOSSES = {"charbonnier": charbonnier, "mse": mse}
+LOSS_TEXT = {"charbonnier": "charbonnier eps=1e-3 (sqrt(d^2+1e-6)), mean", "mse": "mean squared error"}
+
+
 def lr_at(step: int, progress: float, base: float, warmup: int, final: float = 1e-6) -> float:
     cos = final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return cos * min(1.0, (step + 1) / warmup) if warmup else cos
@@ -440,7 +490,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--feat", type=int, default=ARCH["num_feat"])
     p.add_argument("--extract-blocks", type=int, default=ARCH["num_extract_block"])
     p.add_argument("--reconstruct-blocks", type=int, default=ARCH["num_reconstruct_block"])
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--colour-mix", type=float, default=0.0,
+                   help="share of training canvases whose RGB channels are remixed (demo_data.mix_colours)")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="charbonnier")
+    p.add_argument("--mix", type=parse_weights, default=None,
+                   help="training family mix, e.g. photo=0.3,shapes=0.25,gratings=0.2,text=0.1,noise=0.15 "
+                        "(default: demo_data.TRAIN_WEIGHTS)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes making batches ahead (the batches do not depend on it)")
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (the result depends on it; 1 is the fastest on a shared CPU)")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips per held-out family")
@@ -498,7 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_grid_sample_dcn(net)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    rng = np.random.default_rng(args.seed)
+    weights = args.mix or dict(demo_data.TRAIN_WEIGHTS)
+    loss_fn = LOSSES[args.loss]
+    batches = iter(torch.utils.data.DataLoader(
+        TrainingBatches(args, weights), batch_size=None, shuffle=False, num_workers=args.workers,
+        worker_init_fn=_single_threaded_worker if args.workers else None,
+        prefetch_factor=4 if args.workers else None))
 
     budget = args.minutes * 60.0
     losses: list[float] = []
@@ -513,10 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr = lr_at(step, step / args.steps, args.lr, args.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, y = training_batch(rng, args.batch, args.patch, args.max_speed, args.object_prob)
-            if args.lr_noise:
-                x = add_lr_noise(x, rng, args.lr_noise)
-            loss = charbonnier(net(x), y)
+            x, y = next(batches)
+            loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -549,12 +610,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {
             "seed": args.seed, "steps": args.steps, "batch": args.batch, "hr_patch": args.patch,
             "lr_patch": args.patch // SCALE, "num_frames": NUM_FRAMES, "scale": SCALE,
-            "loss": "charbonnier eps=1e-3 (sqrt(d^2+1e-6)), mean",
+            "loss": LOSS_TEXT[args.loss],
+            "batches": "batch i drawn from numpy default_rng([seed, i])",
             "optimizer": "Adam betas=(0.9, 0.99), grad-norm clip 1.0",
             "lr": args.lr, "warmup_steps": args.warmup,
             "schedule": "linear warm-up, then cosine to 1e-6 over the steps",
             "minutes_stop": args.minutes, "threads": args.threads,
-            "families": dict(demo_data.TRAIN_WEIGHTS),
+            "families": {k: round(v, 4) for k, v in weights.items()},
+            "colour_mix": f"{args.colour_mix:.0%} of the canvases: channels remixed (demo_data.mix_colours)",
             "motion": f"camera: pan up to {args.max_speed} HR px/frame in any direction (speed "
                       "max*u^1.3), shake N(0, 0.6 px) in half the clips, zoom (30 %, up to 2.5 %/frame), "
                       f"rotation (30 %, up to 1.5 deg/frame); object over the background in "
