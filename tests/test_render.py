@@ -227,7 +227,10 @@ def test_driver_interrupted_and_killed_then_resumed(fast_script, vs_env, tmp_pat
     cmd = [*VSEDVR, "render", str(script), "-o", str(out), "--workers", "1", "--segment", "10", "--ffmpeg", FFMPEG]
 
     def run_until(segment: int, sig: int) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C's default action in the driver even where this test runs as a background job (a
+        # non-interactive shell's `cmd &` starts it with SIGINT ignored, which Python then keeps)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             done = manifest(work)["segments"] if (work / "manifest.json").exists() else {}
