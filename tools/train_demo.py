@@ -30,7 +30,7 @@ SHA-256>.pth``. Update ``vsedvr/zoo/registry.py`` when the name changes.
 
 Usage::
 
-    .venv/bin/python tools/train_demo.py          # the shipped model (3500 steps, about 40 minutes)
+    .venv/bin/python tools/train_demo.py          # the shipped model (3500 steps, about 45 minutes)
     .venv/bin/python tools/train_demo.py --steps 20 --out-dir /tmp/smoke   # smoke run
 """
 from __future__ import annotations
