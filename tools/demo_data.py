@@ -409,8 +409,9 @@ def mix_colours(canvas: Tensor, rng: np.random.Generator) -> Tensor:
     sum_k |w_ck| = 1 and b_c = sum of the negative weights' magnitudes, so [0, 1] maps into [0, 1].
 
     Detail that the content has in brightness becomes detail in colour (hue against hue at
-    equal brightness, as in saturated graphics); without it, photographs teach the network
-    that colour is smooth, and it blurs fine colour detail below bicubic.
+    equal brightness, as in saturated graphics). Meant against the network restoring brightness
+    only; in a 3500-step run at 50 % it did not change that (docs/demo-model.md), so the
+    shipped run does not use it.
     """
     wts = rng.standard_normal((3, 3)).astype(np.float32)
     wts /= np.abs(wts).sum(1, keepdims=True) + 1e-6

@@ -445,11 +445,7 @@ def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
-def mse(pred: Tensor, target: Tensor) -> Tensor:
-    return F.mse_loss(pred, target)
-
-
-LOSSES = {"charbonnier": charbonnier, "mse": mse}
+LOSSES = {"charbonnier": charbonnier, "mse": F.mse_loss}
 LOSS_TEXT = {"charbonnier": "charbonnier eps=1e-3 (sqrt(d^2+1e-6)), mean", "mse": "mean squared error"}
 
 
