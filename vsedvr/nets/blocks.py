@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 from .deform import deform_conv3x3
+from .stable import StableConv2d
 
 _KERNEL_TAPS = 9  # every deformable conv in EDVR is 3x3
 
@@ -20,8 +21,8 @@ class ResidualBlockNoBN(nn.Module):
 
     def __init__(self, num_feat: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv1 = StableConv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv2 = StableConv2d(num_feat, num_feat, 3, 1, 1)
         self.relu = nn.ReLU(inplace=True)
         # Small residual branches keep a deep untrained stack near identity.
         with torch.no_grad():
@@ -82,7 +83,7 @@ class DCNPack(nn.Module):
         self.deformable_groups = deformable_groups
         self.weight = nn.Parameter(torch.empty(num_feat, num_feat, 3, 3))
         self.bias = nn.Parameter(torch.zeros(num_feat))
-        self.conv_offset = nn.Conv2d(num_feat, 3 * deformable_groups * _KERNEL_TAPS, 3, 1, 1)
+        self.conv_offset = StableConv2d(num_feat, 3 * deformable_groups * _KERNEL_TAPS, 3, 1, 1)
         bound = 1.0 / math.sqrt(num_feat * _KERNEL_TAPS)
         nn.init.uniform_(self.weight, -bound, bound)
         # Zero offsets and a constant mask at start: the pack begins as a plain conv.

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
+from .stable import MIN_STABLE_PIXELS, stable_addmm
+
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "deform_conv3x3", "fast_path", "modulated_deform_conv3x3", "use_fast_path"]
 
 _TAPS = 9
@@ -213,7 +215,9 @@ def modulated_deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, wei
         # (C_out, K) @ (K, pixels), written straight into the output rows.
         cols_t = cols.view((r1 - r0) * width, -1).t()
         target = out[i, :, r0 * width:r1 * width]
-        if bias_col is None:
+        if cols_t.shape[1] < MIN_STABLE_PIXELS and device.type == "cpu":  # see nets/stable.py
+            target.copy_(stable_addmm(bias_col, w_rows, cols_t))
+        elif bias_col is None:
             torch.mm(w_rows, cols_t, out=target)
         else:
             torch.addmm(bias_col, w_rows, cols_t, out=target)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import DCNPack, ResidualBlockNoBN, make_layer
+from .stable import StableConv2d, channel_dot, stable_sigmoid, upsample_bilinear
 
 FrameFeatures = tuple[Tensor, Tensor, Tensor]
 """Pyramid of one frame: L1 (N, C, h, w), L2 (N, C, h/2, w/2), L3 (N, C, h/4, w/4)."""
@@ -29,15 +30,15 @@ def _lrelu(x: Tensor) -> Tensor:
 
 def _up2(x: Tensor) -> Tensor:
     """Bilinear x2 upsampling, align_corners=False."""
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    return upsample_bilinear(x, 2)
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, stride, 1)
+    return StableConv2d(in_ch, out_ch, 3, stride, 1)
 
 
 def _conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 1)
+    return StableConv2d(in_ch, out_ch, 1)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -180,8 +181,8 @@ class TSAFusion(nn.Module):
         # Temporal attention: per-pixel similarity of every frame to the centre frame.
         embedding_ref = self.temporal_attn1(aligned[:, self.center_frame_idx])
         embedding = self.temporal_attn2(aligned.reshape(n * t, c, h, w)).view(n, t, c, h, w)
-        similarity = (embedding * embedding_ref.unsqueeze(1)).sum(dim=2)  # (N, T, h, w)
-        correlation = torch.sigmoid(similarity)
+        similarity = channel_dot(embedding, embedding_ref.unsqueeze(1), dim=2)  # (N, T, h, w)
+        correlation = stable_sigmoid(similarity)
         weighted = (aligned * correlation.unsqueeze(2)).view(n, t * c, h, w)
 
         feat = _lrelu(self.feat_fusion(weighted))
@@ -196,7 +197,7 @@ class TSAFusion(nn.Module):
         attn = _up2(_lrelu(self.spatial_attn4(attn)))
         attn = self.spatial_attn5(attn)
         attn_add = self.spatial_attn_add2(_lrelu(self.spatial_attn_add1(attn)))
-        return feat * torch.sigmoid(attn) * 2 + attn_add
+        return feat * stable_sigmoid(attn) * 2 + attn_add
 
 
 class PredeblurModule(nn.Module):
@@ -410,7 +411,7 @@ class EDVR(nn.Module):
         if self.hr_in:
             base = center_frame
         else:
-            base = F.interpolate(center_frame, scale_factor=4, mode="bilinear", align_corners=False)
+            base = upsample_bilinear(center_frame, 4)
         return out + base
 
     def forward(self, x: Tensor) -> Tensor:
