@@ -72,7 +72,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "edvrl": dict(num_feat=128, num_reconstruct_block=40),
 }
 VARIANTS = ("a_vspipe", "a_python", "b_naive", "c_modify")
-OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile", "a_globalthreads")
+OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile", "a_globalthreads", "a_cudnnsearch")
+#: The variants that time core.edvr.Restore through Python's frames()
+RESTORE_VARIANTS = ("a_python", "a_compile", "a_globalthreads", "a_cudnnsearch")
 LABELS = {
     "a_vspipe": "a  vsedvr Restore, vspipe",
     "a_python": "a  vsedvr Restore, Python frames()",
@@ -81,6 +83,7 @@ LABELS = {
     "c_fastdcn": "c' ModifyFrame + get_frame + lock, fast DCN",
     "a_compile": "a' vsedvr Restore(compile=True), Python frames()",
     "a_globalthreads": "a' vsedvr Restore, former global set_num_threads(1) in the DCN",
+    "a_cudnnsearch": "a'' vsedvr Restore with cuDNN's per-shape search (cudnn.benchmark, not deterministic)",
 }
 NUM_FRAMES_T = 5  # every benchmarked model has 5-frame windows, centre 2
 
@@ -251,14 +254,14 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(setup.threads)
-    if setup.device == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the engine sets it: the same for every variant
+    if variant == "a_cudnnsearch":  # what the engine did before its algorithms were made deterministic
+        torch.backends.cudnn.benchmark = True
     frames = make_frames(setup.count, setup.height, setup.width)
     start = time.perf_counter()
     compiled = variant == "a_compile"
     if variant == "a_globalthreads":
         _use_global_band_threads()
-    if variant in ("a_python", "a_compile", "a_globalthreads"):
+    if variant in RESTORE_VARIANTS:
         from vapoursynth import core
 
         clip = source_clip(frames)
@@ -294,7 +297,7 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     timed = setup.count - 1 if compiled else setup.count
     return dict(seconds=seconds, frames_timed=timed, load_seconds=load,
                 first_frame_seconds=first if compiled else None,
-                seconds_after_first=after_first if variant in ("a_python", "a_compile", "a_globalthreads") else None,
+                seconds_after_first=after_first if variant in RESTORE_VARIANTS else None,
                 peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF), peak_vram_mib=vram)
 
 
@@ -659,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                                load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
             ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
                       for a in ("a_vspipe", "a_python", "a_compile")
-                      for b in ("b_naive", "c_modify", "c_fastdcn", "a_python", "a_globalthreads")
+                      for b in ("b_naive", "c_modify", "c_fastdcn", "a_python", "a_globalthreads", "a_cudnnsearch")
                       if a in rows and b in rows and a != b}
             if "a_compile" in rows and "a_python" in rows:  # both without their first frame
                 ratios["a_compile/a_python"] = (statistics.median(r["seconds_after_first"] for r in runs["a_python"])

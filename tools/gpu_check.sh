@@ -6,31 +6,47 @@
 #                                       (VapourSynth R81, vsutil, vsedvr with its plugin)
 #   bash tools/gpu_check.sh plan        here: the steps, their time limits and the files, nothing run
 #   bash tools/gpu_check.sh run         there, through the device tool:
-#                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=540)
+#                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=420)
+#
+# GPU_CHECK_CPU=1 runs the same steps here on the CPU with tiny sizes and this checkout's .venv
+# (no install: the .whl set is only checked), so that `prepare` and `run` are exercised end to end by
+# `make test` before a GPU machine ever runs them (tests/test_gpu_check.py).
 #
 # The machine it is written for returns at most 8 files from $OUT and runs one command for at most
-# 600 s, out of about 15 minutes of device time in all (its start included). So `run` works to a
-# budget of BUDGET seconds from its start, installs included: each step gets at most its own limit
-# and never more than what is left, the most important first (tests/test_cuda.py, EDVR-M fp16 at
-# 180x320 and 540x960 against naive fp32, the precision table); torch.compile last and optional
-# (GPU_CHECK_COMPILE=0 skips it). It leaves 7 files in $OUT, numbered in that order; what a killed
-# run has written comes back all the same. vspipe is not used there (the a variant is timed through
-# Python's frames(), which measured within 2% of vspipe on the CPU).
+# 600 s, out of about 15 minutes of device time in all (its start included, a minute or more). So
+# `run` works to a budget of BUDGET seconds from its start, installs included, leaving time for a
+# second try: each step gets at most its own limit and never more than what is left, the most
+# important first; torch.compile last and optional (GPU_CHECK_COMPILE=0 skips it). Each pytest test
+# has its own timeout, so a stuck test prints its traceback instead of eating the step. It leaves 7
+# files in $OUT, numbered in that order; what a killed run has written comes back all the same.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BUDGET=480
-INSTALL_LIMIT=40
-# NAME|LIMIT (s)|OUTPUT|COMMAND (run with "$OUT" and the bench prefix expanded)
-BENCH='python3 bench/bench_restore.py --device cuda --precision fp16 --models edvrm'
+BUDGET=300
+INSTALL_LIMIT=30
+CPU_MODE=${GPU_CHECK_CPU:-0}
+if [ "$CPU_MODE" = 1 ]; then
+    PY=.venv/bin/python DEVICE=cpu PRECISION=fp32 SMALL=32x48 LARGE=48x64 FRAMES=5 LARGE_FRAMES=5
+    PRECISION_CHECK="--models edvr_demo --size 16x16"  # half precision on the CPU is slow
+    VERSION_TESTS=tests/test_memory_plan.py
+else
+    PY=python3 DEVICE=cuda PRECISION=fp16 SMALL=180x320 LARGE=540x960 FRAMES=30 LARGE_FRAMES=20
+    PRECISION_CHECK="--size 180x320"
+    # the CPU tests of the network and the CUDA path's logic, on the GPU machine's older torch
+    VERSION_TESTS="tests/test_network.py tests/test_memory_plan.py tests/test_cuda_path.py"
+fi
+PYTEST="$PY -P -m pytest -v --tb=short -p no:cacheprovider -rs --timeout=100"
+BENCH="$PY bench/bench_restore.py --device $DEVICE --precision $PRECISION --models edvrm --no-micro"
+# NAME|LIMIT (s)|OUTPUT|COMMAND (run with "$OUT" expanded)
 STEPS=(
-    "test_cuda|170|02-test_cuda.log|python3 -P -m pytest -q -p no:cacheprovider -rs --durations=8 tests/test_cuda.py"
-    "bench_180x320|60|07-steps.log|$BENCH --size 180x320 --frames 30 --variants a_python,b_naive,c_modify --json \$OUT/03-bench_180x320.json"
-    "bench_540x960|80|07-steps.log|$BENCH --size 540x960 --frames 20 --variants a_python,b_naive --json \$OUT/04-bench_540x960.json"
-    "precision|40|05-precision.log|python3 bench/precision_error.py --device cuda --size 180x320"
-    "bench_compile|90|07-steps.log|$BENCH --size 180x320 --frames 30 --variants a_python,a_compile --json \$OUT/06-bench_compile.json"
+    "test_cuda|110|02-test_cuda.log|$PYTEST --durations=8 tests/test_cuda.py"
+    "torch_versions|30|07-steps.log|$PYTEST -q --timeout=60 $VERSION_TESTS"
+    "bench_small|35|07-steps.log|$BENCH --size $SMALL --frames $FRAMES --variants a_python,a_cudnnsearch,b_naive,c_modify --json \$OUT/03-bench_small.json"
+    "bench_large|45|07-steps.log|$BENCH --size $LARGE --frames $LARGE_FRAMES --variants a_python,a_cudnnsearch,b_naive --json \$OUT/04-bench_large.json"
+    "precision|20|05-precision.log|$PY bench/precision_error.py --device $DEVICE $PRECISION_CHECK"
+    "bench_compile|30|07-steps.log|$BENCH --size $SMALL --frames $FRAMES --variants a_python,a_compile --json \$OUT/06-bench_compile.json"
 )
-FILES=(01-summary.txt 02-test_cuda.log 03-bench_180x320.json 04-bench_540x960.json 05-precision.log
+FILES=(01-summary.txt 02-test_cuda.log 03-bench_small.json 04-bench_large.json 05-precision.log
        06-bench_compile.json 07-steps.log)
 
 plan() {
@@ -57,9 +73,21 @@ prepare() {
     rm -rf .whl && mkdir .whl
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl vapoursynth==81 vsutil
+        -d .whl vapoursynth==81 vsutil pytest-timeout
     "$python" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
     ls -l .whl
+}
+
+check_wheels() {
+    # what the install step relies on: VapourSynth's core, vsedvr's plugin beside it, the test plugin
+    local wheel
+    for wheel in 'vapoursynth-81-*.whl' 'vsedvr-*.whl' 'vsutil-*.whl' 'pytest_timeout-*.whl'; do
+        compgen -G ".whl/$wheel" > /dev/null || { echo "missing .whl/$wheel: run prepare"; return 1; }
+    done
+    "$PY" -m zipfile -l .whl/vsedvr-*.whl | grep 'vapoursynth/plugins/libvsedvr' > /dev/null \
+        || { echo "the vsedvr wheel holds no plugin"; return 1; }
+    "$PY" -m zipfile -l .whl/vapoursynth-81-*.whl | grep 'vapoursynth/libvapoursynth' > /dev/null \
+        || { echo "the vapoursynth wheel holds no core"; return 1; }
 }
 
 run() {
@@ -67,12 +95,18 @@ run() {
     mkdir -p "$OUT"
     local start=$SECONDS summary="$OUT/01-summary.txt" entry name limit output command left
     export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 OUT
-    # one pip call, so that vsedvr's vapoursynth/plugins/ lands inside VapourSynth's own folder
-    timeout "$INSTALL_LIMIT" python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl >> "$summary" 2>&1 || { echo "install failed" | tee -a "$summary"; exit 1; }
-    export PYTHONPATH=/tmp/site
-    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv >> "$summary" 2>&1
-    python3 -c "import torch, torchvision, vapoursynth as vs; print('torch', torch.__version__, \
+    check_wheels >> "$summary" 2>&1 || { echo "wheels incomplete" | tee -a "$summary"; exit 1; }
+    if [ "$CPU_MODE" = 1 ]; then
+        echo "CPU mode: $PY, no install, tiny sizes" >> "$summary"
+    else
+        # one pip call, so that vsedvr's vapoursynth/plugins/ lands inside VapourSynth's own folder
+        timeout "$INSTALL_LIMIT" python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+            --upgrade --target /tmp/site .whl/*.whl >> "$summary" 2>&1 \
+            || { echo "install failed" | tee -a "$summary"; exit 1; }
+        export PYTHONPATH=/tmp/site
+        nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv >> "$summary" 2>&1
+    fi
+    "$PY" -c "import torch, torchvision, vapoursynth as vs; print('torch', torch.__version__, \
 'torchvision', torchvision.__version__, 'VapourSynth', vs.core.core_version.release_major, vs.core.edvr)" \
         >> "$summary" 2>&1 || { echo "imports failed" | tee -a "$summary"; exit 1; }
     for entry in "${STEPS[@]}"; do
@@ -81,7 +115,7 @@ run() {
         if [ "$name" = bench_compile ] && [ "${GPU_CHECK_COMPILE:-1}" = 0 ]; then
             echo "=== $name: skipped (GPU_CHECK_COMPILE=0)" | tee -a "$summary"; continue
         fi
-        if [ "$left" -lt 15 ]; then
+        if [ "$left" -lt 10 ]; then
             echo "=== $name: skipped (${left}s of the budget left)" | tee -a "$summary"; continue
         fi
         [ "$limit" -gt "$left" ] && limit=$left

@@ -342,8 +342,9 @@ class WindowEngine:
         if device.type == "cuda":
             with torch.cuda.device(device):
                 self._upload, self._download = torch.cuda.Stream(), torch.cuda.Stream()
-            # the shapes are fixed per filter, so cuDNN's per-shape algorithm search pays off at once
-            torch.backends.cudnn.benchmark = True
+        # cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) is left as the process has
+        # it: it is process-wide (every PyTorch filter of the script) and each process may time its way
+        # to other algorithms, other rounding: frames would differ between vspipe runs (docs/cuda.md)
 
     def _set_tiles(self, tile: tuple[int, int] | None, cached_windows: int = 2) -> None:
         """Plans the tiles; the cache keeps ``cached_windows`` windows of every tile, or with 0 the
