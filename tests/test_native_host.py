@@ -131,11 +131,33 @@ def test_exit_waits_once_for_all_restores(vsscript_host: Path, tmp_path: Path, v
         assert host.stdout.readline().startswith("requested"), host.stderr.read()
         assert host.stdout.readline() == "exiting\n", host.stderr.read()
         started = time.monotonic()
-        stdout, stderr = host.communicate(timeout=120)
+        _, stderr = host.communicate(timeout=120)
         took = time.monotonic() - started
     finally:
         host.kill()
     assert "a frame is stuck" in stderr, "the frame did not get stuck before the exit: " + stderr
+    assert host.returncode == 0, (host.returncode, stderr[-2000:])
+    assert took < 15, f"exit took {took:.1f} s after main returned"
+
+
+def test_host_that_frees_its_core_at_exit_still_exits_within_the_bound(vsscript_host: Path, tmp_path: Path,
+                                                                       vs_env: dict[str, str]) -> None:
+    """An atexit handler of the host frees the core after the plugin's exit guard has run: the core
+    waits for its worker threads, and those with a frame stopped at exit are parked for good. At
+    the bound the parked thread ends the process with exit()'s status instead of a hang."""
+    script = _script(tmp_path, "free.vpy", """\
+        clips.moving_pattern(96, 64, 30).edvr.Restore(model="edvr_demo", device="cpu").set_output()
+        """)
+    host = subprocess.Popen([str(vsscript_host), "exit-free", str(script), "8", "1500"], env=vs_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout.readline().startswith("requested"), host.stderr.read()
+        assert host.stdout.readline() == "exiting\n", host.stderr.read()
+        started = time.monotonic()
+        _, stderr = host.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        host.kill()
     assert host.returncode == 0, (host.returncode, stderr[-2000:])
     assert took < 15, f"exit took {took:.1f} s after main returned"
 

@@ -5,7 +5,9 @@
    host exit SCRIPT N [MS]    requests frames 0..N-1, waits MS ms (200 unless given), prints "exiting" and
                               returns from main while they are in flight (nothing freed: a host that
                               just quits)
-   host exit-thread SCRIPT N  the same, but another thread calls exit(0)
+   host exit-thread SCRIPT N [MS]  the same, but another thread calls exit(0)
+   host exit-free SCRIPT N [MS]  the same as exit, but an atexit handler registered first (so run last)
+                              frees the script and its core: the core waits for its worker threads
    host close SCRIPT N MS     closes as vsedit does during playback: N frames in flight, the next one
                               requested as each arrives; after MS ms the frames in flight are marked
                               discarded, the receiver is deleted although they are still in process
@@ -77,6 +79,15 @@ static void *exitNow(void *arg) {
     exit(0);
 }
 
+static const VSSCRIPTAPI *vssapi;
+static VSScript *script;
+static VSNode *outputNode;
+
+static void freeAtExit(void) {
+    vsapi->freeNode(outputNode);
+    vssapi->freeScript(script);
+}
+
 static pthread_mutex_t logMutex = PTHREAD_MUTEX_INITIALIZER;
 static int messages;
 static char logged[64][1024];
@@ -121,11 +132,11 @@ static int writeFrame(const VSFrame *f) {
 
 int main(int argc, char **argv) {
     int closing = argc > 1 && !strcmp(argv[1], "close");
-    if (closing ? argc != 5 : argc != 4 && !(argc == 5 && !strcmp(argv[1], "exit")))
+    if (closing ? argc != 5 : argc != 4 && !(argc == 5 && !strncmp(argv[1], "exit", 4)))
         return 2;
     const char *mode = argv[1], *path = argv[2];
     int frames = atoi(argv[3]);
-    const VSSCRIPTAPI *vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
+    vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
     if (!vssapi) {
         printf("no VSScript (is Python configured? vapoursynth config)\n");
         return 3;
@@ -133,18 +144,20 @@ int main(int argc, char **argv) {
     vsapi = vssapi->getVSAPI(VAPOURSYNTH_API_VERSION);
     VSCore *core = vsapi->createCore(0);
     vsapi->addLogHandler(onLog, NULL, NULL, core);
-    VSScript *script = vssapi->createScript(core);
+    if (!strcmp(mode, "exit-free"))
+        atexit(freeAtExit);
+    script = vssapi->createScript(core);
     if (vssapi->evaluateFile(script, path)) {
         printf("script error: %s\n", vssapi->getError(script));
         vssapi->freeScript(script);
         return 1;
     }
-    VSNode *node = vssapi->getOutputNode(script, 0);
+    VSNode *node = outputNode = vssapi->getOutputNode(script, 0);
     if (!node) {
         printf("no output 0\n");
         return 1;
     }
-    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread")) {
+    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread") || !strcmp(mode, "exit-free")) {
         for (int n = 0; n < frames; n++)
             vsapi->getFrameAsync(n, node, dropFrame, NULL);
         printf("requested %d\n", frames);
@@ -158,7 +171,7 @@ int main(int argc, char **argv) {
             for (;;)
                 pause();
         }
-        return 0; /* node, script and core never freed: a host that just quits */
+        return 0; /* node, script and core not freed here: a host that just quits */
     }
     if (closing) {
         Receiver *r = calloc(1, sizeof *r);
