@@ -229,7 +229,7 @@ static pthread_cond_t exitIdle;   /* signalled when a frame leaves Python after 
 static pthread_cond_t exitStatusKnown; /* signalled when exit()'s status becomes known */
 static volatile int exiting;      /* read by the Python side through its address */
 static struct timespec exitDeadline; /* set when `exiting` is: the one bound for the whole exit */
-static int exitStatus = -1;       /* exit()'s status once an on_exit handler has seen it */
+static int exitStatus, exitStatusSeen; /* exit()'s status, once an on_exit handler has seen it */
 static int framesInPython;
 static _Thread_local int inPythonHere; /* this thread is inside runPython (exit() called from a frame) */
 
@@ -256,12 +256,13 @@ static void startExiting(void) {
     exitDeadline.tv_sec += EXIT_WAIT_SECONDS;
 }
 
-/* The exit handler; status < 0 where exit()'s status is not known. */
-static void finishAtExit(int status) {
+/* The exit handler; known: whether status is exit()'s status. */
+static void finishAtExit(int status, int known) {
     pthread_mutex_lock(&exitMutex);
     startExiting();
-    if (status >= 0 && exitStatus < 0) {
+    if (known && !exitStatusSeen) {
         exitStatus = status;
+        exitStatusSeen = 1;
         pthread_cond_broadcast(&exitStatusKnown);
     }
     int pythonGone = !py.ok || !py.IsInitialized() || py.IsFinalizing();
@@ -270,7 +271,7 @@ static void finishAtExit(int status) {
             break;
     int frameStuck = !pythonGone && framesInPython > inPythonHere;
     pthread_mutex_unlock(&exitMutex);
-    if (frameStuck && status >= 0) {
+    if (frameStuck && known) {
         fflush(NULL);
         _exit(status);
     }
@@ -286,18 +287,18 @@ static void parkIfExiting(void) {
     int late = 0;
     while (!late)
         late = pthread_cond_timedwait(&exitStatusKnown, &exitMutex, &exitDeadline) == ETIMEDOUT;
-    while (exitStatus < 0)
+    while (!exitStatusSeen)
         pthread_cond_wait(&exitStatusKnown, &exitMutex);
     _exit(exitStatus); /* the process outlived the bound: its teardown waits, maybe for this thread */
 }
 
 static void finishAtExitWithStatus(int status, void *unused) {
     (void)unused;
-    finishAtExit(status);
+    finishAtExit(status, 1);
 }
 
 static void finishAtExitWithoutStatus(void) {
-    finishAtExit(-1);
+    finishAtExit(0, 0);
 }
 
 /* glibc's (and libstdc++'s) registration of a thread_local destructor; exit() runs the calling
@@ -311,7 +312,7 @@ static int onMainThread(void) {
 
 static void finishAtThreadExit(void *unused) {
     (void)unused;
-    finishAtExit(-1);
+    finishAtExit(0, 0);
 }
 
 /* Registers finishAtExit (again): see above for why more than once. Running it twice is harmless. */
