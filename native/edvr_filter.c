@@ -8,7 +8,7 @@
  * in the host process, so one build serves every Python 3 version, and in a host without Python
  * Restore fails with a clear error instead of the plugin failing to load.
  */
-#define _GNU_SOURCE /* clock_gettime, pthread_condattr_setclock, syscall under -std=c11 */
+#define _GNU_SOURCE /* clock_gettime, pthread_condattr_setclock, syscall, dladdr, RTLD_NODELETE, on_exit */
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
@@ -26,7 +26,7 @@
 
 #define FILTER_NAME "Restore"
 #define MAX_FRAMES 15 /* longest temporal window accepted from the Python side */
-#define EXIT_WAIT_SECONDS 10 /* longest wait at process exit for frames being computed */
+#define EXIT_WAIT_SECONDS 10 /* longest wait, in all, at process exit for frames being computed */
 
 /* ---------------------------------------------------------------- Python, reached at run time */
 
@@ -202,41 +202,103 @@ process's first frame. What a frame uses for the first time (each of PyTorch's P
 builds its argument parser at its first call) would still register later; so, on the main thread
 (the one that returns from main), it is also a thread_local destructor, which exit() runs before
 every atexit handler. The handler
- - sets `exiting`: no new frame enters Python (it fails with a frame error), and the Python side
-   reads the same flag (vsfilter.watch_native_exit) and stops a running frame at its next
-   feature encoding, as it does after Python's own atexit;
- - waits, for at most EXIT_WAIT_SECONDS, until no frame is inside Python. It holds no lock and
-   not the GIL while waiting (a running frame needs the GIL to finish). Bounded, because the
-   exit must never hang: a frame that takes longer (or a thread blocked forever) is left to
-   whatever the teardown does to it.
+ - sets `exiting`: no new frame enters Python, and the Python side reads the same flag
+   (vsfilter.watch_native_exit) and stops a running frame at its next feature encoding, as it
+   does after Python's own atexit;
+ - waits until no frame is inside Python, holding no lock and not the GIL (a running frame needs
+   the GIL to finish). One deadline for the whole process, EXIT_WAIT_SECONDS after the first
+   handler started, however many times the handler is registered and runs;
+ - if a frame is still inside Python at the deadline, ends the process there with exit()'s
+   status (_exit: the teardown would run under that frame). The exit never hangs and never
+   tears PyTorch down under a frame.
+A frame stopped at exit is never handed back to the core: its thread parks (parkIfExiting) until
+the process is gone. The host may have deleted the receiver of its frames already (vsedit deletes
+its script processor with frames in process, then returns from main): a frame or an error
+returned to the core then calls the host's callback on a deleted object. Should the teardown
+still be running at the deadline (a host waiting for those threads at exit), a parked thread ends
+the process with exit()'s status.
+exit()'s status is known to on_exit handlers (glibc) only; without it (the thread_local hook, other
+C libraries) nothing is ended early, and a parked thread parks for good. on_exit handlers are not
+removed when their library is unloaded, so the plugin pins itself in the process first.
 Where Python itself is finalising or finalised (a plain Python script), its atexit guard has
-already stopped the frames, and threads may be parked forever on the GIL: no wait there. */
+already stopped the frames, and threads may be parked forever on the GIL: no wait there.
+Everything that touches threads or process exit is in this section. */
 
 static pthread_mutex_t exitMutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t exitIdle; /* signalled when the last frame leaves Python after `exiting` */
-static volatile int exiting;     /* read by the Python side through its address */
+static pthread_cond_t exitIdle;   /* signalled when a frame leaves Python after `exiting` */
+static pthread_cond_t exitStatusKnown; /* signalled when exit()'s status becomes known */
+static volatile int exiting;      /* read by the Python side through its address */
+static struct timespec exitDeadline; /* set when `exiting` is: the one bound for the whole exit */
+static int exitStatus, exitStatusSeen; /* exit()'s status, once an on_exit handler has seen it */
 static int framesInPython;
 static _Thread_local int inPythonHere; /* this thread is inside runPython (exit() called from a frame) */
+
+static int exitHandlerPinned; /* the library cannot be unloaded: on_exit is safe */
 
 static void exitGuardInit(void) {
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&exitIdle, &attr);
+    pthread_cond_init(&exitStatusKnown, &attr);
     pthread_condattr_destroy(&attr);
+    Dl_info self;
+    if (dladdr((void *)exitGuardInit, &self) && self.dli_fname)
+        exitHandlerPinned = dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) != NULL;
 }
 
-static void finishAtExit(void) {
-    pthread_mutex_lock(&exitMutex);
+/* Under exitMutex: sets `exiting` and the deadline, the first time. */
+static void startExiting(void) {
+    if (exiting)
+        return;
     exiting = 1;
+    clock_gettime(CLOCK_MONOTONIC, &exitDeadline);
+    exitDeadline.tv_sec += EXIT_WAIT_SECONDS;
+}
+
+/* The exit handler; known: whether status is exit()'s status. */
+static void finishAtExit(int status, int known) {
+    pthread_mutex_lock(&exitMutex);
+    startExiting();
+    if (known && !exitStatusSeen) {
+        exitStatus = status;
+        exitStatusSeen = 1;
+        pthread_cond_broadcast(&exitStatusKnown);
+    }
     int pythonGone = !py.ok || !py.IsInitialized() || py.IsFinalizing();
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += EXIT_WAIT_SECONDS;
     while (!pythonGone && framesInPython > inPythonHere)
-        if (pthread_cond_timedwait(&exitIdle, &exitMutex, &deadline) == ETIMEDOUT)
+        if (pthread_cond_timedwait(&exitIdle, &exitMutex, &exitDeadline) == ETIMEDOUT)
             break;
+    int frameStuck = !pythonGone && framesInPython > inPythonHere;
     pthread_mutex_unlock(&exitMutex);
+    if (frameStuck && known) {
+        fflush(NULL);
+        _exit(status);
+    }
+}
+
+/* Never returns once the process is exiting (see above). */
+static void parkIfExiting(void) {
+    pthread_mutex_lock(&exitMutex);
+    if (!exiting) {
+        pthread_mutex_unlock(&exitMutex);
+        return;
+    }
+    int late = 0;
+    while (!late)
+        late = pthread_cond_timedwait(&exitStatusKnown, &exitMutex, &exitDeadline) == ETIMEDOUT;
+    while (!exitStatusSeen)
+        pthread_cond_wait(&exitStatusKnown, &exitMutex);
+    _exit(exitStatus); /* the process outlived the bound: its teardown waits, maybe for this thread */
+}
+
+static void finishAtExitWithStatus(int status, void *unused) {
+    (void)unused;
+    finishAtExit(status, 1);
+}
+
+static void finishAtExitWithoutStatus(void) {
+    finishAtExit(0, 0);
 }
 
 /* glibc's (and libstdc++'s) registration of a thread_local destructor; exit() runs the calling
@@ -250,7 +312,7 @@ static int onMainThread(void) {
 
 static void finishAtThreadExit(void *unused) {
     (void)unused;
-    finishAtExit();
+    finishAtExit(0, 0);
 }
 
 /* Registers finishAtExit (again): see above for why more than once. Running it twice is harmless. */
@@ -258,7 +320,12 @@ static void guardExit(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     static _Thread_local int guardedHere;
     pthread_once(&once, exitGuardInit);
-    atexit(finishAtExit);
+#ifdef __GLIBC__
+    if (exitHandlerPinned)
+        on_exit(finishAtExitWithStatus, NULL);
+    else
+#endif
+        atexit(finishAtExitWithoutStatus);
     /* The thread that creates a Restore is the one that evaluates scripts: under VSScript usually
        the host's main thread, the one that returns from main. exit() runs its thread_local
        destructors first, before every atexit handler and static destructor, whenever they were
@@ -436,6 +503,7 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
                                             VSFrameContext *frameCtx, VSCore *core, const VSAPI *vsapi) {
     (void)frameData;
     RestoreData *d = (RestoreData *)instanceData;
+    parkIfExiting(); /* no frame, and no error, goes back to a host that is exiting */
     /* Frames up to t-1 away: reflection_circle reaches that far, and scene props are read there. */
     const int reach = d->t - 1;
     int lo = n - reach < 0 ? 0 : n - reach;
@@ -471,6 +539,7 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
     VSFrame *dst = vsapi->newVideoFrame(&d->vi.format, d->vi.width, d->vi.height, centre, core);
     char err[16384];
     int ok = runPython(d, n, window, frames, lo, dst, err, sizeof err, vsapi);
+    parkIfExiting(); /* the frame was stopped, or finished while the process began to exit */
     for (int k = lo; k <= hi; k++)
         vsapi->freeFrame(frames[k - lo]);
     if (!ok) {

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,90 @@ def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, 
         results.append(done.returncode)
     crashes = [f"signal {signal.Signals(-rc).name}" if rc < 0 else f"rc {rc}" for rc in results if rc != 0]
     assert not crashes, f"{len(crashes)} of {len(results)} runs: {crashes}"
+
+
+def _restores(count: int, length: int) -> str:
+    """Script lines: `count` edvr_demo Restores side by side as output 0."""
+    return textwrap.dedent(f"""\
+        restored = [clips.moving_pattern(48, 32, {length}, seed=k).edvr.Restore(model="edvr_demo", device="cpu")
+                    for k in range({count})]
+        vs.core.std.StackHorizontal(restored).set_output()
+        """)
+
+
+@pytest.mark.parametrize("restores", [1, 3])
+def test_vsedit_closed_during_playback_exits_cleanly(vsscript_host: Path, tmp_path: Path, vs_env: dict[str, str],
+                                                      restores: int) -> None:
+    """vsedit's own teardown: its finalize() gives up while frames are in process, the window
+    deletes the script processor (the frames' receiver) anyway, and main returns. No frame may
+    come back to the deleted receiver (vsedit: SIGSEGV in invokeMethod), and PyTorch must not be
+    torn down under a running frame. Closed at several moments of the playback."""
+    script = _script(tmp_path, "close.vpy", _restores(restores, 300))
+    outcomes = []
+    for delay_ms in (200, 1500, 4000):
+        done = subprocess.run([str(vsscript_host), "close", str(script), "4", str(delay_ms)], env=vs_env,
+                              capture_output=True, text=True, timeout=180)
+        assert "closed with" in done.stdout, done.stdout + done.stderr
+        if done.returncode != 0:
+            how = f"signal {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"rc {done.returncode}"
+            last_line = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+            outcomes.append(f"closed after {delay_ms} ms: {how}: {last_line}")
+    assert not outcomes, "\n".join(outcomes)
+
+
+def test_exit_waits_once_for_all_restores(vsscript_host: Path, tmp_path: Path, vs_env: dict[str, str]) -> None:
+    """A frame that does not stop holds the exit for the promised bound (10 s) once, not once per
+    Restore created plus twice (was 50 s with 3 Restores), and the exit status stays 0."""
+    script = _script(tmp_path, "stuck.vpy", _restores(3, 30) + textwrap.dedent("""\
+        import threading
+        import time
+        from vsedvr import engine
+
+        to_host, once = engine.WindowEngine._to_host, threading.Lock()
+
+        def stuck_once(self, *args, **kwargs):
+            if once.acquire(blocking=False):
+                print("a frame is stuck", file=sys.stderr, flush=True)
+                time.sleep(120)
+            return to_host(self, *args, **kwargs)
+
+        engine.WindowEngine._to_host = stuck_once
+        """))
+    host = subprocess.Popen([str(vsscript_host), "exit", str(script), "8", "5000"], env=vs_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout.readline().startswith("requested"), host.stderr.read()
+        assert host.stdout.readline() == "exiting\n", host.stderr.read()
+        started = time.monotonic()
+        _, stderr = host.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        host.kill()
+    assert "a frame is stuck" in stderr, "the frame did not get stuck before the exit: " + stderr
+    assert host.returncode == 0, (host.returncode, stderr[-2000:])
+    assert took < 15, f"exit took {took:.1f} s after main returned"
+
+
+def test_host_that_frees_its_core_at_exit_still_exits_within_the_bound(vsscript_host: Path, tmp_path: Path,
+                                                                       vs_env: dict[str, str]) -> None:
+    """An atexit handler of the host frees the core after the plugin's exit guard has run: the core
+    waits for its worker threads, and those with a frame stopped at exit are parked for good. At
+    the bound the parked thread ends the process with exit()'s status instead of a hang."""
+    script = _script(tmp_path, "free.vpy", """\
+        clips.moving_pattern(96, 64, 30).edvr.Restore(model="edvr_demo", device="cpu").set_output()
+        """)
+    host = subprocess.Popen([str(vsscript_host), "exit-free", str(script), "8", "1500"], env=vs_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout.readline().startswith("requested"), host.stderr.read()
+        assert host.stdout.readline() == "exiting\n", host.stderr.read()
+        started = time.monotonic()
+        _, stderr = host.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        host.kill()
+    assert host.returncode == 0, (host.returncode, stderr[-2000:])
+    assert took < 15, f"exit took {took:.1f} s after main returned"
 
 
 def test_two_restores_at_once_equal_one_after_the_other(vsscript_host: Path, tmp_path: Path,

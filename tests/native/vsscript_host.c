@@ -2,9 +2,18 @@
    libvsscript, which embeds Python and never finalises it, and asks for frames with
    getFrameAsync. Built and run by tests/test_native_host.py.
 
-   host exit SCRIPT N         requests frames 0..N-1, waits 0.2 s and returns from main while they are
-                              in flight (nothing freed: a host that just quits)
-   host exit-thread SCRIPT N  the same, but another thread calls exit(0)
+   host exit SCRIPT N [MS]    requests frames 0..N-1, waits MS ms (200 unless given), prints "exiting" and
+                              returns from main while they are in flight (nothing freed: a host that
+                              just quits)
+   host exit-thread SCRIPT N [MS]  the same, but another thread calls exit(0)
+   host exit-free SCRIPT N [MS]  the same as exit, but an atexit handler registered first (so run last)
+                              frees the script and its core: the core waits for its worker threads
+   host close SCRIPT N MS     closes as vsedit does during playback: N frames in flight, the next one
+                              requested as each arrives; after MS ms the frames in flight are marked
+                              discarded, the receiver is deleted although they are still in process
+                              (vsedit's finalize() returns early then, and its window deletes the
+                              script processor anyway), and main returns. A frame handed back after
+                              that reaches a deleted receiver: reported, then abort() (vsedit: SIGSEGV)
    host log SCRIPT N          renders frames 0..N-1 one by one, then prints the messages its log handler
                               received ("messages: K", then one per line)
    host frames SCRIPT N       renders frames 0..N-1 of outputs 0 and 1 together (all requests in flight
@@ -31,9 +40,52 @@ static void VS_CC dropFrame(void *userData, const VSFrame *f, int n, VSNode *nod
         vsapi->freeFrame(f);
 }
 
+/* vsedit's script processor, as far as frames reach it: what is in flight, and whether it is gone. */
+typedef struct {
+    VSNode *node;
+    int next, last;   /* the next frame to request, the clip's last */
+    int inFlight;
+    int discard;      /* vsedit's flushFrameTicketsQueue: frames still in process are discarded */
+} Receiver;
+
+static pthread_mutex_t receiverMutex = PTHREAD_MUTEX_INITIALIZER;
+static int receiverDeleted;
+
+/* vsedit's frameReady hands every frame, or error, to its processor (QMetaObject::invokeMethod). */
+static void VS_CC frameReady(void *userData, const VSFrame *f, int n, VSNode *node, const char *errorMsg) {
+    (void)node;
+    pthread_mutex_lock(&receiverMutex);
+    if (receiverDeleted) {
+        fprintf(stderr, "frame %d returned to the deleted receiver (%s)\n", n, f ? "a frame" : errorMsg);
+        abort();
+    }
+    Receiver *r = (Receiver *)userData;
+    r->inFlight--;
+    if (f)
+        vsapi->freeFrame(f);
+    int request = -1;
+    if (!r->discard && r->next <= r->last) { /* playback: the next frame */
+        r->inFlight++;
+        request = r->next++;
+    }
+    VSNode *source = r->node;
+    pthread_mutex_unlock(&receiverMutex);
+    if (request >= 0) /* outside the lock: the core may call back on this thread */
+        vsapi->getFrameAsync(request, source, frameReady, r);
+}
+
 static void *exitNow(void *arg) {
     (void)arg;
     exit(0);
+}
+
+static const VSSCRIPTAPI *vssapi;
+static VSScript *script;
+static VSNode *outputNode;
+
+static void freeAtExit(void) {
+    vsapi->freeNode(outputNode);
+    vssapi->freeScript(script);
 }
 
 static pthread_mutex_t logMutex = PTHREAD_MUTEX_INITIALIZER;
@@ -79,11 +131,12 @@ static int writeFrame(const VSFrame *f) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4)
+    int closing = argc > 1 && !strcmp(argv[1], "close");
+    if (closing ? argc != 5 : argc != 4 && !(argc == 5 && !strncmp(argv[1], "exit", 4)))
         return 2;
     const char *mode = argv[1], *path = argv[2];
     int frames = atoi(argv[3]);
-    const VSSCRIPTAPI *vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
+    vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
     if (!vssapi) {
         printf("no VSScript (is Python configured? vapoursynth config)\n");
         return 3;
@@ -91,30 +144,57 @@ int main(int argc, char **argv) {
     vsapi = vssapi->getVSAPI(VAPOURSYNTH_API_VERSION);
     VSCore *core = vsapi->createCore(0);
     vsapi->addLogHandler(onLog, NULL, NULL, core);
-    VSScript *script = vssapi->createScript(core);
+    if (!strcmp(mode, "exit-free"))
+        atexit(freeAtExit);
+    script = vssapi->createScript(core);
     if (vssapi->evaluateFile(script, path)) {
         printf("script error: %s\n", vssapi->getError(script));
         vssapi->freeScript(script);
         return 1;
     }
-    VSNode *node = vssapi->getOutputNode(script, 0);
+    VSNode *node = outputNode = vssapi->getOutputNode(script, 0);
     if (!node) {
         printf("no output 0\n");
         return 1;
     }
-    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread")) {
+    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread") || !strcmp(mode, "exit-free")) {
         for (int n = 0; n < frames; n++)
             vsapi->getFrameAsync(n, node, dropFrame, NULL);
         printf("requested %d\n", frames);
         fflush(stdout);
-        usleep(200 * 1000); /* the first frames are being computed now */
+        usleep((argc == 5 ? atoi(argv[4]) : 200) * 1000); /* the first frames are being computed now */
+        printf("exiting\n");
+        fflush(stdout);
         if (!strcmp(mode, "exit-thread")) {
             pthread_t t;
             pthread_create(&t, NULL, exitNow, NULL);
             for (;;)
                 pause();
         }
-        return 0; /* node, script and core never freed: a host that just quits */
+        return 0; /* node, script and core not freed here: a host that just quits */
+    }
+    if (closing) {
+        Receiver *r = calloc(1, sizeof *r);
+        r->node = node;
+        r->last = vsapi->getVideoInfo(node)->numFrames - 1;
+        for (int n = 0; n < frames && n <= r->last; n++) {
+            pthread_mutex_lock(&receiverMutex);
+            r->next = n + 1;
+            r->inFlight++;
+            pthread_mutex_unlock(&receiverMutex);
+            vsapi->getFrameAsync(n, node, frameReady, r);
+        }
+        printf("requested %d\n", frames);
+        fflush(stdout);
+        usleep(atoi(argv[4]) * 1000);
+        pthread_mutex_lock(&receiverMutex);
+        r->discard = 1;
+        printf("closed with %d in flight after %d requested\n", r->inFlight, r->next);
+        fflush(stdout);
+        receiverDeleted = 1;
+        free(r);
+        pthread_mutex_unlock(&receiverMutex);
+        return 0; /* script and core never freed: finalize() gave up while frames were in process */
     }
     int ok = 1;
     char error[1024];
