@@ -19,7 +19,7 @@ from . import log
 from .engine import PlaneViews, WindowEngine, watch_native_exit
 from .memory import NetworkSize, free_cuda_memory, plan_memory
 from .windows import PADDINGS
-from .zoo import MODELS, ModelError, load_model
+from .zoo import DEFAULT_MODEL, MODELS, ModelError, load_model
 
 __all__ = ["Restorer", "create", "trace", "watch_native_exit"]
 
@@ -141,7 +141,7 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     unknown = sorted(set(options) - set(PARAMETERS))
     if unknown:
         raise ArgumentError(f"unknown argument {unknown[0]!r}; Restore takes {', '.join(PARAMETERS)}")
-    model_name = _single(options, "model", "edvrm")
+    model_name = _single(options, "model", DEFAULT_MODEL)
     device = resolve_device(_single(options, "device", "auto"))
     padding = _single(options, "padding", None)
     if padding is not None and padding not in PADDINGS:
