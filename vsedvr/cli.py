@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "device=\"auto\"); default: every GPU nvidia-smi lists, else one CPU worker")
     g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="one Ray task per segment on the cluster at ADDRESS (HOST:PORT or auto); without "
-                        "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs vsedvr[ray]")
+                        "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs ray (pip install ray)")
     g.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
                    help="with --ray on a cluster without GPUs: CPUs (torch threads) per task (default 1)")
     g.add_argument("--retries", type=int, default=2, metavar="N",
