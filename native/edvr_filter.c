@@ -779,7 +779,7 @@ VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin *plugin, const VSPLUGINAPI
                          VS_MAKE_VERSION(VSEDVR_VERSION_MAJOR, VSEDVR_VERSION_MINOR), VAPOURSYNTH_API_VERSION, 0, plugin);
     vspapi->registerFunction(FILTER_NAME,
                              "clip:vnode;model:data:opt;device:data:opt;padding:data:opt;scenechange:int:opt;"
-                             "tile:int[]:opt;tile_overlap:int:opt;precision:data:opt;compile:int:opt;",
+                             "tile:float[]:opt;tile_overlap:float:opt;precision:data:opt;compile:int:opt;",
                              "clip:vnode;", restoreCreate, NULL, plugin);
     vspapi->registerFunction("Version", "", "version:data;path:data;paddings:data[];", versionCreate, plugin, plugin);
 }

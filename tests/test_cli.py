@@ -6,6 +6,7 @@ in a child Python that first adds test specs to MODELS.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -18,6 +19,8 @@ import pytest
 import vsedvr
 from loopback_server import Server
 from vsedvr import MODELS
+from vsedvr.cli import build_parser
+from vsedvr.zoo import DEFAULT_MODEL
 from vsedvr.cli import main
 
 VENV_BIN = Path(sys.executable).parent
@@ -67,7 +70,9 @@ def test_models_lists_the_zoo_and_what_is_cached(env: dict[str, str]) -> None:
     assert done.returncode == 0 and done.stderr == "", done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split()[:6] == ["NAME", "TASK", "SCALE", "FRAMES", "SIZE_MB", "CACHED"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    marked = [line.split()[0] for line in lines[1:] if line.split()[1] == "(default)"]
+    assert marked == [DEFAULT_MODEL]  # Restore's model when none is given, and only it
+    rows = {line.split()[0]: line.replace(" (default)", "").split() for line in lines[1:]}
     assert list(rows) == list(MODELS)
     assert rows["edvrm"][1:6] == ["sr", "x4", "5", "2.5", "yes"]
     assert rows["edvrl"][4:6] == ["-", "no"]
@@ -150,6 +155,38 @@ def test_info_shows_versions_and_the_plugin(env: dict[str, str]) -> None:
     assert info["torch"].startswith(torch.__version__)
     assert info["devices"].startswith("cpu")
     assert info["cache"].startswith(env["VSEDVR_HOME"])
+
+
+def test_info_exits_1_when_torch_is_not_usable(env: dict[str, str], tmp_path: Path) -> None:
+    """A broken PyTorch (here: a torch package whose import fails as a CUDA build's does without its
+    libraries) is reported, and the exit status says so to a script or CI."""
+    broken = tmp_path / "broken" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        'raise OSError("libtorch_cuda.so: cannot open shared object file: No such file or directory")\n')
+    done = cli(["info"], dict(env, PYTHONPATH=str(broken.parent)))
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "torch:" in done.stdout and "not usable: OSError: libtorch_cuda.so" in done.stdout
+    (line,) = error_lines(done.stderr)
+    assert "PyTorch cannot be imported" in line
+
+
+def test_help_examples_show_every_command() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shown = [line.split()[1] for line in parser.format_help().split("Examples:")[1].splitlines()
+             if line.startswith("  vsedvr ")]
+    assert sorted(set(shown)) == sorted(commands), shown
+
+
+@pytest.mark.parametrize("args", [["download", "EDVR-M"], ["download", "edvrm", "edvr_dmeo"], ["verify", "edvrl_wtsa"]])
+def test_misspelt_model_name_gets_did_you_mean(args: list[str], env: dict[str, str]) -> None:
+    expected = {"EDVR-M": "edvrm", "edvr_dmeo": "edvr_demo", "edvrl_wtsa": "edvrl_wotsa"}[args[-1]]
+    done = cli(args, env)
+    assert done.returncode == 2 and done.stdout == ""
+    last = done.stderr.splitlines()[-1]
+    assert f'unknown model {args[-1]!r}; Did you mean "{expected}"' in last, last
+    assert not Path(env["VSEDVR_HOME"]).exists()  # nothing fetched, no folder made
 
 
 def test_bad_usage_exits_2_as_a_subprocess(env: dict[str, str]) -> None:

@@ -4,7 +4,8 @@ Every call must either succeed (and then render a finite frame of the right size
 ``vs.Error`` that starts with ``Restore: `` and names the offending parameter. The only other
 exceptions allowed are the ``TypeError`` / ``ValueError`` / ``OverflowError`` that VapourSynth's
 own Python binding raises while converting a value to the registered type (``int`` for
-``scenechange``, ``tile``, ``tile_overlap``), before the plugin is called at all; the test checks
+``scenechange`` and ``compile``, ``float`` for ``tile`` and ``tile_overlap``: a fraction reaches the
+plugin and is refused by name), before the plugin is called at all; the test checks
 that such an exception comes from ``vapoursynth.pyx`` and not from vsedvr.
 
 The same property also runs in a child process, so that a crash (a signal, e.g. SIGSEGV) shows up

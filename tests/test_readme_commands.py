@@ -129,12 +129,12 @@ def probe(path: Path) -> tuple[str, int]:
     return stream, int(frames[-1])
 
 
-def check_video_outputs(cmd: Command) -> None:
-    """Every video file a command writes exists, plays (ffmpeg decodes it) and carries the colour
-    tags the command gives; ``vsedvr render`` writes lossless FFV1 in MKV."""
+def check_video_outputs(cmd: Command, where: Path = ROOT) -> None:
+    """Every video file a command (run in the folder ``where``) writes exists, plays (ffmpeg decodes
+    it) and carries the colour tags the command gives; ``vsedvr render`` writes lossless FFV1 in MKV."""
     rendered = re.match(r"vsedvr render .*?-o (\S+)", cmd.text)
     if rendered:
-        stream, frames = probe(ROOT / rendered.group(1))
+        stream, frames = probe(where / rendered.group(1))
         assert "ffv1" in stream and frames >= 1, stream
         if "examples/scene_aware.vpy" in cmd.text and "src=" not in cmd.text:
             assert frames == 12 and "384x256" in stream, stream  # its generated clip, 4x
@@ -143,11 +143,11 @@ def check_video_outputs(cmd: Command) -> None:
             continue
         written = VIDEO_OUT.search(segment.strip())
         assert written, f"{cmd.where}: which file does this ffmpeg write? {segment}"
-        stream, frames = probe(ROOT / written.group(1))
+        stream, frames = probe(where / written.group(1))
         assert frames >= 1
         if "bt709" in segment:
             assert "bt709" in stream and "unknown" not in stream, stream
-        if "src=demo-output/input.mp4" in cmd.text:
+        if "src=demo-output/input.mp4" in cmd.text or (where == ROOT / "demo-output" and "src=input.mp4" in cmd.text):
             assert frames == 24 and "384x256" in stream, stream
 
 
@@ -172,8 +172,33 @@ def test_readme_block_works_as_written(block: list[Command], demo: subprocess.Co
         return
     done = run_shell("\n".join(c.text for c in runnable), shell_env)
     assert done.returncode == 0, f"{block[0].where}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    where = ROOT
     for cmd in runnable:
-        check_video_outputs(cmd)
+        if cmd.text.startswith("cd "):  # the block's later commands run there
+            where = (where / cmd.text[3:].strip()).resolve()
+        check_video_outputs(cmd, where)
+
+
+def test_readme_runs_an_example_from_another_folder() -> None:
+    """README shows that the paths change with the folder (the generic test above runs the block)."""
+    moved = [b for b in README_BLOCKS if b[0].text.startswith("cd ") and not b[0].needs]
+    assert moved, "no README block runs an example from another folder"
+    assert any("../examples/" in c.text and c.text.startswith("vspipe") for b in moved for c in b)
+
+
+def test_default_model_offline_says_so_once_and_leaves_nothing(shell_env: dict[str, str], server: object,
+                                                               tmp_path: Path) -> None:
+    """README's commands for your own video, run as written offline (a loopback server refuses every
+    download): the download error is printed once, no ffmpeg error follows, the cache keeps nothing."""
+    block = next(b for b in README_BLOCKS if any("src=my-video.mkv" in c.text for c in b))
+    cache = tmp_path / "cache"
+    env = dict(shell_env, VSEDVR_HOME=str(cache), VSEDVR_BASE_URL=server.base + "/")  # type: ignore[attr-defined]
+    done = run_shell("\n".join(c.text for c in block), env)
+    assert done.returncode != 0
+    assert server.gets, "nothing was downloaded"  # type: ignore[attr-defined]
+    assert done.stderr.count("could not download model 'edvrm'") == 1, done.stderr
+    assert "Invalid data found" not in done.stderr, done.stderr
+    assert not cache.exists() or sorted(p.name for p in cache.iterdir()) == [], sorted(cache.iterdir())
 
 
 @pytest.mark.parametrize("cmd", EXAMPLES_ONLY, ids=[c.where for c in EXAMPLES_ONLY])

@@ -38,6 +38,39 @@ def plugin_path() -> Path | None:
     return None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _wrong_type(**arguments: object) -> str | None:
+    """What is wrong with the type of one of restore()'s arguments, or None.
+
+    ``core.edvr.Restore`` cannot say it: VapourSynth's binding converts a value to the registered
+    type before the plugin runs (``tile="big"`` raises int()'s ValueError, which names no parameter).
+    """
+    allowed = {
+        "device": ((str,), '"auto", "cpu", "cuda" or "cuda:N"'),
+        "padding": ((str, type(None)), "a padding name (str) or None"),
+        "precision": ((str, type(None)), '"auto", "fp32", "fp16", "bf16" or None'),
+        "scenechange": ((bool, int), "True or False"),
+        "compile": ((bool, int), "True or False"),
+    }
+    for name, (types, what) in allowed.items():
+        value = arguments[name]
+        if not isinstance(value, types) or (isinstance(value, int) and not isinstance(value, bool)
+                                            and value not in (0, 1)):
+            return f'"{name}" must be {what}, got {value!r} ({type(value).__name__})'
+    tile = arguments["tile"]
+    sizes = list(tile) if isinstance(tile, (list, tuple)) else [tile]
+    if tile is not None and not (1 <= len(sizes) <= 2 and all(_is_int(v) for v in sizes)):
+        return (f'"tile" must be one size or [width, height] in input pixels, whole numbers (int), '
+                f"got {tile!r} ({type(tile).__name__})")
+    overlap = arguments["tile_overlap"]
+    if overlap is not None and not _is_int(overlap):
+        return f'"tile_overlap" must be a whole number of input pixels (int), got {overlap!r} ({type(overlap).__name__})'
+    return None
+
+
 def restore(
     clip: vs.VideoNode,
     model: str | os.PathLike[str] = "edvrm",
@@ -86,6 +119,10 @@ def restore(
 
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f'edvr: "model" must be a zoo name or a checkpoint path, got {type(model).__name__}')
+    wrong = _wrong_type(device=device, padding=padding, scenechange=scenechange, tile=tile,
+                        tile_overlap=tile_overlap, precision=precision, compile=compile)
+    if wrong:
+        raise vs.Error(f"Restore: {wrong}")
     core = vs.core
     if not hasattr(core, "edvr"):
         path = plugin_path()

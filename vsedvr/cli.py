@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .zoo import MODELS, ModelError, ModelSpec, cache_dir, fetch, model_path
+from .zoo import DEFAULT_MODEL, MODELS, ModelError, ModelSpec, cache_dir, fetch, model_path
 from .zoo.cache import DEFAULT_TIMEOUT, sha256_file
+from .zoo.registry import did_you_mean
 
 __all__ = ["build_parser", "main"]
 
@@ -62,7 +63,7 @@ def _local_file(spec: ModelSpec) -> Path | None:
 def _specs(names: Sequence[str], parser: argparse.ArgumentParser) -> list[ModelSpec]:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
-        parser.error(f"unknown model {unknown[0]!r}; known models: {', '.join(MODELS)}")
+        parser.error(f"unknown model {unknown[0]!r};{did_you_mean(unknown[0])} known models: {', '.join(MODELS)}")
     return [MODELS[n] for n in dict.fromkeys(names)]  # keep order, drop repeats
 
 
@@ -73,7 +74,7 @@ def cmd_models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     rows = [("NAME", "TASK", "SCALE", "FRAMES", "SIZE_MB", "CACHED", "SOURCE")]
     for spec in MODELS.values():
         path = _local_file(spec)
-        rows.append((spec.name, spec.task, f"x{spec.scale}", str(spec.num_frames),
+        rows.append((spec.name + (" (default)" if spec.name == DEFAULT_MODEL else ""), spec.task, f"x{spec.scale}", str(spec.num_frames),
                      _mb(path.stat().st_size) if path else "-", "yes" if path else "no", _source_kind(spec)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -199,11 +200,14 @@ def _vapoursynth_lines() -> tuple[list[tuple[str, str]], list[str]]:
     return rows, problems
 
 
-def _torch_lines() -> list[tuple[str, str]]:
+def _torch_lines() -> tuple[list[tuple[str, str]], list[str]]:
+    """(key, value) rows about PyTorch and the devices it sees, and the problems found."""
     try:
         import torch
-    except Exception as e:  # noqa: BLE001
-        return [("torch", f"not usable: {_one_line(f'{type(e).__name__}: {e}')}")]
+    except Exception as e:  # noqa: BLE001 - a missing or broken install is the answer itself
+        return ([("torch", f"not usable: {_one_line(f'{type(e).__name__}: {e}')}")],
+                ["PyTorch cannot be imported in this Python: Restore cannot run; install torch and torchvision "
+                 "(docs/install.md)"])
     build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
     rows = [("torch", f"{torch.__version__} ({build})")]
     devices = ["cpu"]
@@ -216,7 +220,7 @@ def _torch_lines() -> list[tuple[str, str]]:
         devices.append(f"cuda:{i} {props.name} ({props.total_memory / 2**30:.1f} GiB)")
     rows.append(("devices", "; ".join(devices)))
     rows.append(("device auto", "cuda:0" if count else "cpu"))
-    return rows
+    return rows, []
 
 
 def _cache_line() -> str:
@@ -234,8 +238,9 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ("python", f"{platform.python_version()} {sys.executable}"),
     ]
     vs_rows, problems = _vapoursynth_lines()
-    rows += vs_rows
-    rows += _torch_lines()
+    torch_rows, torch_problems = _torch_lines()
+    rows += vs_rows + torch_rows
+    problems += torch_problems
     rows.append(("cache", _cache_line()))
     for var in ("VSEDVR_HOME", "TORCH_HOME", "XDG_CACHE_HOME", "VSEDVR_BASE_URL"):
         if os.environ.get(var):
@@ -312,8 +317,10 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="EDVR for VapourSynth: manage the model cache and check the installation.",
-        epilog=f"Examples:\n  {PROG} models\n  {PROG} download edvrm\n  {PROG} verify\n  {PROG} info\n  {PROG} stubs\n\n"
+        description="EDVR for VapourSynth: manage the model cache, check the installation, render long "
+                    "videos in segments.",
+        epilog=f"Examples:\n  {PROG} models\n  {PROG} download edvrm\n  {PROG} verify\n  {PROG} info\n  {PROG} stubs\n"
+               f"  {PROG} render film.vpy -o film.mkv --workers 2   (more: {PROG} render --help)\n\n"
                "Models are cached in $VSEDVR_HOME, else $TORCH_HOME/vsedvr, else "
                "$XDG_CACHE_HOME/vsedvr or ~/.cache/vsedvr.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -346,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, the plugin, devices and the cache folder",
                        description="Show versions, where the plugin is, the devices PyTorch sees and "
-                                   "the cache folder. Exit status 1 if the plugin is not usable.")
+                                   "the cache folder. Exit status 1 if VapourSynth, the plugin or PyTorch is "
+                                   "not usable.")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("stubs", help="add core.edvr.Restore to VapourSynth's type stubs (editor completion)",
@@ -385,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "device=\"auto\"); default: every GPU nvidia-smi lists, else one CPU worker")
     g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="one Ray task per segment on the cluster at ADDRESS (HOST:PORT or auto); without "
-                        "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs vsedvr[ray]")
+                        "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs ray (pip install ray)")
     g.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
                    help="with --ray on a cluster without GPUs: CPUs (torch threads) per task (default 1)")
     g.add_argument("--retries", type=int, default=2, metavar="N",

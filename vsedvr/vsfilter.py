@@ -7,6 +7,7 @@ message, which the plugin turns into a ``vs.Error`` (create) or a frame error (p
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from . import log
 from .engine import PlaneViews, WindowEngine, watch_native_exit
 from .memory import NetworkSize, free_cuda_memory, plan_memory
 from .windows import PADDINGS
-from .zoo import MODELS, ModelError, load_model
+from .zoo import DEFAULT_MODEL, MODELS, ModelError, load_model
 
 __all__ = ["Restorer", "create", "trace", "watch_native_exit"]
 
@@ -141,7 +142,7 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     unknown = sorted(set(options) - set(PARAMETERS))
     if unknown:
         raise ArgumentError(f"unknown argument {unknown[0]!r}; Restore takes {', '.join(PARAMETERS)}")
-    model_name = _single(options, "model", "edvrm")
+    model_name = _single(options, "model", DEFAULT_MODEL)
     device = resolve_device(_single(options, "device", "auto"))
     padding = _single(options, "padding", None)
     if padding is not None and padding not in PADDINGS:
@@ -180,7 +181,7 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     cached_windows = 2
     if device.type == "cuda" and tile is None:
         tile, tile_overlap, cached_windows = _plan_tiles(model, device, width, height, compute_dtype,
-                                                         _single(options, "tile_overlap", 16) or 16)
+                                                         _tile_overlap(options, 16) or 16)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
                           tile=tile, tile_overlap=tile_overlap, cached_windows=cached_windows,
                           compile=bool(compile_network))
@@ -227,16 +228,34 @@ def _has_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def _whole(name: str, values: Sequence[Any]) -> list[int]:
+    """Pixel counts as ints. ``tile`` and ``tile_overlap`` are registered as floats, so that a
+    fractional value reaches this check (an int registration would truncate it without a word)."""
+    whole = []
+    for value in values:
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer() and abs(value) < 2**63):
+                raise ArgumentError(f'"{name}" takes whole numbers of input pixels, got {value!r}; '
+                                    f'divide with // (e.g. clip.width // 2)')
+            value = int(value)
+        whole.append(value)
+    return whole
+
+
+def _tile_overlap(options: dict[str, Any], default: int) -> int:
+    return _whole("tile_overlap", [_single(options, "tile_overlap", default)])[0]
+
+
 def _tiling(options: dict[str, Any], multiple: int) -> tuple[tuple[int, int] | None, int]:
     """Checked (tile, tile_overlap): tiles are positive multiples of the model's size multiple."""
     tile = options.get("tile")
     if tile is not None:
-        given = list(tile)
+        given = _whole("tile", list(tile))
         tile = tuple(given * 2 if len(given) == 1 else given)
         if len(tile) != 2 or any(v <= 0 or v % multiple for v in tile):
             raise ArgumentError(f'"tile" must be [width, height] (or one size for both), positive multiples of '
                                 f'{multiple} for this model, got {given}')
-    overlap = _single(options, "tile_overlap", 16 if tile is not None else 0)
+    overlap = _tile_overlap(options, 16 if tile is not None else 0)
     if overlap < 0 or overlap % multiple:
         raise ArgumentError(f'"tile_overlap" must be a non-negative multiple of {multiple} (input pixels), '
                             f'got {overlap}')

@@ -8,7 +8,8 @@ official names. ``$VSEDVR_BASE_URL`` replaces the mmediting base URL
 Downloads go to a temporary file in the cache folder, are checked against the SHA-256
 prefix in the file name, fsynced and renamed into place atomically, so the final name
 only ever holds a complete, verified file. An exclusive lock on ``<file>.lock`` serialises
-processes fetching the same model. Progress goes to stderr only (stdout may carry video).
+processes fetching the same model; it is removed again when released (POSIX), also after a
+failed download. Progress goes to stderr only (stdout may carry video).
 """
 from __future__ import annotations
 
@@ -172,28 +173,54 @@ def _manual_hint(spec: ModelSpec, dest: Path, url: str | None) -> str:
     )
 
 
+def _is_same_file(fd: int, path: Path) -> bool:
+    """Whether *path* still names the file open as *fd* (another process may have removed it)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock held on *path* (created if missing, never removed)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logger.info("waiting for another process to finish with %s", path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            while True:
+    """Exclusive inter-process lock held on *path*, created for the lock and removed when released.
+
+    POSIX: the holder removes the file before it unlocks, so a process that opened it meanwhile
+    finds itself holding a removed file and locks the new one instead. Windows cannot remove an
+    open file: there the file stays (empty) in the cache folder.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
                 try:
-                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:  # LK_LOCK gives up after ~10 s; keep waiting
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    logger.info("waiting for another process to finish with %s", path)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                if not _is_same_file(fd, path):  # removed by the holder we waited for: lock the next one
+                    os.close(fd)
                     continue
+            else:
+                while True:
+                    try:
+                        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                        break
+                    except OSError:  # LK_LOCK gives up after ~10 s; keep waiting
+                        continue
+        except BaseException:
+            os.close(fd)
+            raise
+        break
+    try:
         yield
     finally:
         try:
             if fcntl is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # while still holding the lock (see the docstring)
                 fcntl.flock(fd, fcntl.LOCK_UN)
             else:
                 os.lseek(fd, 0, os.SEEK_SET)

@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "BUNDLED_PACKAGE",
+    "DEFAULT_MODEL",
     "MMEDIT_BASE_URL",
     "MODELS",
     "ModelSpec",
@@ -272,6 +273,11 @@ _ENTRIES = (
 
 #: Known checkpoints by name.
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _ENTRIES}
+
+
+#: The model ``Restore(clip)`` uses when no ``model`` is given.
+DEFAULT_MODEL = "edvrm"
+assert DEFAULT_MODEL in MODELS
 
 
 def did_you_mean(name: str) -> str:
