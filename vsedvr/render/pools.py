@@ -526,6 +526,25 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                           f"`ray start --head --port={port}` there, or check the address and the firewall") from e
 
 
+def _check_token(address: str) -> None:
+    """Connects to the cluster's GCS with the token this driver would send: a cluster with token
+    authentication refuses at once (ray.init would retry for 20 s, print a line per try and end with
+    "cannot connect", not naming the cause)."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray version: ray.init's own message then
+        return
+    try:
+        GcsClient(address=address, cluster_id=None)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE")
+        raise RenderError(f"cannot connect to Ray at {address}: {_AUTH_HINT}"
+                          f"{'' if mode == 'token' else ' (RAY_AUTH_MODE is ' + (mode or 'not set') + ' here)'}") from None
+    except Exception:  # noqa: BLE001 - anything else: ray.init says what
+        return
+
+
 def _errors_to_stderr(ray: Any) -> None:
     """Ray's driver prints the cluster's error messages (a node or worker that died: kilobytes of
     them) on stdout, which ``vsedvr render`` keeps empty: send them to stderr."""
@@ -576,6 +595,7 @@ class RayPool(_Pool):
             if address:
                 kw["address"] = address
                 _check_reachable(address)
+                _check_token(address)
             else:  # a new local cluster, as documented (ray.init() alone joins one started on this machine)
                 kw.update(address="local", include_dashboard=False)
             try:
