@@ -1,25 +1,25 @@
 #!/usr/bin/env python3
-"""Throughput of ``vsedvr render`` with 1 and 2 local workers against one plain vspipe, in one
-run, and the start-up cost every segment pays (the numbers docs/long-videos.md derives the
-segment length and the 170,000-frame table from).
+"""Throughput of ``vsedvr render`` with 1 and 2 local workers against one plain vspipe as a user runs
+it (default threads: no OMP_NUM_THREADS), side by side in one run, and the start-up a worker pays
+once (the numbers docs/long-videos.md derives the segment length and the 170,000-frame table from).
 
 The script: a noise clip (RGBS, --size, --frames) through ``core.edvr.Restore(model=--model,
-device=--device)`` to YUV420P10, as a film script ends. Variants (each a subprocess, run one
-after the other, every worker with --threads torch threads through OMP_NUM_THREADS):
+device=--device)`` to YUV420P10, as a film script ends. Variants (each a subprocess, one after the
+other, in the order given by --order, repeated --repeat times):
 
-  vspipe        one ``vspipe -c y4m SCRIPT --``: wall time, and vspipe's own rate after start-up
+  vspipe        ``vspipe -c y4m SCRIPT - | ffmpeg -c:v ffv1`` (what a user would run to get a lossless
+                file), the environment as it is: PyTorch picks its own thread count
   render_1      ``vsedvr render --workers 1`` (segments of --segment frames, joined, verified)
-  render_2      ``vsedvr render --workers 2``
-  startup       ``vspipe --info`` (Python, VapourSynth, torch, the model: everything but frames),
-                and each segment's time to its first frame (from the render manifest)
+  render_2      ``vsedvr render --workers 2`` (each worker 1/2 of the cores)
 
-Reported: frames per wall-clock second (start-up, encoding, verification included) and the ratio
-to the vspipe baseline; per-segment start-up = first-frame time - one steady frame.
+Reported: wall time, frames per wall-clock second and the ratio to vspipe (the median over repeats);
+each worker's start-up (Python, VapourSynth, torch, the model: everything before the first segment)
+from the render's own log.
 
 Examples::
 
-    python bench/bench_render.py                                 # 48 frames of 32x24, segments of 24
-    python bench/bench_render.py --size 64x48 --frames 96 --segment 24 --json render.json
+    nice python bench/bench_render.py                                    # 96 frames of 96x64, segments of 24
+    python bench/bench_render.py --size 64x48 --frames 48 --segment 12 --json render.json
     python bench/bench_render.py --device cuda --model edvrm --size 180x320 --frames 600 --segment 200
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ import argparse
 import json
 import os
 import re
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,12 +63,12 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed(cmd: list[str] | str, env: dict[str, str]) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"bench_render: {' '.join(cmd[:4])}... failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"bench_render: {cmd if isinstance(cmd, str) else ' '.join(cmd[:4])}... failed:\n{proc.stderr[-3000:]}")
     return wall, proc.stderr
 
 
@@ -75,10 +77,10 @@ def main() -> None:
                                 epilog="Run it under `nice` on a shared machine; the ratios are the result.")
     p.add_argument("--model", default="edvr_demo", help="zoo name or checkpoint (default edvr_demo, bundled)")
     p.add_argument("--device", default="cpu", help="Restore's device (default cpu)")
-    p.add_argument("--size", default="32x24", help="input WIDTHxHEIGHT (default 32x24)")
-    p.add_argument("--frames", type=int, default=48, help="frames (default 48)")
+    p.add_argument("--size", default="96x64", help="input WIDTHxHEIGHT (default 96x64)")
+    p.add_argument("--frames", type=int, default=96, help="frames (default 96)")
     p.add_argument("--segment", type=int, default=24, help="frames per segment (default 24)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per vspipe (default 1)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each variant, interleaved (default 1)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--film-frames", type=int, default=170_000, help="paper table: frames of the film (default 170000)")
     p.add_argument("--gpu-frame-s", type=float, default=0.15,
@@ -87,6 +89,9 @@ def main() -> None:
     p.add_argument("--gpu-init", type=float, default=5.0,
                    help="paper table: CUDA context and first-kernel cost added to the measured start-up "
                         "(default 5 s, an assumption)")
+    p.add_argument("--segment-cost", type=float, default=0.5,
+                   help="paper table: seconds a worker loses per segment (ffmpeg start, the boundary's extra "
+                        "feature encodings, the manifest; default 0.5, see docs/long-videos.md)")
     args = p.parse_args()
     width, height = map(int, args.size.lower().split("x"))
 
@@ -95,47 +100,46 @@ def main() -> None:
     script.write_text(SCRIPT.format(frames=args.frames, width=width, height=height, model=args.model,
                                     device=args.device))
     venv_bin = Path(sys.executable).parent
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               XDG_CONFIG_HOME=str(tmp / "xdg"), PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"), PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a plain run: the defaults
+        env.pop(key, None)
     subprocess.run([str(venv_bin / "vapoursynth"), "config"], env=env, check=True, capture_output=True)
     vspipe = str(venv_bin / "vspipe")
     ffmpeg = ffmpeg_exe()
     results: dict[str, object] = {"settings": {**vars(args), "json": str(args.json) if args.json else None,
                                                "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}}
-
-    info_s, _ = timed([vspipe, "--info", str(script), "-"], env)
-    wall, err = timed([vspipe, "-c", "y4m", str(script), "--"], env)
-    m = re.search(r"Output (\d+) frames in ([\d.]+) seconds", err)
-    steady = float(m.group(2)) / int(m.group(1)) if m else float("nan")
-    results["vspipe"] = {"wall_s": wall, "fps_wall": args.frames / wall, "steady_s_per_frame": steady,
-                         "info_s": info_s}
-    for workers in (1, 2):
-        out = tmp / f"render_{workers}.mkv"
-        wall, _ = timed([sys.executable, "-m", "vsedvr", "render", str(script), "-o", str(out), "--workers",
-                         str(workers), "--segment", str(args.segment), "--keep", "--ffmpeg", ffmpeg], env)
-        segs = json.loads((tmp / f"render_{workers}.mkv.parts" / "manifest.json").read_text())["segments"].values()
-        first = [s["first_frame_s"] for s in segs]
-        results[f"render_{workers}"] = {"wall_s": wall, "fps_wall": args.frames / wall,
-                                        "vs_vspipe": results["vspipe"]["wall_s"] / wall,  # type: ignore[index]
-                                        "segments": len(first), "first_frame_s": first,
-                                        "startup_s": [f - steady for f in first]}
+    walls: dict[str, list[float]] = {"vspipe": [], "render_1": [], "render_2": []}
+    startups: dict[str, list[float]] = {"render_1": [], "render_2": []}
+    for run in range(args.repeat):
+        plain = tmp / f"plain_{run}.mkv"
+        wall, _ = timed(f"{shlex.quote(vspipe)} -c y4m {shlex.quote(str(script))} - | {shlex.quote(ffmpeg)} -v error "
+                        f"-y -f yuv4mpegpipe -i - -c:v ffv1 -level 3 -g 1 {shlex.quote(str(plain))}", env)
+        walls["vspipe"].append(wall)
+        for workers in (1, 2):
+            out = tmp / f"render_{workers}_{run}.mkv"
+            wall, err = timed([sys.executable, "-m", "vsedvr", "render", str(script), "-o", str(out), "--workers",
+                               str(workers), "--segment", str(args.segment), "--ffmpeg", ffmpeg], env)
+            walls[f"render_{workers}"].append(wall)
+            m = re.search(r"evaluated the script in ([\d.]+) s", err)
+            startups[f"render_{workers}"].append(float(m.group(1)) if m else float("nan"))
     results["settings"]["load_avg_end"] = os.getloadavg()[0]  # type: ignore[index]
+    base = statistics.median(walls["vspipe"])
+    for name, ws in walls.items():
+        results[name] = {"wall_s": ws, "median_s": statistics.median(ws), "fps_wall": args.frames / statistics.median(ws),
+                         "vs_vspipe": base / statistics.median(ws), "startup_s": startups.get(name)}
 
-    v = results["vspipe"]
-    print(f"{args.frames} frames {width}x{height} -> x4, model {args.model} on {args.device}, "
-          f"{args.threads} torch thread(s) per vspipe, segments of {args.segment}")
-    print(f"  vspipe --info (start-up without frames): {info_s:6.2f} s")
-    print(f"  steady frame time (vspipe's own count):  {steady:6.3f} s/frame")
-    print(f"  {'variant':<10} {'wall s':>8} {'fps':>7} {'x vspipe':>9}  start-up per segment (s)")
-    print(f"  {'vspipe':<10} {v['wall_s']:8.2f} {v['fps_wall']:7.3f} {1.0:9.2f}")  # type: ignore[index]
-    for workers in (1, 2):
-        r = results[f"render_{workers}"]
-        ups = ", ".join(f"{x:.2f}" for x in r["startup_s"])  # type: ignore[index]
-        print(f"  {'render_' + str(workers):<10} {r['wall_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f}  {ups}")  # type: ignore[index]
-    startup = max(results["render_1"]["startup_s"] + results["render_2"]["startup_s"])  # type: ignore[index, operator]
-    results["paper"] = paper_table(startup + args.gpu_init, args.gpu_frame_s, args.film_frames)
-    print(f"\n  on paper: {args.film_frames} frames at {args.gpu_frame_s} s/frame per GPU, start-up per segment "
-          f"{startup:.1f} s (measured, worst) + {args.gpu_init} s (CUDA init, assumed)")
+    print(f"{args.frames} frames {width}x{height} -> x4, model {args.model} on {args.device}, segments of "
+          f"{args.segment}, {os.cpu_count()} cores, load average {results['settings']['load_avg_start']:.1f} -> "  # type: ignore[index]
+          f"{results['settings']['load_avg_end']:.1f}, {args.repeat} run(s) each (median)")  # type: ignore[index]
+    print(f"  {'variant':<10} {'wall s':>8} {'fps':>7} {'x vspipe':>9}  worker start-up (s)")
+    for name in walls:
+        r = results[name]
+        ups = ", ".join(f"{x:.1f}" for x in (r["startup_s"] or []))  # type: ignore[index]
+        print(f"  {name:<10} {r['median_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f}  {ups}")  # type: ignore[index]
+    startup = max(startups["render_1"] + startups["render_2"])
+    results["paper"] = paper_table(startup + args.gpu_init, args.segment_cost, args.gpu_frame_s, args.film_frames)
+    print(f"\n  on paper: {args.film_frames} frames at {args.gpu_frame_s} s/frame per GPU; a worker starts once: "
+          f"{startup:.1f} s (measured, worst) + {args.gpu_init} s (CUDA init, assumed); {args.segment_cost} s per segment")
     print(f"  {'GPUs':>5} {'segment':>8} {'segments':>9} {'rounds':>7} {'hours':>7} {'x ideal':>8}")
     for row in results["paper"]:  # type: ignore[attr-defined]
         print(f"  {row['gpus']:5d} {row['segment']:8d} {row['segments']:9d} {row['rounds']:7d} "
@@ -144,16 +148,16 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
 
 
-def paper_table(startup_s: float, frame_s: float, frames: int) -> list[dict[str, float]]:
-    """Wall time of a film on G GPUs with segments of L frames: every GPU runs ceil(S/G) segments
-    one after the other (equal lengths), each paying the start-up once. Join and verification
-    (ffmpeg, disk-bound) are not included."""
+def paper_table(startup_s: float, segment_s: float, frame_s: float, frames: int) -> list[dict[str, float]]:
+    """Wall time of a film on G GPUs with segments of L frames: each GPU's worker starts once, then
+    takes segments as it finishes them (the busiest renders ceil(S/G) of them), paying
+    ``segment_s`` for each. Join and verification (ffmpeg, disk-bound) are not included."""
     rows = []
     for gpus in (1, 8, 64):
-        for segment in sorted({500, 2000, 5000, -(-frames // gpus)}):
+        for segment in sorted({100, 500, 2000, -(-frames // gpus)}):
             segments = -(-frames // segment)
             rounds = -(-segments // gpus)
-            per_gpu = rounds * startup_s + min(rounds * segment, frames) * frame_s
+            per_gpu = startup_s + rounds * segment_s + min(rounds * segment, frames) * frame_s
             ideal = frames * frame_s / gpus
             rows.append({"gpus": gpus, "segment": segment, "segments": segments, "rounds": rounds,
                          "hours": per_gpu / 3600, "vs_ideal": per_gpu / ideal})

@@ -3,6 +3,7 @@ back, then join, encode, verify and move the result into place."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -15,18 +16,22 @@ from typing import Any
 
 from .pools import LocalPool, RayPool
 from .segment import segment_name
-from .tools import (RenderError, check_disk_full, decode_hashes, find_ffmpeg, find_vspipe, script_info,
-                    sha256_file, tail)
+from .tools import RenderError, check_disk_full, decode_hashes, find_ffmpeg, sha256_file, tail
 from .workdir import WorkDir
 
 __all__ = ["DEFAULT_SEGMENT", "render"]
 
-DEFAULT_SEGMENT = 2000  # frames; see docs/long-videos.md for the choice on GPUs
+DEFAULT_SEGMENT = 500  # frames; see docs/long-videos.md (measured start-up and overheads)
 _AUDIO_CODEC_OPTS = ("-c:a", "-acodec", "-codec:a", "-an")
 
 
 def _stderr(text: str) -> None:
     print(f"vsedvr render: {text}", file=sys.stderr, flush=True)
+
+
+def _count(n: int, what: str) -> str:
+    """'1 segment', '3 segments'."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _clock(seconds: float) -> str:
@@ -48,6 +53,13 @@ class Progress:
         self.last = 0.0
         self.interval = interval
         self.tty = sys.stderr.isatty()
+        self.attempts_before = {i: self._attempts(i) for i in self.todo}  # of earlier runs: not "retried" now
+
+    def _attempts(self, index: int) -> int:
+        try:
+            return len((self.work.path / "attempts" / f"{index:05d}").read_text().splitlines())
+        except OSError:
+            return 0
 
     def frames_this_run(self) -> int:
         n = 0
@@ -62,13 +74,8 @@ class Progress:
         return n
 
     def retried(self) -> int:
-        n = 0
-        for i in self.todo:
-            try:
-                n += max(0, len((self.work.path / "attempts" / f"{i:05d}").read_text().splitlines()) - 1)
-            except OSError:
-                pass
-        return n
+        """Segments' attempts in this run after their first one."""
+        return sum(max(0, self._attempts(i) - self.attempts_before[i] - 1) for i in self.todo)
 
     def show(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -124,11 +131,15 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
            env: Mapping[str, str] | None = None, log: Callable[[str], None] = _stderr,
            progress_interval: float = 10.0) -> dict[str, Any]:
     """Renders ``script`` into ``output`` segment by segment; returns a summary
-    (segments ``rendered`` and ``reused``, ``frames``, ``seconds``). Raises RenderError.
+    (segments ``rendered`` and ``reused``, ``frames``, ``seconds``, ``startup_s`` of the first
+    worker). Raises RenderError.
 
     ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
-    frame by frame). ``env``: environment of every vspipe and ffmpeg (None: the workers' own).
+    frame by frame). ``env``: environment of the default pool's worker (None: this process's).
+    ``vspipe`` is not used (the workers evaluate the script themselves, as vspipe does); it is
+    accepted for older callers.
     """
+    del vspipe
     t_start = time.monotonic()
     script = Path(script).resolve()
     output = Path(output).resolve()
@@ -141,24 +152,45 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     if not output.parent.is_dir():
         raise RenderError(f"the output's folder {output.parent} does not exist")
     ffmpeg_exe = find_ffmpeg(ffmpeg)
-    vspipe_exe = find_vspipe(vspipe)
     pool = pool if pool is not None else LocalPool([{}], env=env)
+    work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
+    work.lock()  # before any worker starts: a second driver on the folder is refused at once
+    if isinstance(pool, RayPool):
+        pool.connect()
+    # the workers start (each evaluates the script once) while this process waits for the first
+    pool.start({"script": str(script), "args": list(args), "output_index": output_index,
+                "work_dir": str(work.path), "ffmpeg": ffmpeg})
+    try:
+        summary = _render_with(pool, work, script, output, args, output_index, segment, encode, audio,
+                               ffmpeg_exe, keep, fresh, log, progress_interval, t_start)
+    except BaseException:
+        pool.kill()
+        for stale in work.path.glob(".seg-*.partial"):  # its workers' attempts in progress
+            stale.unlink(missing_ok=True)
+        raise
+    return summary
 
-    info = script_info(vspipe_exe, script, args, output_index, env)
+
+def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output: Path, args: Sequence[str],
+                 output_index: int, segment: int, encode: Sequence[str], audio: str | None, ffmpeg_exe: str,
+                 keep: bool, fresh: bool, log: Callable[[str], None], progress_interval: float,
+                 t_start: float) -> dict[str, Any]:
+    info = pool.info()
+    startup_s = float(info.get("startup_s", 0.0))
     frames = int(info["Frames"])
     ranges = [(s, min(s + segment, frames) - 1) for s in range(0, frames, segment)]
     plan = {"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
             "output_index": output_index, "frames": frames, "segment": segment, "ranges": ranges,
             "info": {k: info.get(k) for k in ("Width", "Height", "Format Name", "FPS")},
             "encode": list(encode), "audio": str(Path(audio).resolve()) if audio else None, "output": str(output)}
-    work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
     resumed = work.open(plan, fresh=fresh)
     finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]
     final = work.manifest.get("final")
     if final and final.get("key") == finish_key and output.is_file() and work.check_file("final", output):
+        pool.close()
         log(f"{output} is already rendered and verified (work folder {work.path}); nothing to do")
         return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
-                "work_dir": str(work.path)}
+                "work_dir": str(work.path), "startup_s": startup_s}
     work.manifest.pop("final", None)
 
     todo = []
@@ -169,15 +201,12 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
         if problem != "not rendered":
             log(f"segment {i} (frames {ranges[i][0]}-{ranges[i][1]}): {problem}; rendering it again")
         todo.append(i)
-    if hasattr(pool, "connect"):
-        pool.connect()
     log(f"{script.name}: {frames} frames {info.get('Width')}x{info.get('Height')} {info.get('Format Name')}, "
-        f"{len(ranges)} segments of {segment} frames; {len(ranges) - len(todo)} already verified"
-        f"{' (resumed ' + str(work.path) + ')' if resumed else ''}; {len(todo)} to render on {pool.describe()}")
+        f"{_count(len(ranges), 'segment')} of {segment} frames; {len(ranges) - len(todo)} already verified"
+        f"{' (resumed ' + str(work.path) + ')' if resumed else ''}; {len(todo)} to render on {pool.describe()} "
+        f"(the first evaluated the script in {startup_s:.1f} s)")
 
-    tasks = [{"work_dir": str(work.path), "index": i, "start": ranges[i][0], "end": ranges[i][1],
-              "script": str(script), "args": list(args), "output_index": output_index,
-              "ffmpeg": ffmpeg, "vspipe": vspipe} for i in todo]
+    tasks = [{"index": i, "start": ranges[i][0], "end": ranges[i][1]} for i in todo]
     progress = Progress(work, ranges, todo, log, progress_interval)
     failures: dict[int, str] = {}
     warned_space = False
@@ -204,17 +233,28 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
                 else:
                     failures[task["index"]] = message
                     log(message)
+            elif event[0] == "note":
+                log(event[1])
             else:
                 progress.show()
     finally:
         progress.end_line()
+    pool.close()
+    # attempts that never finished (a worker or node that died mid-segment) leave partial files
+    for stale in work.path.glob(".seg-*.partial"):
+        stale.unlink(missing_ok=True)
     if failures:
-        raise RenderError(f"{len(failures)} of {len(ranges)} segments failed ({', '.join(map(str, sorted(failures)))}); "
+        raise RenderError(f"{len(failures)} of {_count(len(ranges), 'segment')} failed "
+                          f"({', '.join(map(str, sorted(failures)))}); "
                           f"the others are kept: run the same command again to retry the failed ones. "
                           f"Last error: {failures[max(failures)]}")
 
     # join (and encode) once, into a temporary name in the work folder, verified before the move
     records = [work.manifest["segments"][str(i)] for i in range(len(ranges))]
+    colours = {json.dumps(rec.get("colour", {}), sort_keys=True) for rec in records}
+    if len(colours) > 1:
+        log(f"warning: the segments' first frames carry different colour properties ({'; '.join(sorted(colours))}); "
+            f"the result is tagged with the first segment's")
     hashes = [h for rec in records for h in rec["hashes"]]
     concat = work.path / "concat.txt"
     concat.write_text("".join(f"file '{segment_name(i)}'\n" for i in range(len(ranges))))
@@ -228,7 +268,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
         if not any(opt in encode for opt in _AUDIO_CODEC_OPTS):
             cmd += ["-c:a", "copy"]
     cmd += list(encode) if encode else ["-c:v", "copy"]
-    log(f"joining {len(ranges)} segments{' with audio' if audio else ''}"
+    log(f"joining {_count(len(ranges), 'segment')}{' with audio' if audio else ''}"
         f"{' and encoding: ' + shlex.join(encode) if encode else ' (lossless FFV1)'}")
     _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
     if encode:
@@ -251,7 +291,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
         for i in range(len(ranges)):
             (work.path / segment_name(i)).unlink(missing_ok=True)
     seconds = time.monotonic() - t_start
-    log(f"wrote {output} ({frames} frames, {'identical to vspipe frame by frame' if not encode else 'encoded'}) "
-        f"in {_clock(seconds)}; {len(todo)} segments rendered, {len(ranges) - len(todo)} reused")
+    log(f"wrote {output} ({frames} frames, {'lossless, verified frame by frame' if not encode else 'encoded'}) "
+        f"in {_clock(seconds)}; {_count(len(todo), 'segment')} rendered, {len(ranges) - len(todo)} reused")
     return {"rendered": todo, "reused": [i for i in range(len(ranges)) if i not in todo], "frames": frames,
-            "seconds": seconds, "work_dir": str(work.path)}
+            "seconds": seconds, "work_dir": str(work.path), "startup_s": startup_s}

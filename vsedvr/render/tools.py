@@ -1,5 +1,5 @@
-"""The external programs a render drives: finding vspipe and ffmpeg, asking vspipe about a
-script, reading a yuv4mpeg stream frame by frame, decoding a file into per-frame hashes."""
+"""The external programs a render drives: finding vspipe and ffmpeg, the size of a yuv4mpeg frame,
+colour tags for ffmpeg, decoding a file into per-frame hashes."""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +9,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
-__all__ = ["RenderError", "DiskFullError", "find_ffmpeg", "find_vspipe", "script_info", "Y4MReader",
-           "decode_hashes", "sha256_file", "tail"]
+__all__ = ["RenderError", "DiskFullError", "Y4MFormat", "colour_filter", "decode_hashes", "find_ffmpeg",
+           "find_vspipe", "frame_hash", "sha256_file", "tail"]
 
 _NO_SPACE = "No space left on device"
 
@@ -79,37 +79,24 @@ def find_vspipe(explicit: str | os.PathLike | None = None) -> str:
                       "(`pip install vapoursynth`) or pass --vspipe PATH")
 
 
-def vspipe_args(script: Path, args: Sequence[str], output_index: int) -> list[str]:
-    """The vspipe options every call for this script shares: -a NAME=VALUE..., -o INDEX."""
-    out: list[str] = []
-    for arg in args:
-        out += ["-a", arg]
-    return out + ["-o", str(output_index)]
-
-
-def script_info(vspipe: str, script: Path, args: Sequence[str], output_index: int,
-                env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``vspipe --info`` of the script as a dict (Frames, Width, Format Name, FPS, ...)."""
-    cmd = [vspipe, "--info", *vspipe_args(script, args, output_index), str(script), "-"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=None if env is None else dict(env))
-    if proc.returncode != 0:
-        raise RenderError(f"vspipe cannot evaluate {script} (exit status {proc.returncode}):\n"
-                          f"{tail(proc.stderr or proc.stdout, 20)}")
-    info = {}
-    for line in proc.stdout.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            info[key.strip()] = value.strip()
-    if info.get("Type", "Video") != "Video" or "Frames" not in info:
-        raise RenderError(f"output {output_index} of {script} is not a video clip: {proc.stdout.strip()}")
-    if info.get("Format Name", "") in ("", "None") or info.get("Width", "0") == "0":
-        raise RenderError(f"output {output_index} of {script} has a variable format or size; "
-                          f"vsedvr render needs a constant one (add a resize to the output)")
-    if info.get("Color Family") == "RGB":
-        raise RenderError(f"output {output_index} of {script} is RGB, which yuv4mpeg cannot carry; "
-                          f"convert it at the end of the script, e.g. "
-                          f"core.resize.Bicubic(clip, format=vs.YUV444P16, matrix_s=\"709\")")
-    return info
+def colour_filter(props: Mapping[str, int]) -> dict[str, Any]:
+    """ffmpeg's ``setparams`` filter that tags a stream with the colour of a frame's properties
+    (``_Matrix``, ``_Primaries``, ``_Transfer``: the same H.273 codes in both; ``_Range``, or the
+    older ``_ColorRange``; ``_ChromaLocation``), and those tags; empty if the frame has none."""
+    tags: dict[str, Any] = {}
+    for prop, name in (("_Matrix", "colorspace"), ("_Primaries", "color_primaries"), ("_Transfer", "color_trc")):
+        value = props.get(prop)
+        if value is not None and value not in (2, 3) and 0 <= value <= 256:  # 2: unspecified, 3: reserved
+            tags[name] = int(value)
+    if "_Range" in props:  # H.273's flag: 0 limited, 1 full
+        tags["range"] = "pc" if props["_Range"] == 1 else "tv"
+    elif "_ColorRange" in props:  # VapourSynth's older property: 0 full, 1 limited
+        tags["range"] = "pc" if props["_ColorRange"] == 0 else "tv"
+    if props.get("_ChromaLocation") in range(6):  # VapourSynth counts from left = 0, ffmpeg from left = 1
+        tags["chroma_location"] = int(props["_ChromaLocation"]) + 1
+    if not tags:
+        return {}
+    return {"filter": "setparams=" + ":".join(f"{k}={v}" for k, v in tags.items()), "tags": tags}
 
 
 # ------------------------------------------------------------------------------------- y4m
@@ -137,46 +124,6 @@ class Y4MFormat:
         chroma = -(-self.width // cw) * -(-self.height // ch)
         planes = self.width * self.height + 2 * chroma + (self.width * self.height if extra == "alpha" else 0)
         return planes * sample
-
-
-class Y4MReader:
-    """Reads a yuv4mpeg stream: ``header`` (the stream line), then (frame line, payload) pairs."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.header = self._line()
-        if not self.header.startswith(b"YUV4MPEG2 "):
-            raise RenderError(f"vspipe did not write yuv4mpeg (got {self.header[:40]!r})")
-        tags = {t[:1]: t[1:] for t in self.header.decode("ascii").split()[1:]}
-        self.format = Y4MFormat(int(tags["W"]), int(tags["H"]), tags.get("C", "420jpeg"))
-        self.frame_size = self.format.frame_size
-
-    def _line(self) -> bytes:
-        out = bytearray()
-        while True:
-            byte = self.stream.read(1)
-            if not byte:
-                if out:
-                    raise RenderError("the yuv4mpeg stream ended inside a header line")
-                return b""
-            out += byte
-            if byte == b"\n":
-                return bytes(out)
-            if len(out) > 4096:
-                raise RenderError("a yuv4mpeg header line is longer than 4096 bytes")
-
-    def frames(self) -> Iterator[tuple[bytes, bytes]]:
-        """(frame header line, payload) until the stream ends; an incomplete frame stops it."""
-        while True:
-            line = self._line()
-            if not line:
-                return
-            if not line.startswith(b"FRAME"):
-                raise RenderError(f"bad yuv4mpeg frame header {line[:40]!r}")
-            payload = self.stream.read(self.frame_size)
-            if len(payload) != self.frame_size:
-                return  # vspipe died mid-frame; the caller sees the short count and the exit status
-            yield line, payload
 
 
 def frame_hash(payload: bytes | memoryview) -> str:

@@ -53,6 +53,7 @@ class WorkDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.manifest: dict[str, Any] = {}
+        self._lock_file: Any = None
 
     @property
     def manifest_path(self) -> Path:
@@ -65,11 +66,7 @@ class WorkDir:
         user's back), unless ``fresh``, which deletes that plan's files first.
         """
         pid = plan_id(plan)
-        if not self.manifest_path.is_file() and self.path.exists() and any(
-                p.name != LOCK for p in self.path.iterdir()):
-            raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
-                              f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
-        self._lock()
+        self.lock()
         if self.manifest_path.is_file():
             try:
                 old = json.loads(self.manifest_path.read_text())
@@ -93,9 +90,16 @@ class WorkDir:
         self._prepare()
         return False
 
-    def _lock(self) -> None:
-        """One driver per folder, held until the process ends: a second run on the same output would
-        delete the first one's attempts in progress and overwrite its manifest."""
+    def lock(self) -> None:
+        """Takes the folder: one driver per folder, held until the process ends (a second run on the
+        same output would delete the first one's attempts in progress and overwrite its manifest).
+        A non-empty folder that is not a render's is refused (nothing of the user's is deleted)."""
+        if getattr(self, "_lock_file", None) is not None:
+            return
+        if not self.manifest_path.is_file() and self.path.exists() and any(
+                p.name != LOCK for p in self.path.iterdir()):
+            raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
+                              f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -104,6 +108,8 @@ class WorkDir:
             self._lock_file = open(self.path / LOCK, "w")  # noqa: SIM115 - kept open: the lock
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
             raise RenderError(f"another vsedvr render is using the work folder {self.path}; let it finish "
                               f"(or stop it), or pass --work-dir DIR") from None
         except OSError as e:

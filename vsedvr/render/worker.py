@@ -1,0 +1,356 @@
+"""A render worker process (``python -m vsedvr.render.worker``): evaluates the script once, the way
+vspipe does, then renders segment after segment from the same core.
+
+Each segment is VapourSynth's own yuv4mpeg output of ``clip[start:end + 1]`` (the stream ``vspipe -c
+y4m --start --end`` writes, byte for byte), hashed frame by frame on its way into ffmpeg's FFV1
+encoder. The decode check of a segment runs in a thread while the next segment renders.
+
+Protocol: JSON lines. stdin: the job first (script, args, output_index, work_dir, ffmpeg), then
+tasks (index, start, end). stdout (the script's own prints go to stderr): ``ready`` (clip info) or
+``error``, then per task ``started``, ``rendered``, and ``done`` (the manifest record) or
+``failed``. stdin closed: the worker ends (killing its ffmpeg processes if it was still busy).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .segment import FFV1_ARGS, SegmentFailed, segment_name, verify_segment
+from .tools import RenderError, Y4MFormat, check_disk_full, colour_filter, find_ffmpeg, sha256_file, tail
+
+__all__ = ["SegmentWriter", "clip_info", "evaluate", "main", "segment_clip"]
+
+PROGRESS_EVERY_S = 0.5
+COLOUR_PROPS = ("_Matrix", "_Primaries", "_Transfer", "_Range", "_ColorRange")
+
+
+def evaluate(script: str | os.PathLike, args: Sequence[str] = (), output_index: int = 0) -> Any:
+    """Runs a .vpy script as vspipe does (globals ``__name__ = "__vapoursynth__"``, ``__file__``,
+    ``-a`` values as str, the working directory the script's folder while it runs) and returns
+    its output clip. Raises RenderError with the script's message."""
+    import vapoursynth as vs
+
+    path = os.fspath(script)
+    scope: dict[str, Any] = {"__name__": "__vapoursynth__", "__file__": path}
+    for arg in args:
+        name, _, value = arg.partition("=")
+        scope[name] = value
+    sys.argv = [""]  # as in vspipe's embedded interpreter
+    cwd = os.getcwd()
+    try:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+        os.chdir(os.path.dirname(os.path.abspath(path)))
+        exec(code, scope, scope)  # noqa: S102 - running the user's script is the point
+    except BaseException as e:  # noqa: BLE001 - a script can raise anything, even SystemExit
+        # the traceback from the script's own frames on, as vspipe shows it
+        script_tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        text = "".join(traceback.format_exception(type(e), e, script_tb))
+        raise RenderError(f"cannot evaluate {path}:\nPython exception: {e}\n\n{tail(text, 20)}") from None
+    finally:
+        os.chdir(cwd)
+    try:
+        out = vs.get_output(output_index)
+    except (KeyError, IndexError):
+        raise RenderError(f"{path} sets no output {output_index}") from None
+    clip = out[0] if isinstance(out, vs.VideoOutputTuple) else out
+    if not isinstance(clip, vs.VideoNode):
+        raise RenderError(f"output {output_index} of {path} is not a video clip: {type(clip).__name__}")
+    return clip
+
+
+def clip_info(clip: Any, where: str = "the script") -> dict[str, str]:
+    """What the plan records about the clip (the keys and values ``vspipe --info`` prints);
+    RenderError for what yuv4mpeg cannot carry."""
+    import vapoursynth as vs
+
+    if clip.format is None or clip.width == 0:
+        raise RenderError(f"{where} has a variable format or size; vsedvr render needs a constant one "
+                          f"(add a resize to the output)")
+    if clip.format.color_family == vs.RGB:
+        raise RenderError(f"{where} is RGB, which yuv4mpeg cannot carry; convert it at the end of the script, "
+                          f'e.g. core.resize.Bicubic(clip, format=vs.YUV444P16, matrix_s="709")')
+    if clip.format.sample_type == vs.FLOAT and clip.format.bits_per_sample != 32:
+        raise RenderError(f"{where} is {clip.format.name}, which yuv4mpeg cannot carry")
+    fps = f"{clip.fps.numerator}/{clip.fps.denominator} ({clip.fps.numerator / clip.fps.denominator:.3f} fps)" \
+        if clip.fps.denominator else "Variable"
+    return {"Width": str(clip.width), "Height": str(clip.height), "Frames": str(clip.num_frames),
+            "FPS": fps, "Format Name": clip.format.name}
+
+
+def segment_clip(clip: Any, start: int, end: int, first_props: dict[str, Any]) -> Any:
+    """``clip[start:end + 1]`` (what ``vspipe --start --end`` renders), its frames passed on as they
+    are; the colour properties of its first frame are put into ``first_props`` when it is made."""
+    import vapoursynth as vs
+
+    def grab(n: int, f: Any) -> Any:
+        if n == 0:
+            keys = [k for k in COLOUR_PROPS if k in f.props]
+            if "_Range" in keys and "_ColorRange" in keys:  # VapourSynth's deprecated alias of _Range
+                keys.remove("_ColorRange")
+            first_props.update({k: int(f.props[k]) for k in keys})
+        return f
+
+    seg = clip[start:end + 1]
+    return vs.core.std.ModifyFrame(seg, seg, grab)
+
+
+class SegmentWriter:
+    """The file object ``VideoNode.output(y4m=True)`` writes into: hashes each frame's planes (the
+    bytes ffmpeg's framemd5 hashes) and passes the stream on to a sink, which ``open_sink`` starts
+    when the first frame arrives (by then its properties, the colour tags, are known)."""
+
+    def __init__(self, open_sink: Callable[[], BinaryIO], on_frame: Callable[[int], None] | None = None) -> None:
+        self.open_sink = open_sink
+        self.on_frame = on_frame
+        self.sink: BinaryIO | None = None
+        self.header = b""
+        self.format: Y4MFormat | None = None
+        self.hashes: list[str] = []
+        self._line = bytearray()
+        self._left = 0  # payload bytes of the current frame still to come
+        self._md5 = hashlib.md5()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while len(view):
+            if self.format is None:  # the stream header line
+                view = self._take_line(view)
+                if self._line.endswith(b"\n"):
+                    self.header = bytes(self._line)
+                    self._line.clear()
+                    tags = {t[:1]: t[1:] for t in self.header.decode("ascii").split()[1:]}
+                    self.format = Y4MFormat(int(tags["W"]), int(tags["H"]), tags.get("C", "420jpeg"))
+                continue
+            if self._left == 0:  # a FRAME line
+                view = self._take_line(view)
+                if self._line.endswith(b"\n"):
+                    if self.sink is None:
+                        self.sink = self.open_sink()
+                        self.sink.write(self.header)
+                    self.sink.write(bytes(self._line))
+                    self._line.clear()
+                    self._left = self.format.frame_size
+                continue
+            chunk = view[:self._left]
+            view = view[self._left:]
+            self._md5.update(chunk)
+            assert self.sink is not None
+            self.sink.write(chunk)
+            self._left -= len(chunk)
+            if self._left == 0:
+                self.hashes.append(self._md5.hexdigest())
+                self._md5 = hashlib.md5()
+                if self.on_frame is not None:
+                    self.on_frame(len(self.hashes))
+        return n
+
+    def _take_line(self, view: memoryview) -> memoryview:
+        end = bytes(view[:4096]).find(b"\n")
+        cut = len(view) if end < 0 else end + 1
+        self._line += view[:cut]
+        if len(self._line) > 4096:
+            raise RenderError("a yuv4mpeg header line is longer than 4096 bytes")
+        return view[cut:]
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_progress(path: Path, frames: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(str(frames))
+    os.replace(tmp, path)
+
+
+def _kill_group() -> None:
+    """Ends this worker and the ffmpeg processes it started (its process group)."""
+    try:
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(1)
+
+
+class Worker:
+    """The state of one worker process: the clip, the job, the output channel."""
+
+    def __init__(self, job: Mapping[str, Any], out: Any) -> None:
+        self.job = job
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.work = Path(job["work_dir"])
+        self.ffmpeg = find_ffmpeg(job.get("ffmpeg"))
+        self.clip: Any = None
+        self.checks: queue.Queue[tuple[dict[str, Any], Path, list[str], int, str, float] | None] = queue.Queue()
+        self.fatal = False
+
+    def send(self, event: dict[str, Any]) -> None:
+        with self.out_lock:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
+
+    def render(self, task: Mapping[str, Any]) -> None:
+        """Renders one segment into a partial file and queues its check; sends failed on an error."""
+        import vapoursynth as vs
+
+        index, start, end = int(task["index"]), int(task["start"]), int(task["end"])
+        where = f"segment {index} (frames {start}-{end})"
+        with open(self.work / "attempts" / f"{index:05d}", "a") as log:  # one line per attempt
+            log.write(f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
+        self.send({"event": "started", "index": index})
+        progress = self.work / "progress" / f"{index:05d}"
+        partial = self.work / f".{segment_name(index)[:-4]}.{secrets.token_hex(4)}.partial"
+        props: dict[str, Any] = {}
+        seg = segment_clip(self.clip, start, end, props)
+        err = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        procs: list[subprocess.Popen] = []
+        colour: dict[str, str] = {}
+
+        def open_sink() -> BinaryIO:
+            colour.update(colour_filter(props))
+            cmd = [self.ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0",
+                   "-map", "0:v:0", *(["-vf", colour["filter"]] if colour else []), *FFV1_ARGS,
+                   "-f", "matroska", str(partial)]
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err))
+            assert procs[0].stdin is not None
+            return procs[0].stdin  # type: ignore[return-value]
+
+        last = [0.0]
+
+        def on_frame(n: int) -> None:
+            if time.monotonic() - last[0] > PROGRESS_EVERY_S:
+                _write_progress(progress, n)
+                last[0] = time.monotonic()
+
+        writer = SegmentWriter(open_sink, on_frame)
+        t0 = time.perf_counter()
+        problem = None
+        try:
+            seg.output(writer, y4m=True)
+        except vs.Error as e:
+            problem = f"the script failed: {e}"
+        except BrokenPipeError:
+            problem = "ffmpeg stopped reading"
+        finally:
+            if procs:
+                try:
+                    procs[0].stdin.close()  # type: ignore[union-attr]
+                except BrokenPipeError:
+                    problem = problem or "ffmpeg stopped reading"
+                code = procs[0].wait()
+            else:
+                code = 0
+        _write_progress(progress, len(writer.hashes))
+        err.seek(0)
+        ff_text = err.read().decode("utf-8", "replace")
+        err.close()
+        seconds = time.perf_counter() - t0
+        try:
+            check_disk_full(ff_text, self.work)
+            if problem and problem.startswith("the script"):
+                raise SegmentFailed(f"{where}: {problem}")
+            if code != 0:
+                raise SegmentFailed(f"{where}: ffmpeg exited with status {code}:\n{tail(ff_text) or '(no message)'}")
+            if problem:
+                raise SegmentFailed(f"{where}: {problem}")
+            if len(writer.hashes) != end - start + 1:
+                raise SegmentFailed(f"{where}: VapourSynth wrote {len(writer.hashes)} frames, expected {end - start + 1}")
+        except RenderError as e:
+            partial.unlink(missing_ok=True)
+            self.send({"event": "failed", "index": index, "message": str(e), "fatal": not isinstance(e, SegmentFailed)})
+            return
+        assert writer.format is not None
+        record = {"index": index, "start": start, "end": end, "frame_size": writer.format.frame_size,
+                  "y4m_header": writer.header.decode("ascii").strip(), "colour": colour.get("tags", {}),
+                  "seconds": round(seconds, 3), "host": socket.gethostname()}
+        # what the driver needs to check the file itself should this worker die before it does
+        self.send({"event": "rendered", "index": index, "record": record, "partial": str(partial),
+                   "hashes": writer.hashes})
+        self.checks.put((record, partial, writer.hashes, writer.format.frame_size, where, seconds))
+
+    def check_loop(self) -> None:
+        """Decodes each rendered segment and compares it with what VapourSynth wrote (while the
+        next segment renders), renames it and sends its record."""
+        while True:
+            item = self.checks.get()
+            if item is None:
+                return
+            record, partial, hashes, frame_size, where, _ = item
+            try:
+                final = verify_segment(self.ffmpeg, partial, hashes, frame_size, where)
+                record.update(file=final.name, size=final.stat().st_size, sha256=sha256_file(final), hashes=hashes)
+                self.send({"event": "done", "record": record})
+            except RenderError as e:
+                self.send({"event": "failed", "index": record["index"], "message": str(e),
+                           "fatal": not isinstance(e, SegmentFailed)})
+            finally:
+                self.checks.task_done()
+
+
+def main() -> None:
+    """The worker's loop (see the module's docstring)."""
+    out = os.fdopen(os.dup(1), "w")  # the protocol; the script's prints go to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    tasks: queue.Queue[dict[str, Any]] = queue.Queue()
+    line = sys.stdin.readline()
+    if not line:
+        os._exit(0)
+    job = json.loads(line)
+
+    def read_tasks() -> None:
+        stopping = False
+        for text in sys.stdin:
+            msg = json.loads(text)
+            stopping = stopping or bool(msg.get("stop"))
+            tasks.put(msg)
+        if not stopping:  # stdin closed without a stop: the driver (or the Ray actor) is gone
+            _kill_group()
+
+    try:
+        os.setpgid(0, 0)  # a group of its own: _kill_group must not reach whoever started it
+    except OSError:
+        pass  # already a group (session) leader
+    t0 = time.perf_counter()
+    try:
+        worker = Worker(job, out)
+        worker.clip = evaluate(job["script"], job.get("args", ()), int(job.get("output_index", 0)))
+        info = clip_info(worker.clip, f"output {job.get('output_index', 0)} of {job['script']}")
+        info["startup_s"] = f"{time.perf_counter() - t0:.3f}"
+        info["host"] = socket.gethostname()
+        info["pid"] = str(os.getpid())
+    except RenderError as e:
+        out.write(json.dumps({"event": "error", "message": str(e)}) + "\n")
+        out.flush()
+        os._exit(3)
+    worker.send({"event": "ready", "info": info})
+    threading.Thread(target=read_tasks, name="tasks", daemon=True).start()
+    checker = threading.Thread(target=worker.check_loop, name="check", daemon=True)
+    checker.start()
+    while True:
+        task = tasks.get()
+        if task.get("stop"):  # the driver's normal end: the checks still running finish first
+            worker.checks.put(None)
+            checker.join()
+            out.flush()
+            os._exit(0)
+        worker.render(task)
+
+
+if __name__ == "__main__":
+    main()
