@@ -508,7 +508,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError as e:
         raise RenderError(f"--ray needs Ray, which is not installed here ({e}); "
-                          f"pip install 'vsedvr[ray]' (on every node of the cluster)") from e
+                          f"pip install ray (on every node of the cluster)") from e
     return ray
 
 
