@@ -61,11 +61,12 @@ class CountingBackend:
     """A torch.compile backend that runs graphs eagerly and counts them by region.
 
     Each region's graph is named by its first input: frame_features(frame), pcd_align(nbr, ref),
-    fusion(aligned), reconstruction (a Sequential: its first block's weight).
+    fusion(aligned), reconstruction (a Sequential: its first block's weight, or its input where the
+    first convolution reads its weight after the input's shape, as nets.stable.StableConv2d does).
     """
 
     REGIONS = {"l_frame_": "frame_features", "l_nbr_": "pcd_align", "l_aligned_": "fusion",
-               "l_fn_self_modules_0_": "reconstruction"}
+               "l_fn_self_modules_0_": "reconstruction", "l_args_0_": "reconstruction"}
 
     def __init__(self) -> None:
         self.graphs: Counter[str] = Counter()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .memory import FRAMES_IN_FLIGHT
 from .nets import EDVR, pad_to_multiple
 from .nets.blocks import DCNPack
 
@@ -83,8 +84,9 @@ def _finish_at_exit() -> None:
     _exiting.set()
     deadline = time.monotonic() + EXIT_WAIT
     for engine in list(_engines):
-        if engine._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            engine._lock.release()
+        # every frame in flight, also one waiting for its download in write() (it would take the GIL
+        # back during finalisation: on Python 3.12 such a thread ends the process in terminate())
+        engine.in_flight.wait_idle(max(0.0, deadline - time.monotonic()))
 
 
 #: What cuDNN, cuBLAS and raw CUDA calls say when they cannot allocate. CUBLAS_STATUS_NOT_INITIALIZED
@@ -157,20 +159,30 @@ class OffsetWatch:
         self._handles.clear()
 
 
-class FrameOrderLock:
-    """The engine's lock, handed to the waiting thread whose frame comes first.
+#: Times a waiting frame may be passed over for frames nearer the last one served before it goes next.
+MAX_PASSES = 8
 
-    Under fmParallel every VapourSynth thread with a frame to compute waits here at once. Handed
-    over in arbitrary order (``threading.Lock``'s), the windows jump about and the feature cache,
-    which keeps two windows, loses most of its hits (8 threads, 80 frames: 185 encodings instead
-    of 80). A thread names its frame with :meth:`next_frame` before it acquires; one that names
-    none (the exit guard) goes first. Same interface as ``threading.Lock``.
+
+class FrameGate:
+    """Admits at most ``capacity`` frames at once, choosing among the waiting ones by frame number.
+
+    Under fmParallel every VapourSynth thread with a frame waits here at once. Handed over in
+    arbitrary order (``threading.Lock``'s), the windows jump about and the feature cache, which keeps
+    two windows, loses most of its hits (8 threads, 80 frames: 185 encodings instead of 80). So the
+    lowest waiting frame goes next, which walks a forward render in order. A frame passed over
+    ``MAX_PASSES`` times goes first, so no order of requests starves one: under ``std.Reverse`` each
+    finished frame brings a lower request, and lowest-first alone computed output frame 0 last.
+    (Nearest-to-the-last-frame was tried: it cost a forward render at 16 threads 5 encodings of 60
+    more, since the first frames arrive in any order.) A thread names its frame with
+    :meth:`next_frame` before it acquires; one that names none goes first. With capacity 1 it is a
+    lock (``acquire``/``release``, a context manager), which is how the engine's network lock uses it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
         self._cond = threading.Condition(threading.Lock())
-        self._held = False
-        self._waiting: list[tuple[int, int]] = []  # heap of (frame, arrival)
+        self._held = 0
+        self._waiting: list[list[int]] = []  # [frame, arrival, passes]
         self._arrivals = itertools.count()
         self._frame = threading.local()
 
@@ -178,39 +190,95 @@ class FrameOrderLock:
         """The frame this thread's next :meth:`acquire` is for."""
         self._frame.n = n
 
+    def _choose(self) -> list[int]:
+        due = [w for w in self._waiting if w[2] >= MAX_PASSES]
+        if due:
+            return min(due, key=lambda w: w[1])
+        return min(self._waiting, key=lambda w: (w[0], w[1]))
+
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        entry = (getattr(self._frame, "n", -1), next(self._arrivals))
+        entry = [getattr(self._frame, "n", -1), next(self._arrivals), 0]
         self._frame.n = -1
         deadline = None if timeout < 0 else time.monotonic() + timeout
         with self._cond:
-            if not self._held and not self._waiting:
-                self._held = True
+            if self._held < self.capacity and not self._waiting:
+                self._admit(entry)
                 return True
             if not blocking:
                 return False
-            heapq.heappush(self._waiting, entry)
-            while self._held or self._waiting[0] != entry:
+            self._waiting.append(entry)
+            while self._held >= self.capacity or self._choose() is not entry:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     self._waiting.remove(entry)
-                    heapq.heapify(self._waiting)
                     self._cond.notify_all()  # the next in line may be free to go now
                     return False
                 self._cond.wait(remaining)
-            heapq.heappop(self._waiting)
-            self._held = True
+            self._waiting.remove(entry)
+            for other in self._waiting:
+                other[2] += 1
+            self._admit(entry)
+            if self._held < self.capacity and self._waiting:
+                self._cond.notify_all()
             return True
+
+    def _admit(self, entry: list[int]) -> None:
+        self._held += 1
 
     def release(self) -> None:
         with self._cond:
-            self._held = False
+            self._held -= 1
             self._cond.notify_all()
+
+    @property
+    def held(self) -> int:
+        """Frames admitted now."""
+        return self._held
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no frame is admitted (at most ``timeout`` seconds); whether none is."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._held:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
 
     def __enter__(self) -> bool:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def host_buffer(shape: Sequence[int], dtype: torch.dtype, pinned: bool) -> torch.Tensor:
+    """An empty host tensor, pinned when asked and possible.
+
+    cudaHostAlloc failing raises "CUDA error: out of memory", the words of a GPU out-of-memory
+    error: taken for one, it halved the tiles for good and did nothing for the host's memory. A
+    pinned buffer that cannot be had is not a GPU error: the transfer uses pageable memory (it is
+    then synchronous), with one warning per process.
+    """
+    if not pinned:
+        return torch.empty(tuple(shape), dtype=dtype)
+    try:
+        return _allocate_pinned(tuple(shape), dtype)
+    except RuntimeError as e:
+        global _warned_pinned
+        if not _warned_pinned:
+            _warned_pinned = True
+            log.warning("Restore: pinned host memory could not be allocated (%s); transfers use pageable "
+                        "memory from now on (slower; reported once)", str(e).strip().splitlines()[0])
+        return torch.empty(tuple(shape), dtype=dtype)
+
+
+def _allocate_pinned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
+_warned_pinned = False
 
 
 @dataclass(frozen=True)
@@ -315,8 +383,10 @@ class WindowEngine:
         self.compute_dtype = compute_dtype
         self.tile_overlap = tile_overlap
         self._set_tiles(tile, cached_windows)
-        self._frame_order = FrameOrderLock()
+        self._frame_order = FrameGate(1)
         self._lock: Any = self._frame_order  # vsfilter's trace may wrap it
+        #: frames between restore() and the end of write(), at most FRAMES_IN_FLIGHT
+        self.in_flight = FrameGate(FRAMES_IN_FLIGHT)
         self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False
         self._offsets = OffsetWatch(model, device)
@@ -338,10 +408,14 @@ class WindowEngine:
             self._frame_features = torch.compile(model.frame_features, dynamic=False, backend=compile_backend)
             model.compile_regions(dynamic=False, backend=compile_backend)
             self._compile_errors = (TorchDynamoException,)
-        self._upload = self._download = None
+        self._upload = self._download = self._compute = None
         if device.type == "cuda":
             with torch.cuda.device(device):
                 self._upload, self._download = torch.cuda.Stream(), torch.cuda.Stream()
+                # the network's own stream: another filter may set a worker thread's current stream,
+                # and the cache and the offset watch rely on one stream for every frame
+                self._compute = torch.cuda.Stream()
+                self._compute.wait_stream(torch.cuda.current_stream())  # the weights, uploaded there
         # cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) is left as the process has
         # it: it is process-wide (every PyTorch filter of the script) and each process may time its way
         # to other algorithms, other rounding: frames would differ between vspipe runs (docs/cuda.md)
@@ -383,7 +457,7 @@ class WindowEngine:
         row = stride // self.sample_dtype.itemsize
         # VapourSynth's frame memory is pageable: for CUDA the planes go straight into pinned memory,
         # so that the upload is asynchronous and runs on its own stream beside the queued computation
-        chw = torch.empty((3, self.height, self.width), dtype=self.host_dtype, pin_memory=self._upload is not None)
+        chw = host_buffer((3, self.height, self.width), self.host_dtype, pinned=self._upload is not None)
         np.stack([np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width]
                   for p in planes], out=chw.numpy())
         if not torch.isfinite(chw).all():
@@ -395,7 +469,7 @@ class WindowEngine:
             torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0, out=chw)
         if self._upload is None:
             return chw.to(self.device, self.compute_dtype)[None]
-        compute = torch.cuda.current_stream(self.device)
+        compute = self._compute
         with torch.cuda.stream(self._upload):
             on_device = chw.to(self.device, non_blocking=True)
         compute.wait_stream(self._upload)
@@ -444,7 +518,8 @@ class WindowEngine:
         On CUDA this returns once the work is queued, without waiting for it.
         """
         self._frame_order.next_frame(window[self.model.center])
-        with self._lock, torch.inference_mode(), device_scope(self.device):  # any worker thread calls this
+        stream = torch.cuda.stream(self._compute) if self._compute is not None else nullcontext()
+        with self._lock, torch.inference_mode(), device_scope(self.device), stream:  # any worker thread
             _stop_if_exiting()
             if self._warned_offsets and self._offsets.active:
                 self._offsets.stop()  # here, under the lock: write() runs beside the network
@@ -489,14 +564,13 @@ class WindowEngine:
         out = out.to(self.host_dtype)
         if self._download is None:
             return PendingFrame(n, out, None, peak)
-        compute = torch.cuda.current_stream(self.device)
-        self._download.wait_stream(compute)
+        self._download.wait_stream(self._compute)
         with torch.cuda.stream(self._download):
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host = host_buffer(out.shape, out.dtype, pinned=True)
             host.copy_(out, non_blocking=True)
             peak_host = None
             if peak is not None:
-                peak_host = torch.empty((), dtype=peak.dtype, pin_memory=True)
+                peak_host = host_buffer((), peak.dtype, pinned=True)
                 peak_host.copy_(peak, non_blocking=True)
             ready = torch.cuda.Event(blocking=True)  # write() sleeps rather than spins: cores stay free
             ready.record(self._download)

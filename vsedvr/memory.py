@@ -17,7 +17,7 @@ tensors are 64 x 8640 x 15360 = 8.5e9 elements, so a tile may have at most 2^31 
 pixels (1080p, 2,073,600, is just below it).
 
 The estimate (:func:`frame_peak_bytes`) adds what lives through a frame (weights, feature cache,
-the window's input frames, the output) to the largest of the three stages' working sets (alignment
+the window's input frames, the output and the frames in flight's copies of it) to the largest of the three stages' working sets (alignment
 with the DCN's float32 buffers, fusion, reconstruction), plus 10 % and 256 MiB for cuDNN's
 workspaces and the allocator's rounding. It is an estimate: tests/test_cuda.py compares it with
 ``torch.cuda.max_memory_allocated`` on a GPU. The engine's out-of-memory retry stays the last resort.
@@ -25,6 +25,8 @@ workspaces and the allocator's rounding. It is an estimate: tests/test_cuda.py c
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,12 @@ HR_CHANNELS = 64
 FREE_FRACTION = 0.8
 #: Smallest tile edge (input pixels), as in the out-of-memory retry.
 MIN_TILE = 64
+#: Frames of one filter between the start of their computation and the end of their copy to the host
+#: (one computing, one downloading, one being written; the engine's ``in_flight`` gate): each holds
+#: its output on the GPU until its download ends, and a pinned host buffer. Without a bound every
+#: VapourSynth thread ran ahead of the GPU with a frame of its own (16 threads: 16 outputs, about
+#: 6 GB at 1080p, outside the plan). The plan counts these outputs.
+FRAMES_IN_FLIGHT = 3
 _MARGIN_FACTOR = 1.1
 _MARGIN_BYTES = 256 << 20
 
@@ -98,7 +106,9 @@ def frame_peak_bytes(net: NetworkSize, width: int, height: int, read: tuple[int,
     entries = cached_windows * t * tiles if cached_windows else t
     cache = entries * (int(c * fp * 1.3125) + 3 * read[0] * read[1]) * b  # pyramid (1 + 1/4 + 1/16) + crop
     out_scale = net.scale * net.scale
-    lasting = net.parameters * b + cache + t * 3 * width * height * b + 3 * out_scale * width * height * b
+    # the output in the compute type, and the frames in flight's copies in the clip's type (4 bytes at most)
+    outputs = 3 * out_scale * width * height * (b + 4 * FRAMES_IN_FLIGHT)
+    lasting = net.parameters * b + cache + t * 3 * width * height * b + outputs
     dcn = 9 * c * fp * 4 + c * fp * 4 + ((c + 27 * g) * fp * 4 if b < 4 else 0)  # columns, output, fp32 copies
     align = 2 * t * c * fp * b + (8 * c + 36 * g) * fp * b + dcn
     fusion = 4 * t * c * fp * b + 4 * c * fp * b
@@ -161,3 +171,30 @@ def free_cuda_memory(device: torch.device) -> int:
     PyTorch's allocator holds unused."""
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+# One budget per device for the process: every Restore planned from the same free memory, so two
+# EDVR-M at 1080p on a 24 GB card each planned for 80 % of it (2 x 15 GiB), and the first OOM shrank
+# the tiles of one for good. A filter reserves what its plan will allocate beyond what it already
+# holds (its weights); the next plan sees the free memory less the live reservations.
+_reservations: dict[str, dict[int, int]] = {}
+_reservations_lock = threading.Lock()
+
+
+def reserved_bytes(device: torch.device | str) -> int:
+    """Bytes that the live filters' plans on ``device`` will still allocate."""
+    with _reservations_lock:
+        return sum(_reservations.get(str(device), {}).values())
+
+
+def reserve(device: torch.device | str, owner: object, nbytes: int) -> None:
+    """Reserves ``nbytes`` on ``device`` for as long as ``owner`` lives."""
+    key, token = str(device), id(owner)
+    with _reservations_lock:
+        _reservations.setdefault(key, {})[token] = max(0, int(nbytes))
+    weakref.finalize(owner, _release, key, token)
+
+
+def _release(key: str, token: int) -> None:
+    with _reservations_lock:
+        _reservations.get(key, {}).pop(token, None)

@@ -1,0 +1,182 @@
+"""The CUDA path under many VapourSynth threads, shown on the CPU (issue 22, items 2-8): frames in
+flight per filter, one memory budget per device, no order of requests starved, a pinned allocation
+that fails is no GPU out-of-memory, no process-wide cuDNN flag, and the exit waits for frames that
+are downloading. Each test failed before its fix (at cc35754); tests/test_cuda.py has the GPU side."""
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import vapoursynth as vs
+
+import clips
+from vsedvr import engine as engine_module
+from vsedvr import memory, vsfilter
+from vsedvr.engine import MAX_PASSES, WindowEngine, host_buffer
+from vsedvr.memory import FRAMES_IN_FLIGHT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def threads_16():
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = 16
+    yield
+    core.num_threads = old
+
+
+def test_frames_in_flight_are_bounded_at_16_threads(tiny_checkpoint: Path, threads_16: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow download (the write waits for it): frames between restore() and the end of write() stay
+    at the bound. Before, every thread entered restore() with a frame of its own: up to 16, each
+    holding a GPU output (6 GB for EDVR-M at 1080p) and a pinned buffer."""
+    lock = threading.Lock()
+    live, peak = [0], [0]
+    restore, write = WindowEngine.restore, WindowEngine.write
+
+    def counted_restore(self, window, sources):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        return restore(self, window, sources)
+
+    def slow_write(self, pending, output):
+        time.sleep(0.05)  # a download that takes its time
+        write(self, pending, output)
+        with lock:
+            live[0] -= 1
+
+    monkeypatch.setattr(WindowEngine, "restore", counted_restore)
+    monkeypatch.setattr(WindowEngine, "write", slow_write)
+    clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 40, seed=2), model=str(tiny_checkpoint))
+    for fut in [clip.get_frame_async(n) for n in range(40)]:
+        fut.result()
+    assert live[0] == 0
+    assert peak[0] == FRAMES_IN_FLIGHT, f"{peak[0]} frames in flight at 16 threads"
+
+
+def test_reversed_clip_is_not_starved(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore(...).std.Reverse() read in order with 8 requests in flight: output frame 0 (input 39)
+    is computed early. Serving the lowest waiting frame first computed it last: each finished frame
+    brought a lower request, and vspipe had to buffer the whole clip."""
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = 8
+    computed: list[int] = []
+    monkeypatch.setattr(vsfilter, "trace", lambda event, n: computed.append(n) if event == "compute" else None)
+    try:
+        clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 40, seed=3), model=str(tiny_checkpoint))
+        monkeypatch.setattr(vsfilter, "trace", None)
+        for _ in clip.std.Reverse().frames(prefetch=8):
+            pass
+    finally:
+        core.num_threads = old
+    assert sorted(computed) == list(range(40))
+    assert computed.index(39) < 8 + MAX_PASSES + 2, computed
+
+
+def test_forward_rendering_keeps_the_cache_order(tiny_checkpoint: Path) -> None:
+    """The gate's order still walks a forward render frame by frame: each input frame encoded once."""
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = 16
+    try:
+        before = {id(o) for o in gc.get_objects() if type(o) is WindowEngine}
+        clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 60, seed=4), model=str(tiny_checkpoint))
+        for _ in clip.frames():
+            pass
+        engine = next(o for o in gc.get_objects() if type(o) is WindowEngine and id(o) not in before)
+        assert engine.cache.misses == 60, (engine.cache.hits, engine.cache.misses)
+    finally:
+        core.num_threads = old
+
+
+def test_two_restores_on_one_gpu_share_its_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two EDVR-M at 1080p fp16 planned on a 32 GiB card (a fake free-memory figure): the second
+    plans from what the first left, together within 80 % of it. Before, each planned 80 % of the same
+    free memory (whole frames, 2 x 17.5 GiB), and the first out-of-memory error shrank one's tiles
+    for good."""
+    from vsedvr.nets import EDVR
+
+    free = 32 * 2**30
+    monkeypatch.setattr(vsfilter, "free_cuda_memory", lambda device: free)
+    model = EDVR()
+    device = torch.device("cuda", 0)
+
+    class Owner:  # stands for the engine a reservation lives with
+        pass
+
+    first = vsfilter._plan_tiles(model, device, 1920, 1080, torch.float16, 16)
+    owner = Owner()
+    memory.reserve(device, owner, first[3])
+    second = vsfilter._plan_tiles(model, device, 1920, 1080, torch.float16, 16)
+    weights = sum(p.numel() for p in model.parameters()) * 2
+    assert first[3] + second[3] + 2 * weights <= memory.FREE_FRACTION * free, (first, second)
+    assert second[:3] != first[:3]
+    del owner
+    assert memory.reserved_bytes(device) == 0  # a freed filter gives its share back
+    assert vsfilter._plan_tiles(model, device, 1920, 1080, torch.float16, 16) == first
+
+
+def test_failed_pinned_allocation_is_not_a_gpu_out_of_memory(monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """cudaHostAlloc failing says "CUDA error: out of memory": the engine took it for the GPU's and
+    halved its tiles for good. Now the buffer is pageable, with one warning."""
+    def no_pinned_memory(shape, dtype):
+        raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+
+    monkeypatch.setattr(engine_module, "_allocate_pinned", no_pinned_memory)
+    monkeypatch.setattr(engine_module, "_warned_pinned", False)
+    with caplog.at_level("WARNING", logger="vsedvr"):
+        first = host_buffer((3, 4, 5), torch.float32, pinned=True)
+        host_buffer((3, 4, 5), torch.float32, pinned=True)
+    assert first.shape == (3, 4, 5) and not first.is_pinned()
+    warnings = [r.getMessage() for r in caplog.records if "pinned host memory" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
+def test_no_process_wide_cudnn_setting() -> None:
+    """cudnn.benchmark is process-wide (every PyTorch filter of the script) and makes each process time
+    its own algorithms: the frames of two vspipe runs could differ. The package never sets it."""
+    package = ROOT / "vsedvr"
+    offenders = [str(p.relative_to(ROOT)) for p in package.rglob("*.py")
+                 if "cudnn.benchmark =" in p.read_text() or "cudnn.deterministic =" in p.read_text()]
+    assert not offenders, offenders
+
+
+def test_exit_waits_for_frames_being_written(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The script returns while a frame waits for its download in write(): the exit waits for it to
+    leave (before, it waited for the network's lock only, free by then, and the frame took the GIL
+    back during finalisation: on Python 3.12 that ends in terminate())."""
+    script = tmp_path / "exit_in_write.py"
+    script.write_text(textwrap.dedent(f"""\
+        import sys, threading, time
+        import vapoursynth as vs
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        import clips
+        from vsedvr.engine import WindowEngine
+        inside = threading.Event()
+        write = WindowEngine.write
+        def slow_write(self, pending, output):
+            inside.set()
+            time.sleep(2)
+            write(self, pending, output)
+            print("written", file=sys.stderr, flush=True)
+        WindowEngine.write = slow_write
+        clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 5), model={str(tiny_checkpoint)!r})
+        future = clip.get_frame_async(2)
+        inside.wait(60)
+        print("leaving main", file=sys.stderr, flush=True)
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "leaving main" in done.stderr and "written" in done.stderr.split("leaving main")[1], done.stderr
