@@ -446,7 +446,7 @@ def count_flops(model: str, height: int, width: int) -> dict[str, float]:
     vsedvr encodes each input frame once (``frame_features``) and runs ``restore_window`` per
     output frame, so its work per output frame is one frame's features plus one window. Conv
     FLOPs are exactly proportional to H x W for sizes that are multiples of 4, so they are counted
-    on a small frame of the same aspect and scaled (checked on two small sizes).
+    on a smaller frame of the same aspect and scaled (checked on two small sizes).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -469,7 +469,8 @@ def count_flops(model: str, height: int, width: int) -> dict[str, float]:
                 totals.append(counter.get_total_flops())
         return totals[0], totals[1], totals[2]
 
-    small = (16, 16 * width // height // 4 * 4 or 16)
+    # large enough that no convolution is widened to MIN_STABLE_PIXELS (nets/stable.py) on the CPU
+    small = (64, 64 * width // height // 4 * 4 or 64)
     a = count(*small)
     b = count(small[0] * 2, small[1])
     if any(2 * p != q for p, q in zip(a, b)):

@@ -280,6 +280,102 @@ def test_two_processes_give_identical_frames(tmp_path: Path) -> None:
         return done.stdout.split("frames ")[1].strip()
 
     plain = [digest(False), digest(False)]
-    searched = [digest(True), digest(True)]
-    print(f"default: {plain}; cudnn.benchmark: {searched}; search equal to default: {searched[0] == plain[0]}")
+    searched = digest(True)
+    print(f"two processes: {plain}; with cudnn.benchmark: {searched} (equal: {searched == plain[0]})")
     assert plain[0] == plain[1]
+
+
+# --------------------------------------------------------------------------- issue 22, items 2-8 on a GPU
+
+def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
+    """Item 2: EDVR-M fp16 at 540x960 with 16 VapourSynth threads: frames between restore() and the
+    end of write() stay at the bound, and the peak VRAM stays under the plan's estimate."""
+    import threading
+
+    from vsedvr.engine import WindowEngine
+    from vsedvr.memory import FRAMES_IN_FLIGHT, reserved_bytes
+
+    lock = threading.Lock()
+    live, peak = [0], [0]
+    restore, write = WindowEngine.restore, WindowEngine.write
+
+    def counted_restore(self, window, sources):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        return restore(self, window, sources)
+
+    def counted_write(self, pending, output):
+        write(self, pending, output)
+        with lock:
+            live[0] -= 1
+
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = 16
+    WindowEngine.restore, WindowEngine.write = counted_restore, counted_write
+    try:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        source = vs.core.resize.Point(clips.moving_pattern(960, 540, 24), format=vs.RGBH)
+        clip = vs.core.edvr.Restore(source, model=str(_edvrm_checkpoint(tmp_path)), device="cuda")
+        planned = reserved_bytes(torch.device("cuda", torch.cuda.current_device()))
+        torch.cuda.reset_peak_memory_stats()
+        for fut in [clip.get_frame_async(n) for n in range(24)]:
+            fut.result()
+        torch.cuda.synchronize()
+        used = torch.cuda.max_memory_allocated() - base
+    finally:
+        WindowEngine.restore, WindowEngine.write = restore, write
+        core.num_threads = old
+    print(f"540x960 fp16, 16 threads: {peak[0]} frames in flight, peak {used / 2**30:.2f} GiB, "
+          f"reserved by the plan {planned / 2**30:.2f} GiB")
+    assert peak[0] <= FRAMES_IN_FLIGHT
+    assert used <= planned + 2**30
+
+
+def test_two_restores_on_one_gpu(tmp_path: Path) -> None:
+    """Item 3: the second Restore plans from what the first left; both run; VRAM per Restore printed."""
+    from vsedvr.memory import FREE_FRACTION, free_cuda_memory, reserved_bytes
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    checkpoint = _edvrm_checkpoint(tmp_path)
+    free = free_cuda_memory(device)
+    source = vs.core.resize.Point(clips.moving_pattern(1920, 1080, 5), format=vs.RGBH)
+    first = vs.core.edvr.Restore(source, model=str(checkpoint), device="cuda")
+    after_first = reserved_bytes(device)
+    second = vs.core.edvr.Restore(source, model=str(checkpoint), device="cuda")
+    both = reserved_bytes(device)
+    print(f"1080p fp16: free {free / 2**30:.1f} GiB; reserved: first {after_first / 2**30:.1f} GiB, "
+          f"second {(both - after_first) / 2**30:.1f} GiB")
+    assert both <= FREE_FRACTION * free
+    torch.cuda.reset_peak_memory_stats()
+    first.get_frame(2)
+    second.get_frame(2)
+    print(f"peak with both: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    del first, second
+    assert reserved_bytes(device) == 0
+
+
+def test_restore_leaves_cudnn_flags_alone(tiny_checkpoint: Path) -> None:
+    """Item 7: no process-wide cuDNN flag is changed by creating or running a Restore."""
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    frames_of(vs.core.edvr.Restore(clips.moving_pattern(48, 32, 4), model=str(tiny_checkpoint), device="cuda"))
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == flags
+
+
+def test_engine_computes_on_its_own_stream() -> None:
+    """Item 6: a thread whose current stream is another one (set by another filter) gets the same
+    frames: the engine runs the network on its own stream."""
+    from test_cuda_path import render, tiny_model
+    from vsedvr.engine import WindowEngine
+
+    frames = _engine_frames(40, 28, 6)
+    plain = render(WindowEngine(tiny_model().cuda(), torch.device("cuda"), 40, 28, np.float32, torch.float32),
+                   frames)
+    other = torch.cuda.Stream()
+    with torch.cuda.stream(other):
+        engine = WindowEngine(tiny_model().cuda(), torch.device("cuda"), 40, 28, np.float32, torch.float32)
+        assert engine._compute is not None and engine._compute != other
+        streamed = render(engine, frames)
+    assert np.array_equal(plain, streamed)

@@ -54,7 +54,8 @@ def test_plan_fits_the_free_memory_and_32_bit_indexing(net: NetworkSize, size: s
     assert largest_tensor_elements(net, *read) <= INT32_MAX
     count = len(plan_tiles(width, height, plan.tile, 16))
     assert plan.peak_bytes == frame_peak_bytes(net, width, height, (math.ceil(read[0] / 4) * 4,
-                                               math.ceil(read[1] / 4) * 4), count, dtype_bytes, plan.cached_windows)
+                                               math.ceil(read[1] / 4) * 4), count, dtype_bytes, plan.cached_windows,
+                                               plan.frames_in_flight)
     assert covers(plan.tile, width, height)
     if size == "4K":
         assert plan.tile is not None  # whatever the memory: 32-bit indexing

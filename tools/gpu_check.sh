@@ -6,7 +6,7 @@
 #                                       (VapourSynth R81, vsutil, vsedvr with its plugin)
 #   bash tools/gpu_check.sh plan        here: the steps, their time limits and the files, nothing run
 #   bash tools/gpu_check.sh run         there, through the device tool:
-#                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=420)
+#                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=360)
 #
 # GPU_CHECK_CPU=1 runs the same steps here on the CPU with tiny sizes and this checkout's .venv
 # (no install: the .whl set is only checked), so that `prepare` and `run` are exercised end to end by
@@ -16,9 +16,9 @@
 # 600 s, out of about 15 minutes of device time in all (its start included, a minute or more). So
 # `run` works to a budget of BUDGET seconds from its start, installs included, leaving time for a
 # second try: each step gets at most its own limit and never more than what is left, the most
-# important first; torch.compile last and optional (GPU_CHECK_COMPILE=0 skips it). Each pytest test
-# has its own timeout, so a stuck test prints its traceback instead of eating the step. It leaves 7
-# files in $OUT, numbered in that order; what a killed run has written comes back all the same.
+# important first (tests/test_cuda.py, torch.compile's correctness included). Each pytest test has its
+# own timeout, so a stuck test prints its traceback instead of eating the step. It leaves 6 files in
+# $OUT, numbered in that order; what a killed run has written comes back all the same.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,27 +27,23 @@ INSTALL_LIMIT=30
 CPU_MODE=${GPU_CHECK_CPU:-0}
 if [ "$CPU_MODE" = 1 ]; then
     PY=.venv/bin/python DEVICE=cpu PRECISION=fp32 SMALL=32x48 LARGE=48x64 FRAMES=5 LARGE_FRAMES=5
+    LIMIT_SCALE=3  # a loaded 2-core machine starts Python and torch far slower than the GPU machine
     PRECISION_CHECK="--models edvr_demo --size 16x16"  # half precision on the CPU is slow
-    VERSION_TESTS=tests/test_memory_plan.py
 else
     PY=python3 DEVICE=cuda PRECISION=fp16 SMALL=180x320 LARGE=540x960 FRAMES=30 LARGE_FRAMES=20
-    PRECISION_CHECK="--size 180x320"
-    # the CPU tests of the network and the CUDA path's logic, on the GPU machine's older torch
-    VERSION_TESTS="tests/test_network.py tests/test_memory_plan.py tests/test_cuda_path.py"
+    LIMIT_SCALE=1
+    PRECISION_CHECK="--size 64x112"  # the held-out pictures hold HR clips up to 256x448
 fi
-PYTEST="$PY -P -m pytest -v --tb=short -p no:cacheprovider -rs --timeout=100"
+PYTEST="$PY -P -m pytest -v --tb=short -p no:cacheprovider -rs --timeout=60"
 BENCH="$PY bench/bench_restore.py --device $DEVICE --precision $PRECISION --models edvrm --no-micro"
 # NAME|LIMIT (s)|OUTPUT|COMMAND (run with "$OUT" expanded)
 STEPS=(
-    "test_cuda|110|02-test_cuda.log|$PYTEST --durations=8 tests/test_cuda.py"
-    "torch_versions|30|07-steps.log|$PYTEST -q --timeout=60 $VERSION_TESTS"
-    "bench_small|35|07-steps.log|$BENCH --size $SMALL --frames $FRAMES --variants a_python,a_cudnnsearch,b_naive,c_modify --json \$OUT/03-bench_small.json"
-    "bench_large|45|07-steps.log|$BENCH --size $LARGE --frames $LARGE_FRAMES --variants a_python,a_cudnnsearch,b_naive --json \$OUT/04-bench_large.json"
-    "precision|20|05-precision.log|$PY bench/precision_error.py --device $DEVICE $PRECISION_CHECK"
-    "bench_compile|30|07-steps.log|$BENCH --size $SMALL --frames $FRAMES --variants a_python,a_compile --json \$OUT/06-bench_compile.json"
+    "test_cuda|150|02-test_cuda.log|$PYTEST -s --durations=8 tests/test_cuda.py"
+    "bench_small|50|06-steps.log|$BENCH --size $SMALL --frames $FRAMES --variants a_python,a_cudnnsearch,b_naive --json \$OUT/03-bench_small.json"
+    "bench_large|45|06-steps.log|$BENCH --size $LARGE --frames $LARGE_FRAMES --variants a_python,b_naive --json \$OUT/04-bench_large.json"
+    "precision|25|05-precision.log|$PY bench/precision_error.py --device $DEVICE $PRECISION_CHECK"
 )
-FILES=(01-summary.txt 02-test_cuda.log 03-bench_small.json 04-bench_large.json 05-precision.log
-       06-bench_compile.json 07-steps.log)
+FILES=(01-summary.txt 02-test_cuda.log 03-bench_small.json 04-bench_large.json 05-precision.log 06-steps.log)
 
 plan() {
     local total=$INSTALL_LIMIT entry name limit output command
@@ -94,6 +90,7 @@ run() {
     : "${OUT:=/tmp/gpu-check}"
     mkdir -p "$OUT"
     local start=$SECONDS summary="$OUT/01-summary.txt" entry name limit output command left
+    local budget=$((BUDGET * LIMIT_SCALE))
     export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 OUT
     check_wheels >> "$summary" 2>&1 || { echo "wheels incomplete" | tee -a "$summary"; exit 1; }
     if [ "$CPU_MODE" = 1 ]; then
@@ -111,10 +108,8 @@ run() {
         >> "$summary" 2>&1 || { echo "imports failed" | tee -a "$summary"; exit 1; }
     for entry in "${STEPS[@]}"; do
         IFS='|' read -r name limit output command <<< "$entry"
-        left=$((BUDGET - (SECONDS - start)))
-        if [ "$name" = bench_compile ] && [ "${GPU_CHECK_COMPILE:-1}" = 0 ]; then
-            echo "=== $name: skipped (GPU_CHECK_COMPILE=0)" | tee -a "$summary"; continue
-        fi
+        left=$((budget - (SECONDS - start)))
+        limit=$((limit * LIMIT_SCALE))
         if [ "$left" -lt 10 ]; then
             echo "=== $name: skipped (${left}s of the budget left)" | tee -a "$summary"; continue
         fi
@@ -125,7 +120,7 @@ run() {
         local rc=$?
         echo "=== $name: exit $rc after $((SECONDS - t0))s ($(tail -n 1 "$OUT/$output"))" | tee -a "$summary"
     done
-    echo "total $((SECONDS - start))s of ${BUDGET}s" | tee -a "$summary"
+    echo "total $((SECONDS - start))s of ${budget}s" | tee -a "$summary"
 }
 
 case "${1:-}" in

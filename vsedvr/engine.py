@@ -367,13 +367,16 @@ class WindowEngine:
             tile shape; falls back to the uncompiled network, with a warning, if compiling fails).
         compile_backend: ``torch.compile``'s backend; tests use ``"eager"`` or a counting backend,
             which keeps dynamo's tracing and guards (what decides recompiles) without inductor.
+        frames_in_flight: frames admitted between :meth:`restore` and the end of :meth:`write`
+            (``in_flight``); the memory plan counts their outputs.
     """
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
                  sample_dtype: np.dtype, compute_dtype: torch.dtype,
                  tile: tuple[int, int] | None = None, tile_overlap: int = 0, cached_windows: int = 2,
                  compile: bool = False,
-                 compile_backend: str | Callable[..., Any] = "inductor") -> None:
+                 compile_backend: str | Callable[..., Any] = "inductor",
+                 frames_in_flight: int = FRAMES_IN_FLIGHT) -> None:
         self.model = model
         self.device = device
         self.width = width
@@ -385,8 +388,8 @@ class WindowEngine:
         self._set_tiles(tile, cached_windows)
         self._frame_order = FrameGate(1)
         self._lock: Any = self._frame_order  # vsfilter's trace may wrap it
-        #: frames between restore() and the end of write(), at most FRAMES_IN_FLIGHT
-        self.in_flight = FrameGate(FRAMES_IN_FLIGHT)
+        #: frames between restore() and the end of write() (vsfilter's process() holds it)
+        self.in_flight = FrameGate(frames_in_flight)
         self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False
         self._offsets = OffsetWatch(model, device)

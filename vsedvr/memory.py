@@ -75,6 +75,7 @@ class MemoryPlan:
     cached_windows: int  # see WindowEngine: 2, 1, or 0 (the current tile's window only)
     peak_bytes: int
     budget_bytes: int
+    frames_in_flight: int = FRAMES_IN_FLIGHT  # fewer where the outputs would not fit otherwise
 
     @property
     def fits(self) -> bool:
@@ -98,16 +99,18 @@ def largest_tensor_elements(net: NetworkSize, width: int, height: int) -> int:
 
 
 def frame_peak_bytes(net: NetworkSize, width: int, height: int, read: tuple[int, int], tiles: int,
-                     dtype_bytes: int, cached_windows: int) -> int:
+                     dtype_bytes: int, cached_windows: int, frames_in_flight: int = FRAMES_IN_FLIGHT) -> int:
     """Estimated peak GPU memory (bytes) of one frame of width x height in tiles whose largest read
-    region (input pixels, padded) is ``read``; ``dtype_bytes`` of the compute type."""
+    region (input pixels, padded) is ``read``; ``dtype_bytes`` of the compute type; with the outputs
+    of ``frames_in_flight`` frames waiting for their download."""
     b, c, t, g = dtype_bytes, net.num_feat, net.num_frames, net.deformable_groups
     fp = _feature_pixels(net, *read)
     entries = cached_windows * t * tiles if cached_windows else t
     cache = entries * (int(c * fp * 1.3125) + 3 * read[0] * read[1]) * b  # pyramid (1 + 1/4 + 1/16) + crop
     out_scale = net.scale * net.scale
-    # the output in the compute type, and the frames in flight's copies in the clip's type (4 bytes at most)
-    outputs = 3 * out_scale * width * height * (b + 4 * FRAMES_IN_FLIGHT)
+    # the output in the compute type, its copy in the clip's type (4 bytes at most; none when the same),
+    # and the other frames in flight's copies
+    outputs = 3 * out_scale * width * height * (b + (4 if b != 4 else 0) + 4 * (frames_in_flight - 1))
     lasting = net.parameters * b + cache + t * 3 * width * height * b + outputs
     dcn = 9 * c * fp * 4 + c * fp * 4 + ((c + 27 * g) * fp * 4 if b < 4 else 0)  # columns, output, fp32 copies
     align = 2 * t * c * fp * b + (8 * c + 36 * g) * fp * b + dcn
@@ -146,7 +149,8 @@ def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, fre
     """The fewest tiles (with the largest feature cache) whose estimated peak fits in
     ``FREE_FRACTION`` of ``free_bytes`` and whose tensors stay within 32-bit indexing.
 
-    Whole frames with two windows cached first; then more tiles with the cache of two windows or one;
+    Whole frames with two windows cached first; then more tiles with the cache of two windows or one
+    (each with FRAMES_IN_FLIGHT frames in flight, then with one: a frame's output is not tiled);
     only if no tile size fits that way, the largest tiles that fit with the current tile's window
     cached (features recomputed for each window: slower, smallest). Nothing fits: the smallest tiles,
     with ``fits`` False (the engine's out-of-memory retry is then what remains).
@@ -158,10 +162,11 @@ def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, fre
     for levels in ((2, 1), (0,)):
         for tile, read, count in candidates:
             for cached in levels:
-                peak = frame_peak_bytes(net, width, height, read, count, dtype_bytes, cached)
-                last = MemoryPlan(tile, cached, peak, budget)
-                if peak <= budget:
-                    return last
+                for in_flight in (FRAMES_IN_FLIGHT, 1):
+                    peak = frame_peak_bytes(net, width, height, read, count, dtype_bytes, cached, in_flight)
+                    last = MemoryPlan(tile, cached, peak, budget, in_flight)
+                    if peak <= budget:
+                        return last
     assert last is not None, "no tile candidates"
     return last
 

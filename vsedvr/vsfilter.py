@@ -18,7 +18,7 @@ import torch
 
 from . import log
 from .engine import PlaneViews, WindowEngine, watch_native_exit
-from .memory import FREE_FRACTION, NetworkSize, free_cuda_memory, plan_memory, reserve, reserved_bytes
+from .memory import FRAMES_IN_FLIGHT, FREE_FRACTION, NetworkSize, free_cuda_memory, plan_memory, reserve, reserved_bytes
 from .windows import PADDINGS
 from .zoo import DEFAULT_MODEL, MODELS, ModelError, load_model
 
@@ -179,21 +179,21 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
     compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
     _initialise_torch(model, device, compute_dtype)  # first: the plan then sees what the libraries' handles took
-    cached_windows, reservation = 2, 0
+    cached_windows, in_flight, reservation = 2, FRAMES_IN_FLIGHT, 0
     if device.type == "cuda" and tile is None:
-        tile, tile_overlap, cached_windows, reservation = _plan_tiles(
+        tile, tile_overlap, cached_windows, in_flight, reservation = _plan_tiles(
             model, device, width, height, compute_dtype, _tile_overlap(options, 16) or 16)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
                           tile=tile, tile_overlap=tile_overlap, cached_windows=cached_windows,
-                          compile=bool(compile_network))
+                          compile=bool(compile_network), frames_in_flight=in_flight)
     if reservation:
         reserve(device, engine, reservation)
     return Restorer(engine, padding, bool(scenechange))
 
 
 def _plan_tiles(model: torch.nn.Module, device: torch.device, width: int, height: int, compute_dtype: torch.dtype,
-                overlap: int) -> tuple[tuple[int, int] | None, int, int, int]:
-    """(tile, tile_overlap, cached_windows, bytes to reserve) from the device's free memory less what
+                overlap: int) -> tuple[tuple[int, int] | None, int, int, int, int]:
+    """(tile, tile_overlap, cached_windows, frames_in_flight, bytes to reserve) from the device's free memory less what
     the other live Restores on it have planned, when the user gave no tile: Restore stays inside the
     GPU's memory before the first out-of-memory error (vsedvr.memory)."""
     # the plan takes FREE_FRACTION of what it is given: the others' reservations come out of that share
@@ -202,14 +202,14 @@ def _plan_tiles(model: torch.nn.Module, device: torch.device, width: int, height
     plan = plan_memory(size, width, height, compute_dtype.itemsize, free, overlap, model.size_multiple)
     reservation = plan.peak_bytes - size.parameters * compute_dtype.itemsize  # the weights are allocated
     if plan.tile is None:
-        return None, 0, plan.cached_windows, reservation
+        return None, 0, plan.cached_windows, plan.frames_in_flight, reservation
     logger = logging.getLogger("vsedvr")
     say = logger.info if plan.fits else logger.warning
     say("Restore: %dx%d frames computed in tiles of %dx%d (tile_overlap=%d, %d window(s) of features cached): "
         "about %.1f GiB, %.1f GiB of %s free%s; tile=[w, h] chooses them", width, height, plan.tile[0], plan.tile[1],
         overlap, plan.cached_windows, plan.peak_bytes / 2**30, free / 2**30, device,
         "" if plan.fits else " (more than the plan allows: out-of-memory retries may follow)")
-    return plan.tile, overlap, plan.cached_windows, reservation
+    return plan.tile, overlap, plan.cached_windows, plan.frames_in_flight, reservation
 
 
 def _initialise_torch(model: Any, device: torch.device, dtype: torch.dtype) -> None:

@@ -36,7 +36,7 @@ def stable_addmm(bias: Tensor | None, weight: Tensor, columns: Tensor) -> Tensor
     """``bias + weight @ columns`` (bias (M, 1) or None), the same at any thread count on the CPU."""
     count = columns.shape[1]
     if columns.device.type == "cpu" and count < MIN_STABLE_PIXELS:
-        columns = F.pad(columns, (0, MIN_STABLE_PIXELS - count))
+        columns = torch.constant_pad_nd(columns, (0, MIN_STABLE_PIXELS - count))
     out = torch.mm(weight, columns) if bias is None else torch.addmm(bias, weight, columns)
     return out[:, :count] if out.shape[1] != count else out
 
@@ -59,7 +59,7 @@ class StableConv2d(nn.Conv2d):
             return super().forward(x)
         # zero columns on the right, as the convolution's own zero padding would see them
         wider = -(-MIN_STABLE_PIXELS // out_h)
-        x = F.pad(x, (0, (wider - out_w) * self.stride[1]))
+        x = torch.constant_pad_nd(x, (0, (wider - out_w) * self.stride[1]))
         return super().forward(x)[..., :out_w]
 
     def _out_size(self, size: int, dim: int) -> int:
