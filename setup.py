@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 from setuptools._distutils.ccompiler import new_compiler
 from wheel.bdist_wheel import bdist_wheel
@@ -85,6 +85,13 @@ def build_with_mingw(macros: list[tuple[str, str]], target: Path) -> None:
                     "-Wl,--no-insert-timestamp", "-s"], check=True)
 
 
+class PluginDistribution(Distribution):
+    """Native code, so the wheel's root is platlib (auditwheel and pip's layout need it)."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
 class PlatformWheel(bdist_wheel):
     """py3-none-<platform>: the plugin is native code but does not depend on the Python ABI."""
 
@@ -97,4 +104,4 @@ class PlatformWheel(bdist_wheel):
         return "py3", "none", "win_amd64" if TARGET == "win_amd64" else plat
 
 
-setup(cmdclass={"build_py": BuildPyWithPlugin, "bdist_wheel": PlatformWheel})
+setup(distclass=PluginDistribution, cmdclass={"build_py": BuildPyWithPlugin, "bdist_wheel": PlatformWheel})
