@@ -47,7 +47,8 @@ def build_wheel(out: Path, env: dict[str, str]) -> Path:
     return wheel
 
 
-def manylinux_wheel(work: Path) -> Path:
+def manylinux_wheel(work: Path, dest: Path = DIST) -> Path:
+    """The Linux wheel, tagged manylinux, into dest."""
     wheel = build_wheel(work / "linux", {k: v for k, v in os.environ.items() if k != "VSEDVR_TARGET"})
     shown = subprocess.run([str(BIN / "auditwheel"), "show", str(wheel)], capture_output=True, text=True, check=True)
     policy = re.search(r'consistent with the\s+following platform tag:\s*"([^"]+)"', shown.stdout)
@@ -56,7 +57,7 @@ def manylinux_wheel(work: Path) -> Path:
     log(f"Linux plugin: {policy.group(1)} (auditwheel show)")
     tagged = subprocess.run([sys.executable, "-m", "wheel", "tags", "--remove", "--platform-tag", policy.group(1),
                              str(wheel)], capture_output=True, text=True, check=True).stdout.strip()
-    return Path(shutil.copy2(wheel.parent / tagged, DIST / tagged))
+    return Path(shutil.copy2(wheel.parent / tagged, dest / tagged))
 
 
 def dll_imports(dll: Path) -> set[str]:
@@ -66,7 +67,8 @@ def dll_imports(dll: Path) -> set[str]:
     return {name.lower() for name in re.findall(r"DLL Name: (\S+)", dump)}
 
 
-def windows_wheel(work: Path) -> Path:
+def windows_wheel(work: Path, dest: Path = DIST) -> Path:
+    """The win_amd64 wheel, its DLL cross-compiled with MinGW-w64, into dest."""
     if not shutil.which("x86_64-w64-mingw32-gcc"):
         sys.exit("build_wheels: x86_64-w64-mingw32-gcc not found: apt-get install gcc-mingw-w64-x86-64")
     wheel = build_wheel(work / "windows", {**os.environ, "VSEDVR_TARGET": "win_amd64"})
@@ -77,7 +79,7 @@ def windows_wheel(work: Path) -> Path:
         sys.exit(f"build_wheels: vsedvr.dll imports DLLs that are not Windows system DLLs: "
                  f"{sorted(imports - WINDOWS_SYSTEM_DLLS)}")
     log(f"Windows plugin imports only {sorted(imports)}")
-    return Path(shutil.copy2(wheel, DIST / wheel.name))
+    return Path(shutil.copy2(wheel, dest / wheel.name))
 
 
 def main() -> None:
