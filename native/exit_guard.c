@@ -90,7 +90,8 @@ static void finishAtExit(int status, int known) {
         exitStatusSeen = 1;
         plCondBroadcast(&exitStatusKnown);
     }
-    int pythonGone = !py.ok || !py.IsInitialized() || py.IsFinalizing();
+    /* the frames' threads may be gone without a word (Windows, ExitProcess): nothing to wait for */
+    int pythonGone = !py.ok || !py.IsInitialized() || py.IsFinalizing() || plOtherThreadsEnded();
     while (!pythonGone && framesInPython > inPythonHere)
         if (!plCondWaitUntil(&exitIdle, &exitMutex, exitDeadline))
             break;

@@ -60,6 +60,10 @@ typedef struct {
     int (*onMainThreadExit)(void (*handler)(void *arg));
 } PlExitHooks;
 
+/* True once the process's other threads have been ended for good by the system (Windows: in
+   ExitProcess's DLL detach phase); an exit handler must not wait for them then. */
+int plOtherThreadsEnded(void);
+
 /* The hooks this platform has; a NULL member is a hook it lacks. Pins the plugin in the process
    first where a hook would outlive an unloaded plugin (on_exit). */
 PlExitHooks plExitHooks(void);

@@ -74,6 +74,10 @@ static int onMainThreadExit(void (*handler)(void *)) {
 }
 #endif
 
+int plOtherThreadsEnded(void) {
+    return 0; /* exit() ends them only after every handler has returned */
+}
+
 static int atExit(void (*handler)(void)) {
     return atexit(handler);
 }

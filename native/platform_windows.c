@@ -71,6 +71,20 @@ void *plPythonSymbol(const char *name) {
    that are gone. */
 static int (__cdecl *processAtExit)(void (__cdecl *)(void));
 
+int plOtherThreadsEnded(void) {
+    /* ntdll's, documented in winternl.h: true while DLL_PROCESS_DETACH runs at process exit, after
+       ExitProcess has terminated every other thread. A host that does not exit through the Universal
+       CRT's exit() (its own static CRT) runs the table the handler is in only then. */
+    static BOOLEAN (NTAPI *shutdownInProgress)(void);
+    if (!shutdownInProgress) {
+        FARPROC found = GetProcAddress(GetModuleHandleA("ntdll.dll"), "RtlDllShutdownInProgress");
+        if (!found)
+            return 0;
+        memcpy(&shutdownInProgress, &found, sizeof found);
+    }
+    return shutdownInProgress() != 0;
+}
+
 static int atProcessExit(void (*handler)(void)) {
     return processAtExit(handler);
 }
