@@ -59,7 +59,9 @@ class BuildPyWithPlugin(build_py):
         major, minor = (int(x) for x in version.split(".")[:2])
         out_dir = Path(self.build_lib) / "vapoursynth" / "plugins"
         out_dir.mkdir(parents=True, exist_ok=True)
-        macros = [("VSEDVR_VERSION", f'"{version}"'), ("VSEDVR_VERSION_MAJOR", str(major)),
+        # the version as bare tokens (a pp-number), made a string in C: quotes do not survive every
+        # compiler's command line (MSVC's through spawn)
+        macros = [("VSEDVR_VERSION_TOKENS", version), ("VSEDVR_VERSION_MAJOR", str(major)),
                   ("VSEDVR_VERSION_MINOR", str(minor))]
         target = out_dir / plugin_name()
         if TARGET == "win_amd64":

@@ -17,6 +17,9 @@
 #include "exit_guard.h"
 #include "python_bridge.h"
 
+#define STRINGIFY(x) #x
+#define EXPANDED_STRING(x) STRINGIFY(x)
+#define VSEDVR_VERSION EXPANDED_STRING(VSEDVR_VERSION_TOKENS) /* setup.py: the package's version */
 #define FILTER_NAME "Restore"
 #define MAX_FRAMES 15 /* longest temporal window accepted from the Python side */
 

@@ -1,8 +1,9 @@
 /* The platform layer on Windows x64 (MinGW-w64 or MSVC): SRW locks, condition variables, and the
    loaded python3XY.dll found through the module list. Only kernel32 is used. */
 #ifdef _WIN32
-#include <ctype.h>
 #include <string.h>
+#include <wchar.h>
+#include <wctype.h>
 
 #include "platform.h"
 #include <tlhelp32.h>
@@ -36,12 +37,13 @@ void plOnce(void (*init)(void)) {
 }
 
 /* python3XY.dll (or python3XY_d.dll), not python3.dll: the stable-ABI forwarder lacks some of
-   the symbols the bridge needs (_Py_IsFinalizing). */
-static int isVersionedPythonDll(const char *name) {
-    if (_strnicmp(name, "python3", 7) != 0 || !isdigit((unsigned char)name[7]))
+   the symbols the bridge needs (_Py_IsFinalizing). Wide names: the same whether or not UNICODE is
+   defined. */
+static int isVersionedPythonDll(const wchar_t *name) {
+    if (_wcsnicmp(name, L"python3", 7) != 0 || !iswdigit(name[7]))
         return 0;
-    const char *dot = strrchr(name, '.');
-    return dot && _stricmp(dot, ".dll") == 0;
+    const wchar_t *dot = wcsrchr(name, L'.');
+    return dot && _wcsicmp(dot, L".dll") == 0;
 }
 
 static HMODULE loadedPython(void) {
@@ -51,9 +53,9 @@ static HMODULE loadedPython(void) {
     HANDLE snapshot = CreateToolhelp32Snapshot(TH32CS_SNAPMODULE, 0);
     if (snapshot == INVALID_HANDLE_VALUE)
         return NULL;
-    MODULEENTRY32 entry;
+    MODULEENTRY32W entry;
     entry.dwSize = sizeof entry;
-    for (BOOL more = Module32First(snapshot, &entry); more && !python; more = Module32Next(snapshot, &entry))
+    for (BOOL more = Module32FirstW(snapshot, &entry); more && !python; more = Module32NextW(snapshot, &entry))
         if (isVersionedPythonDll(entry.szModule) && GetProcAddress(entry.hModule, "Py_IsInitialized"))
             python = entry.hModule;
     CloseHandle(snapshot);
