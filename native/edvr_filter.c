@@ -4,360 +4,24 @@
  * This library does the VapourSynth work (validation of the clip, frame requests for the
  * temporal window, clip-end and scene-cut handling by remapping frame numbers, output
  * allocation with the centre frame's properties) and hands only the tensor work to Python
- * (`vsedvr.vsfilter`). It never links libpython: every Python symbol is looked up at run time
- * in the host process, so one build serves every Python 3 version, and in a host without Python
- * Restore fails with a clear error instead of the plugin failing to load.
+ * (`vsedvr.vsfilter`) through the Python bridge (python_bridge.c), which finds Python in the host
+ * process at run time. exit_guard.c stops frames when a host exits with frames in flight;
+ * platform.h is the little the plugin needs from the operating system.
  */
-#define _GNU_SOURCE /* clock_gettime, pthread_condattr_setclock, syscall, dladdr, RTLD_NODELETE, on_exit */
-#include <dlfcn.h>
-#include <errno.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <sys/types.h>
-#include <unistd.h>
-#include <time.h>
 
 #include "VapourSynth4.h"
+#include "exit_guard.h"
+#include "python_bridge.h"
 
+#define STRINGIFY(x) #x
+#define EXPANDED_STRING(x) STRINGIFY(x)
+#define VSEDVR_VERSION EXPANDED_STRING(VSEDVR_VERSION_TOKENS) /* setup.py: the package's version */
 #define FILTER_NAME "Restore"
 #define MAX_FRAMES 15 /* longest temporal window accepted from the Python side */
-#define EXIT_WAIT_SECONDS 10 /* longest wait, in all, at process exit for frames being computed */
-
-/* ---------------------------------------------------------------- Python, reached at run time */
-
-typedef struct _object PyObject;
-typedef ssize_t Py_ssize_t;
-typedef int PyGILState_STATE;
-
-static struct {
-    int ok;
-    int (*IsInitialized)(void);
-    int (*IsFinalizing)(void);
-    PyGILState_STATE (*GILState_Ensure)(void);
-    void (*GILState_Release)(PyGILState_STATE);
-    PyObject *(*Import_ImportModule)(const char *);
-    PyObject *(*Object_GetAttrString)(PyObject *, const char *);
-    PyObject *(*Object_CallObject)(PyObject *, PyObject *);
-    PyObject *(*Object_Str)(PyObject *);
-    PyObject *(*Tuple_New)(Py_ssize_t);
-    int (*Tuple_SetItem)(PyObject *, Py_ssize_t, PyObject *);
-    PyObject *(*Dict_New)(void);
-    int (*Dict_SetItemString)(PyObject *, const char *, PyObject *);
-    PyObject *(*Long_FromLongLong)(long long);
-    long long (*Long_AsLongLong)(PyObject *);
-    PyObject *(*Float_FromDouble)(double);
-    PyObject *(*Unicode_FromStringAndSize)(const char *, Py_ssize_t);
-    const char *(*Unicode_AsUTF8AndSize)(PyObject *, Py_ssize_t *);
-    PyObject *(*MemoryView_FromMemory)(char *, Py_ssize_t, int);
-    PyObject *(*Err_Occurred)(void);
-    void (*Err_Fetch)(PyObject **, PyObject **, PyObject **);
-    void (*Err_Clear)(void);
-    void (*DecRef)(PyObject *);
-    PyObject *None;
-} py;
-
-#define PYBUF_READ 0x100
-#define PYBUF_WRITE 0x200
-
-static void *pySymbol(const char *name) {
-    return dlsym(RTLD_DEFAULT, name);
-}
-
-/* Looks the Python C API up in the host process; returns 0 when there is no usable Python. */
-static int pyResolve(void) {
-    if (py.ok)
-        return 1;
-#define RESOLVE(field, name) if (!(*(void **)&py.field = pySymbol(name))) return 0
-    RESOLVE(IsInitialized, "Py_IsInitialized");
-    RESOLVE(GILState_Ensure, "PyGILState_Ensure");
-    RESOLVE(GILState_Release, "PyGILState_Release");
-    RESOLVE(Import_ImportModule, "PyImport_ImportModule");
-    RESOLVE(Object_GetAttrString, "PyObject_GetAttrString");
-    RESOLVE(Object_CallObject, "PyObject_CallObject");
-    RESOLVE(Object_Str, "PyObject_Str");
-    RESOLVE(Tuple_New, "PyTuple_New");
-    RESOLVE(Tuple_SetItem, "PyTuple_SetItem");
-    RESOLVE(Dict_New, "PyDict_New");
-    RESOLVE(Dict_SetItemString, "PyDict_SetItemString");
-    RESOLVE(Long_FromLongLong, "PyLong_FromLongLong");
-    RESOLVE(Long_AsLongLong, "PyLong_AsLongLong");
-    RESOLVE(Float_FromDouble, "PyFloat_FromDouble");
-    RESOLVE(Unicode_FromStringAndSize, "PyUnicode_FromStringAndSize");
-    RESOLVE(Unicode_AsUTF8AndSize, "PyUnicode_AsUTF8AndSize");
-    RESOLVE(MemoryView_FromMemory, "PyMemoryView_FromMemory");
-    RESOLVE(Err_Occurred, "PyErr_Occurred");
-    RESOLVE(Err_Fetch, "PyErr_Fetch");
-    RESOLVE(Err_Clear, "PyErr_Clear");
-    RESOLVE(DecRef, "Py_DecRef");
-    RESOLVE(None, "_Py_NoneStruct");
-#undef RESOLVE
-    /* renamed in 3.13; one of the two exists in every supported version */
-    *(void **)&py.IsFinalizing = pySymbol("Py_IsFinalizing");
-    if (!py.IsFinalizing)
-        *(void **)&py.IsFinalizing = pySymbol("_Py_IsFinalizing");
-    if (!py.IsFinalizing)
-        return 0;
-    py.ok = 1;
-    return 1;
-}
-
-/* True when Python calls are safe: resolved, initialised, not shutting down. */
-static int pyUsable(void) {
-    return pyResolve() && py.IsInitialized() && !py.IsFinalizing();
-}
-
-static void pyDecRef(PyObject *o) {
-    if (o)
-        py.DecRef(o);
-}
-
-/* Copies str(o) into buf; used for results and for exceptions raised outside vsedvr's handlers. */
-static void pyStrInto(PyObject *o, char *buf, size_t size) {
-    PyObject *s = o ? py.Object_Str(o) : NULL;
-    Py_ssize_t len = 0;
-    const char *utf8 = s ? py.Unicode_AsUTF8AndSize(s, &len) : NULL;
-    snprintf(buf, size, "%s", utf8 ? utf8 : "unknown Python error");
-    pyDecRef(s);
-    if (py.Err_Occurred())
-        py.Err_Clear();
-}
-
-/* Takes the pending Python exception (if any) into buf as "Type: message". */
-static void pyTakeError(char *buf, size_t size) {
-    PyObject *type = NULL, *value = NULL, *tb = NULL;
-    py.Err_Fetch(&type, &value, &tb);
-    char typeName[128] = "";
-    PyObject *name = type ? py.Object_GetAttrString(type, "__name__") : NULL;
-    if (name)
-        pyStrInto(name, typeName, sizeof typeName);
-    if (py.Err_Occurred())
-        py.Err_Clear();
-    char message[4096];
-    pyStrInto(value, message, sizeof message);
-    snprintf(buf, size, "%s%s%s", typeName, *typeName ? ": " : "", message);
-    pyDecRef(name);
-    pyDecRef(type);
-    pyDecRef(value);
-    pyDecRef(tb);
-}
-
-/* vsedvr.vsfilter.<name>, a new reference, or NULL with the error in buf. */
-static PyObject *pyFilterFunction(const char *name, char *err, size_t errSize) {
-    PyObject *module = py.Import_ImportModule("vsedvr.vsfilter");
-    if (!module) {
-        char why[4096];
-        pyTakeError(why, sizeof why);
-        snprintf(err, errSize, "cannot import the vsedvr Python package in this Python (%s)", why);
-        return NULL;
-    }
-    PyObject *fn = py.Object_GetAttrString(module, name);
-    pyDecRef(module);
-    if (!fn)
-        pyTakeError(err, errSize);
-    return fn;
-}
-
-/* Calls fn(*args) (args: a tuple, stolen). The Python side returns None on success or a
-   str with a complete, formatted message (traceback included for unexpected errors). Returns 0
-   on success, else fills err. */
-static int pyCallChecked(PyObject *fn, PyObject *args, PyObject **result, char *err, size_t errSize) {
-    PyObject *r = args ? py.Object_CallObject(fn, args) : NULL;
-    pyDecRef(args);
-    if (!r) {
-        pyTakeError(err, errSize);
-        return 0;
-    }
-    if (result) {
-        *result = r;
-        return 1;
-    }
-    if (r != py.None) {
-        pyStrInto(r, err, errSize);
-        pyDecRef(r);
-        return 0;
-    }
-    pyDecRef(r);
-    return 1;
-}
-
-/* ---------------------------------------------------------------- process exit
-
-A host may end the process with frames still being computed: vsedit closing mid-render, or any
-VSScript host that returns from main (or calls exit()) without freeing its script. libvsscript
-never finalises Python, so Python's atexit (engine.py's _finish_at_exit) never runs there, and
-Py_IsFinalizing() stays false. exit() then runs the C atexit handlers and the shared libraries'
-static destructors (libtorch's, OpenMP's) while VapourSynth's worker threads are still inside
-PyTorch: a crash in the middle of a convolution.
-
-So the plugin runs its own handler first. atexit handlers and static destructors run in the
-reverse order of their registration, so it must be registered after libtorch's: it is registered
-when a Restore is created (PyTorch is loaded by then, and vsfilter has run one tiny window through
-the network, so that what PyTorch creates at its first use exists already) and again after the
-process's first frame. What a frame uses for the first time (each of PyTorch's Python bindings
-builds its argument parser at its first call) would still register later; so, on the main thread
-(the one that returns from main), it is also a thread_local destructor, which exit() runs before
-every atexit handler. The handler
- - sets `exiting`: no new frame enters Python, and the Python side reads the same flag
-   (vsfilter.watch_native_exit) and stops a running frame at its next feature encoding, as it
-   does after Python's own atexit;
- - waits until no frame is inside Python, holding no lock and not the GIL (a running frame needs
-   the GIL to finish). One deadline for the whole process, EXIT_WAIT_SECONDS after the first
-   handler started, however many times the handler is registered and runs;
- - if a frame is still inside Python at the deadline, ends the process there with exit()'s
-   status (_exit: the teardown would run under that frame). The exit never hangs and never
-   tears PyTorch down under a frame.
-A frame stopped at exit is never handed back to the core: its thread parks (parkIfExiting) until
-the process is gone. The host may have deleted the receiver of its frames already (vsedit deletes
-its script processor with frames in process, then returns from main): a frame or an error
-returned to the core then calls the host's callback on a deleted object. Should the teardown
-still be running at the deadline (a host waiting for those threads at exit), a parked thread ends
-the process with exit()'s status.
-exit()'s status is known to on_exit handlers (glibc) only; without it (the thread_local hook, other
-C libraries) nothing is ended early, and a parked thread parks for good. on_exit handlers are not
-removed when their library is unloaded, so the plugin pins itself in the process first.
-Where Python itself is finalising or finalised (a plain Python script), its atexit guard has
-already stopped the frames, and threads may be parked forever on the GIL: no wait there.
-Everything that touches threads or process exit is in this section. */
-
-static pthread_mutex_t exitMutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t exitIdle;   /* signalled when a frame leaves Python after `exiting` */
-static pthread_cond_t exitStatusKnown; /* signalled when exit()'s status becomes known */
-static volatile int exiting;      /* read by the Python side through its address */
-static struct timespec exitDeadline; /* set when `exiting` is: the one bound for the whole exit */
-static int exitStatus, exitStatusSeen; /* exit()'s status, once an on_exit handler has seen it */
-static int framesInPython;
-static _Thread_local int inPythonHere; /* this thread is inside runPython (exit() called from a frame) */
-
-static int exitHandlerPinned; /* the library cannot be unloaded: on_exit is safe */
-
-static void exitGuardInit(void) {
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&exitIdle, &attr);
-    pthread_cond_init(&exitStatusKnown, &attr);
-    pthread_condattr_destroy(&attr);
-    Dl_info self;
-    if (dladdr((void *)exitGuardInit, &self) && self.dli_fname)
-        exitHandlerPinned = dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) != NULL;
-}
-
-/* Under exitMutex: sets `exiting` and the deadline, the first time. */
-static void startExiting(void) {
-    if (exiting)
-        return;
-    exiting = 1;
-    clock_gettime(CLOCK_MONOTONIC, &exitDeadline);
-    exitDeadline.tv_sec += EXIT_WAIT_SECONDS;
-}
-
-/* The exit handler; known: whether status is exit()'s status. */
-static void finishAtExit(int status, int known) {
-    pthread_mutex_lock(&exitMutex);
-    startExiting();
-    if (known && !exitStatusSeen) {
-        exitStatus = status;
-        exitStatusSeen = 1;
-        pthread_cond_broadcast(&exitStatusKnown);
-    }
-    int pythonGone = !py.ok || !py.IsInitialized() || py.IsFinalizing();
-    while (!pythonGone && framesInPython > inPythonHere)
-        if (pthread_cond_timedwait(&exitIdle, &exitMutex, &exitDeadline) == ETIMEDOUT)
-            break;
-    int frameStuck = !pythonGone && framesInPython > inPythonHere;
-    pthread_mutex_unlock(&exitMutex);
-    if (frameStuck && known) {
-        fflush(NULL);
-        _exit(status);
-    }
-}
-
-/* Never returns once the process is exiting (see above). */
-static void parkIfExiting(void) {
-    pthread_mutex_lock(&exitMutex);
-    if (!exiting) {
-        pthread_mutex_unlock(&exitMutex);
-        return;
-    }
-    int late = 0;
-    while (!late)
-        late = pthread_cond_timedwait(&exitStatusKnown, &exitMutex, &exitDeadline) == ETIMEDOUT;
-    while (!exitStatusSeen)
-        pthread_cond_wait(&exitStatusKnown, &exitMutex);
-    _exit(exitStatus); /* the process outlived the bound: its teardown waits, maybe for this thread */
-}
-
-static void finishAtExitWithStatus(int status, void *unused) {
-    (void)unused;
-    finishAtExit(status, 1);
-}
-
-static void finishAtExitWithoutStatus(void) {
-    finishAtExit(0, 0);
-}
-
-/* glibc's (and libstdc++'s) registration of a thread_local destructor; exit() runs the calling
-   thread's before any atexit handler. */
-extern int __cxa_thread_atexit_impl(void (*func)(void *), void *obj, void *dsoSymbol) __attribute__((weak));
-extern void *__dso_handle;
-
-static int onMainThread(void) {
-    return syscall(SYS_gettid) == getpid();
-}
-
-static void finishAtThreadExit(void *unused) {
-    (void)unused;
-    finishAtExit(0, 0);
-}
-
-/* Registers finishAtExit (again): see above for why more than once. Running it twice is harmless. */
-static void guardExit(void) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    static _Thread_local int guardedHere;
-    pthread_once(&once, exitGuardInit);
-#ifdef __GLIBC__
-    if (exitHandlerPinned)
-        on_exit(finishAtExitWithStatus, NULL);
-    else
-#endif
-        atexit(finishAtExitWithoutStatus);
-    /* The thread that creates a Restore is the one that evaluates scripts: under VSScript usually
-       the host's main thread, the one that returns from main. exit() runs its thread_local
-       destructors first, before every atexit handler and static destructor, whenever they were
-       registered (PyTorch's Python bindings create theirs at their first call, in the first frame).
-       Only on the main thread: another thread's thread_local destructors also run when that
-       thread merely ends, and the main thread's run only when the process exits. */
-    if (!guardedHere && __cxa_thread_atexit_impl && onMainThread()) {
-        guardedHere = 1;
-        __cxa_thread_atexit_impl(finishAtThreadExit, NULL, &__dso_handle);
-    }
-}
-
-/* Counts a frame into Python; 0 when the process is exiting. */
-static int enterPython(void) {
-    pthread_mutex_lock(&exitMutex);
-    int ok = !exiting;
-    if (ok) {
-        framesInPython++;
-        inPythonHere++;
-    }
-    pthread_mutex_unlock(&exitMutex);
-    return ok;
-}
-
-static void leavePython(void) {
-    pthread_mutex_lock(&exitMutex);
-    framesInPython--;
-    inPythonHere--;
-    if (exiting)
-        pthread_cond_broadcast(&exitIdle);
-    pthread_mutex_unlock(&exitMutex);
-}
 
 /* ---------------------------------------------------------------- temporal window rules */
 
@@ -631,7 +295,7 @@ static int createRestorer(RestoreData *d, const VSMap *in, const VSVideoInfo *vi
     PyObject *watch = pyFilterFunction("watch_native_exit", err, errSize);
     PyObject *watchArgs = watch ? py.Tuple_New(1) : NULL;
     if (watchArgs)
-        py.Tuple_SetItem(watchArgs, 0, py.Long_FromLongLong((long long)(intptr_t)&exiting));
+        py.Tuple_SetItem(watchArgs, 0, py.Long_FromLongLong((long long)(intptr_t)exitFlag()));
     int watching = watchArgs && pyCallChecked(watch, watchArgs, NULL, err, errSize);
     pyDecRef(watch);
     if (!watching) {
@@ -698,8 +362,8 @@ static void VS_CC restoreCreate(const VSMap *in, VSMap *out, void *userData, VSC
                    (fmt->bitsPerSample == 32 || fmt->bitsPerSample == 16);
     if (!rgbFloat || vi->width == 0 || vi->height == 0) {
         /* Each message ends with the conversion to paste (tests/test_suggested_fixes.py pastes them):
-         * RGB needs no matrix (zimg refuses one for RGB input), YUV needs one, a variable size needs
-         * width and height. */
+         * RGB needs no matrix (zimg refuses one for RGB input), YUV needs one and the way back, a
+         * variable size needs width and height. */
         char name[32] = "a variable format";
         if (fmt->colorFamily != cfUndefined)
             vsapi->getVideoFormatName(fmt, name);
@@ -716,11 +380,13 @@ static void VS_CC restoreCreate(const VSMap *in, VSMap *out, void *userData, VSC
                      "convert every frame to RGBS first: `clip = core.resize.Bicubic(clip, %s, matrix_in_s=\"709\")` "
                      "when the frames are YUV (\"170m\" for SD), `clip = core.resize.Bicubic(clip, %s)` when they are RGB",
                      name, size, fixed, fixed);
-        else
+        else /* the round trip a script needs: y4m and most encoders take YUV, not RGBS */
             snprintf(err, sizeof err,
                      FILTER_NAME ": \"clip\" must be RGBS or RGBH with a constant format and size, got %s%s; "
-                     "convert first, with the source's matrix: `clip = core.resize.Bicubic(clip, %s, matrix_in_s=\"709\")` "
-                     "(\"170m\" for SD)", name, size, fixed);
+                     "convert to RGBS with the source's matrix (\"170m\" for SD), restore, and convert back for "
+                     "output: `clip = core.resize.Bicubic(clip, %s, matrix_in_s=\"709\")`, "
+                     "`clip = core.edvr.Restore(clip)`, "
+                     "`clip = core.resize.Bicubic(clip, format=vs.YUV420P10, matrix_s=\"709\")`", name, size, fixed);
         vsapi->mapSetError(out, err);
         vsapi->freeNode(node);
         return;

@@ -47,10 +47,13 @@ def test_constant_format_fix_works(fmt: int, tiny_checkpoint: Path) -> None:
     clip = blank(fmt)
     message = refusal(clip)
     assert core.get_video_format(fmt).name in message
-    (fix,) = pasted_fixes(message)
+    fixes = pasted_fixes(message)
     if core.get_video_format(fmt).color_family == vs.RGB:
-        assert "matrix" in message and "matrix_in" not in fix  # zimg refuses a YUV matrix for RGB input
-    restores(paste(fix, clip), tiny_checkpoint)
+        assert "matrix" in message and "matrix_in" not in fixes[0]  # zimg refuses a YUV matrix for RGB input
+        assert len(fixes) == 1
+    else:  # to RGBS, Restore, back to YUV for output (tested through vspipe below)
+        assert len(fixes) == 3 and "edvr.Restore" in fixes[1] and "matrix_s=" in fixes[2], fixes
+    restores(paste(fixes[0], clip), tiny_checkpoint)
 
 
 @pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.RGBS, vs.RGB24])
@@ -58,7 +61,7 @@ def test_variable_size_fix_works(fmt: int, tiny_checkpoint: Path) -> None:
     clip = core.std.Splice([blank(fmt), blank(fmt, 2 * W, 2 * H)], mismatch=True)
     message = refusal(clip)
     assert "variable size" in message
-    (fix,) = pasted_fixes(message)
+    fix = pasted_fixes(message)[0]  # the way to RGBS (YUV: then Restore, and back)
     assert "width=" in fix and "height=" in fix
     fixed = paste(fix, clip)
     assert (fixed.width, fixed.height) == (W, H)  # the first frame's size
@@ -135,9 +138,6 @@ def test_what_the_binding_refuses_before_the_plugin(tiny_checkpoint: Path) -> No
         core.edvr.Restore(blank(vs.RGBS), model=str(tiny_checkpoint), scenechange="yes")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 2, open: the message is written in native/edvr_filter.c "
-                                       "(restoreCreate), which this branch leaves to its owner; it suggests only "
-                                       "the way to RGBS, and the script's RGBS output cannot go out as y4m")
 def test_yuv_fix_pasted_into_a_script_renders_through_vspipe_y4m(tmp_path: Path, tiny_checkpoint: Path, vspipe: str,
                                                                  vs_env: dict[str, str]) -> None:
     """The lines a YUV refusal suggests, pasted into a script (Restore added if they leave it out),
@@ -154,4 +154,4 @@ def test_yuv_fix_pasted_into_a_script_renders_through_vspipe_y4m(tmp_path: Path,
     done = subprocess.run([vspipe, "-c", "y4m", str(script), str(tmp_path / "out.y4m")], env=vs_env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "out.y4m").read_bytes().startswith(b"YUV4MPEG2 W64 H48")
+    assert (tmp_path / "out.y4m").read_bytes().startswith(b"YUV4MPEG2 C420p10 W64 H48")  # 10-bit 4:2:0, 4x

@@ -96,7 +96,7 @@ def ensure_vapoursynth() -> None:
         return
     if sys.version_info >= (3, 12):
         log(f"installing vapoursynth=={VS_RELEASE} wheel")
-        pip("install", "-q", f"vapoursynth=={VS_RELEASE}")
+        pip("install", "-q", vapoursynth_requirement())
     else:
         install_vapoursynth_rebuilt_binding()
     if not venv_ok(VS_CHECK):
@@ -224,7 +224,8 @@ def repack_wheel(unpacked: Path, binding: Path, dest: Path) -> Path:
     wheel_meta = re.sub(r"(?m)^Tag:.*\n", "", wheel_meta) + f"Tag: {tag}-{tag}-linux_x86_64\n"
     (info / "WHEEL").write_text(wheel_meta)
     records = []
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+    partial = wheel.with_name(wheel.name + ".part")  # vapoursynth_rebuilt_wheel reuses only a whole one
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(p for p in unpacked.rglob("*") if p.is_file()):
             rel = path.relative_to(unpacked).as_posix()
             if rel == f"{info.name}/RECORD":
@@ -239,10 +240,23 @@ def repack_wheel(unpacked: Path, binding: Path, dest: Path) -> Path:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(records + [(f"{info.name}/RECORD", "", "")])
         zf.writestr(f"{info.name}/RECORD", buf.getvalue())
+    partial.replace(wheel)
     return wheel
 
 
-def install_vapoursynth_rebuilt_binding() -> None:
+def vapoursynth_requirement() -> str:
+    """What pip installs VapourSynth from on this Python: the index's wheel (>= 3.12), or the R81
+    wheel repacked with a binding rebuilt for this Python (kept in .cache/bootstrap)."""
+    if sys.version_info >= (3, 12):
+        return f"vapoursynth=={VS_RELEASE}"
+    return str(vapoursynth_rebuilt_wheel())
+
+
+def vapoursynth_rebuilt_wheel() -> Path:
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    built = WORK / f"vapoursynth-{VS_RELEASE}-{tag}-{tag}-linux_x86_64.whl"
+    if built.exists():
+        return built
     WORK.mkdir(parents=True, exist_ok=True)
     wheels = list(WORK.glob(f"vapoursynth-{VS_RELEASE}-cp312-abi3-manylinux*_x86_64.whl"))
     if not wheels:
@@ -264,7 +278,11 @@ def install_vapoursynth_rebuilt_binding() -> None:
         with tarfile.open(sdist) as tf:
             tf.extractall(WORK, filter="data")
     binding = build_binding(sdist_root, unpacked / "vapoursynth", fetch_vulkan_headers(WORK))
-    wheel = repack_wheel(unpacked, binding, WORK)
+    return repack_wheel(unpacked, binding, WORK)
+
+
+def install_vapoursynth_rebuilt_binding() -> None:
+    wheel = vapoursynth_rebuilt_wheel()
     log(f"installing {wheel.name}")
     pip("install", "-q", "--no-deps", "--force-reinstall", wheel)
 

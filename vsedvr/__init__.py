@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_model", "restore", "plugin_path", "MODELS"]
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +19,8 @@ from .zoo import MODELS, load_model
 if TYPE_CHECKING:
     import vapoursynth as vs
 
-PLUGIN_NAME = "libvsedvr.so"
+#: The native plugin's file name on this platform, in vapoursynth/plugins/.
+PLUGIN_NAME = {"win32": "vsedvr.dll", "darwin": "libvsedvr.dylib"}.get(sys.platform, "libvsedvr.so")
 
 #: The values of ``padding`` (the plugin's ``Version()["paddings"]``).
 Padding = Literal["reflection_circle", "replicate", "reflection", "circle"]
@@ -27,7 +29,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
 def plugin_path() -> Path | None:
-    """Where the native plugin is installed (``vapoursynth/plugins/libvsedvr.so``), or None."""
+    """Where the native plugin is installed (``vapoursynth/plugins/``, :data:`PLUGIN_NAME`), or None."""
     import importlib.util
 
     spec = importlib.util.find_spec("vapoursynth")
@@ -127,7 +129,7 @@ def restore(
     if not hasattr(core, "edvr"):
         path = plugin_path()
         if path is None:
-            raise vs.Error("edvr: the native plugin libvsedvr.so is not installed next to VapourSynth; "
+            raise vs.Error(f"edvr: the native plugin {PLUGIN_NAME} is not installed next to VapourSynth; "
                            "reinstall vsedvr with `pip install .` (not editable)")
         core.std.LoadPlugin(str(path))
     options: dict[str, Any] = {"model": os.fspath(model), "device": device, "scenechange": int(bool(scenechange)),

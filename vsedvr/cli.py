@@ -179,13 +179,13 @@ def _vapoursynth_lines() -> tuple[list[tuple[str, str]], list[str]]:
         problems.append("VapourSynth cannot be imported or started in this Python")
         return rows, problems
 
-    from . import plugin_path
+    from . import PLUGIN_NAME, plugin_path
 
     on_disk = plugin_path()
     try:
         info = core.edvr.Version()
     except AttributeError:
-        where = f"{on_disk} exists but was not loaded" if on_disk else "libvsedvr.so is not installed"
+        where = f"{on_disk} exists but was not loaded" if on_disk else f"{PLUGIN_NAME} is not installed"
         rows.append(("plugin", f"not loaded by the core ({where})"))
         problems.append("the core has no edvr plugin; reinstall vsedvr with `pip install .` (not editable)")
         return rows, problems
