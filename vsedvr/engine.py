@@ -63,7 +63,7 @@ def watch_native_exit(address: int) -> None:
 
     Hosts that embed Python and never finalise it (libvsscript: vsedit and other previewers)
     never run :func:`_finish_at_exit`; the plugin's own C ``atexit`` handler sets this flag
-    instead and waits for running frames (native/edvr_filter.c, "process exit").
+    instead and waits for running frames (native/exit_guard.c).
     """
     global _native_exiting
     if _native_exiting is None or ctypes.addressof(_native_exiting) != address:

@@ -1,6 +1,6 @@
 """The Python half of ``core.edvr.Restore``: argument checks and the per-frame call.
 
-The native plugin (``native/edvr_filter.c``) calls :func:`create` once per ``Restore`` call and
+The native plugin (``native/edvr_filter.c``, with ``native/python_bridge.c``) calls :func:`create` once per ``Restore`` call and
 ``Restorer.process`` once per output frame. Neither lets an exception escape: they return a
 message, which the plugin turns into a ``vs.Error`` (create) or a frame error (process).
 """
@@ -217,7 +217,7 @@ def _initialise_torch(model: Any, device: torch.device, dtype: torch.dtype) -> N
 
     What PyTorch and its libraries (oneDNN's primitive cache, cuDNN and cuBLAS handles) create at
     their first use registers its destructor for process exit then. The plugin registers its exit
-    guard after this call returns (native/edvr_filter.c, "process exit"), and exit handlers run in
+    guard after this call returns (native/exit_guard.c), and exit handlers run in
     the reverse order of registration: so the guard stops the frames before that state is torn
     down, also when the host exits during the very first frame.
     """
