@@ -67,26 +67,29 @@ class StableConv2d(nn.Conv2d):
             // self.stride[dim] + 1
 
 
-def _source_taps(size: int, factor: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """For each of ``size * factor`` outputs: the two input indices and the second one's weight,
-    as PyTorch's bilinear upsampling (align_corners=False) computes them."""
-    source = ((torch.arange(size * factor, dtype=torch.float64) + 0.5) / factor - 0.5).clamp_(min=0)
-    first = source.floor().long()
-    weight = (source - first).to(dtype)
-    second = (first + 1).clamp_(max=size - 1)
-    return first, second, weight
-
-
 def upsample_bilinear(x: Tensor, factor: int) -> Tensor:
     """Bilinear upsampling by an integer factor (align_corners=False); equal to ``F.interpolate``
     within float rounding, and on the CPU the same at any thread count."""
     if x.device.type != "cpu":
         return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-    height, width = x.shape[-2:]
-    top, bottom, down = _source_taps(height, factor, x.dtype)
-    left, right, across = _source_taps(width, factor, x.dtype)
-    rows = _blend(x[..., top, :], x[..., bottom, :], down[:, None])
-    return _blend(rows[..., left], rows[..., right], across)
+    return _upsample_axis(_upsample_axis(x, factor, x.dim() - 2), factor, x.dim() - 1)
+
+
+def _upsample_axis(x: Tensor, factor: int, dim: int) -> Tensor:
+    """Linear upsampling along ``dim``: output ``factor * k + j`` blends inputs k and k +- 1 with a
+    weight fixed by the phase j, so each phase is a few elementwise operations on shifted views."""
+    size = x.shape[dim]
+    edges = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, size - 1, 1)], dim)  # the clamp at both ends
+    shape = list(x.shape)
+    shape[dim:dim + 1] = [size, factor]
+    out = x.new_empty(shape)
+    for phase in range(factor):
+        offset = (phase + 0.5) / factor - 0.5  # source position - k, in [-0.5, 0.5)
+        first = 0 if offset < 0 else 1  # index into ``edges`` of input k - 1 or k
+        weight = offset + 1 if offset < 0 else offset
+        out.select(dim + 1, phase).copy_(_blend(edges.narrow(dim, first, size), edges.narrow(dim, first + 1, size),
+                                                torch.tensor(weight, dtype=x.dtype)))
+    return out.flatten(dim, dim + 1)
 
 
 def _blend(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
