@@ -297,23 +297,25 @@ def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
 
     lock = threading.Lock()
     live, peak = [0], [0]
-    restore, write = WindowEngine.restore, WindowEngine.write
+    run_network, write = WindowEngine._run_network, WindowEngine.write
 
-    def counted_restore(self, window, sources):
+    def counted_network(self, window, sources):  # a frame's network starts: it holds GPU memory from here
         with lock:
             live[0] += 1
             peak[0] = max(peak[0], live[0])
-        return restore(self, window, sources)
+        return run_network(self, window, sources)
 
     def counted_write(self, pending, output):
-        write(self, pending, output)
-        with lock:
+        if pending.ready is not None:
+            pending.ready.synchronize()
+        with lock:  # counted out before write() gives the slot back
             live[0] -= 1
+        write(self, pending, output)
 
     core = vs.core
     old = core.num_threads
     core.num_threads = 16
-    WindowEngine.restore, WindowEngine.write = counted_restore, counted_write
+    WindowEngine._run_network, WindowEngine.write = counted_network, counted_write
     try:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -326,7 +328,7 @@ def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
         torch.cuda.synchronize()
         used = torch.cuda.max_memory_allocated() - base
     finally:
-        WindowEngine.restore, WindowEngine.write = restore, write
+        WindowEngine._run_network, WindowEngine.write = run_network, write
         core.num_threads = old
     print(f"540x960 fp16, 16 threads: {peak[0]} frames in flight, peak {used / 2**30:.2f} GiB, "
           f"reserved by the plan {planned / 2**30:.2f} GiB")

@@ -36,26 +36,27 @@ def threads_16():
 
 def test_frames_in_flight_are_bounded_at_16_threads(tiny_checkpoint: Path, threads_16: None,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slow download (the write waits for it): frames between restore() and the end of write() stay
-    at the bound. Before, every thread entered restore() with a frame of its own: up to 16, each
-    holding a GPU output (6 GB for EDVR-M at 1080p) and a pinned buffer."""
+    """A slow download (the write waits for it): frames between the start of their network and the
+    end of write() stay at the bound. Before, the network ran on while finished frames piled up
+    waiting for their downloads: up to 16, each holding a GPU output (6 GB for EDVR-M at 1080p) and
+    a pinned buffer."""
     lock = threading.Lock()
     live, peak = [0], [0]
-    restore, write = WindowEngine.restore, WindowEngine.write
+    run_network, write = WindowEngine._run_network, WindowEngine.write
 
-    def counted_restore(self, window, sources):
+    def counted_network(self, window, sources):  # a frame's network starts: it holds GPU memory from here
         with lock:
             live[0] += 1
             peak[0] = max(peak[0], live[0])
-        return restore(self, window, sources)
+        return run_network(self, window, sources)
 
     def slow_write(self, pending, output):
-        time.sleep(0.05)  # a download that takes its time
-        write(self, pending, output)
-        with lock:
+        time.sleep(0.3)  # a download far slower than the (tiny) network
+        with lock:  # counted out before write() gives the slot back
             live[0] -= 1
+        write(self, pending, output)
 
-    monkeypatch.setattr(WindowEngine, "restore", counted_restore)
+    monkeypatch.setattr(WindowEngine, "_run_network", counted_network)
     monkeypatch.setattr(WindowEngine, "write", slow_write)
     clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 40, seed=2), model=str(tiny_checkpoint))
     for fut in [clip.get_frame_async(n) for n in range(40)]:

@@ -367,8 +367,8 @@ class WindowEngine:
             tile shape; falls back to the uncompiled network, with a warning, if compiling fails).
         compile_backend: ``torch.compile``'s backend; tests use ``"eager"`` or a counting backend,
             which keeps dynamo's tracing and guards (what decides recompiles) without inductor.
-        frames_in_flight: frames admitted between :meth:`restore` and the end of :meth:`write`
-            (``in_flight``); the memory plan counts their outputs.
+        frames_in_flight: frames between the start of their network (under the lock) and the end of
+            :meth:`write` (``in_flight``); the memory plan counts their outputs.
     """
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
@@ -388,7 +388,8 @@ class WindowEngine:
         self._set_tiles(tile, cached_windows)
         self._frame_order = FrameGate(1)
         self._lock: Any = self._frame_order  # vsfilter's trace may wrap it
-        #: frames between restore() and the end of write() (vsfilter's process() holds it)
+        #: frames between the start of their network and the end of write(): taken under the network's
+        #: lock (so the lock alone decides the order of frames), given back by write()
         self.in_flight = FrameGate(frames_in_flight)
         self._warn_lock = threading.Lock()  # write() runs outside self._lock, on several threads
         self._warned_nonfinite = False
@@ -526,23 +527,32 @@ class WindowEngine:
             _stop_if_exiting()
             if self._warned_offsets and self._offsets.active:
                 self._offsets.stop()  # here, under the lock: write() runs beside the network
-            failures = 0
-            while True:
-                try:
-                    self._offsets.reset()
-                    out = self._run_network(window, sources)
-                    return self._to_host(window[self.model.center], out[0], self._offset_peak())
-                except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
-                    if not _out_of_gpu_memory(e):
-                        raise
-                    failures += 1
-                    # The first OOM of a frame is retried at the same tiles: it may be transient (another
-                    # process on the GPU, or this frame's failed attempt still held by the traceback).
-                    # A second one shrinks them, for the rest of the clip (see _shrink_tiles).
-                    if failures > 1 and not self._shrink_tiles():
-                        raise
-                # outside the except block: its traceback holds the failed attempt's tensors
-                torch.cuda.empty_cache()
+            # wait for a frame in flight to be written (the lock holder alone waits here)
+            self.in_flight.acquire()
+            try:
+                return self._restore_in_flight(window, sources)
+            except BaseException:
+                self.in_flight.release()
+                raise
+
+    def _restore_in_flight(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
+        failures = 0
+        while True:
+            try:
+                self._offsets.reset()
+                out = self._run_network(window, sources)
+                return self._to_host(window[self.model.center], out[0], self._offset_peak())
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                if not _out_of_gpu_memory(e):
+                    raise
+                failures += 1
+                # The first OOM of a frame is retried at the same tiles: it may be transient (another
+                # process on the GPU, or this frame's failed attempt still held by the traceback).
+                # A second one shrinks them, for the rest of the clip (see _shrink_tiles).
+                if failures > 1 and not self._shrink_tiles():
+                    raise
+            # outside the except block: its traceback holds the failed attempt's tensors
+            torch.cuda.empty_cache()
 
     def _run_network(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
         if not self.compiled:
@@ -608,13 +618,17 @@ class WindowEngine:
         return True
 
     def write(self, pending: PendingFrame, output: PlaneViews) -> None:
-        """Copies a restored frame into the output frame's planes (waiting for its download on CUDA)."""
-        if pending.ready is not None:
-            pending.ready.synchronize()
-        self._check_offsets(pending)
-        *planes, stride = output
-        result = pending.host.numpy()
-        h, w = result.shape[1:]
-        row = stride // self.sample_dtype.itemsize
-        for plane, values in zip(planes, result):
-            np.frombuffer(plane, dtype=self.sample_dtype).reshape(h, row)[:, :w] = values
+        """Copies a restored frame into the output frame's planes (waiting for its download on CUDA);
+        the frame is then no longer in flight."""
+        try:
+            if pending.ready is not None:
+                pending.ready.synchronize()
+            self._check_offsets(pending)
+            *planes, stride = output
+            result = pending.host.numpy()
+            h, w = result.shape[1:]
+            row = stride // self.sample_dtype.itemsize
+            for plane, values in zip(planes, result):
+                np.frombuffer(plane, dtype=self.sample_dtype).reshape(h, row)[:, :w] = values
+        finally:
+            self.in_flight.release()

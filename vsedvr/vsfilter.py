@@ -71,8 +71,7 @@ class Restorer:
                 output: PlaneViews) -> str | None:
         """Fills ``output`` with restored frame n; returns None, or the error text."""
         try:
-            self.engine.in_flight.next_frame(n)
-            with log.frames_of(self.environment), self.engine.in_flight:
+            with log.frames_of(self.environment):
                 # restore() holds the engine's lock; write() waits for the result outside it
                 if self._trace is None:
                     self.engine.write(self.engine.restore(window, sources), output)
