@@ -78,6 +78,22 @@ def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, 
     assert not crashes, f"{len(crashes)} of {len(results)} runs: {crashes}"
 
 
+def test_vsscript_host_exits_cleanly_while_compiling(vsscript_host: Path, tmp_path: Path,
+                                                      vs_env: dict[str, str]) -> None:
+    """compile=True under a VSScript host: the host exits while inductor compiles the first frame
+    (in Python, for tens of seconds): within the exit bound, without a crash."""
+    script = _script(tmp_path, "compile.vpy", """\
+        clips.moving_pattern(48, 32, 12).edvr.Restore(model="edvr_demo", device="cpu", compile=True).set_output()
+        """)
+    start = time.monotonic()
+    done = subprocess.run([str(vsscript_host), "exit", str(script), "4"], env=vs_env, capture_output=True,
+                          text=True, timeout=180)
+    took = time.monotonic() - start
+    assert "requested 4" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert took < 60, took
+
+
 def _restores(count: int, length: int) -> str:
     """Script lines: `count` edvr_demo Restores side by side as output 0."""
     return textwrap.dedent(f"""\
