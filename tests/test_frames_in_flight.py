@@ -4,7 +4,6 @@ that fails is no GPU out-of-memory, no process-wide cuDNN flag, and the exit wai
 are downloading. Each test failed before its fix (at cc35754); tests/test_cuda.py has the GPU side."""
 from __future__ import annotations
 
-import gc
 import subprocess
 import sys
 import textwrap
@@ -85,22 +84,6 @@ def test_reversed_clip_is_not_starved(tiny_checkpoint: Path, monkeypatch: pytest
     # at most: the frames admitted before its request arrived (8 in flight), MAX_PASSES passes at the
     # in-flight gate, and the frames ahead of it inside (lowest first alone: computed last, 39th)
     assert computed.index(39) < 8 + MAX_PASSES + FRAMES_IN_FLIGHT + 8, computed
-
-
-def test_forward_rendering_keeps_the_cache_order(tiny_checkpoint: Path) -> None:
-    """The gate's order still walks a forward render frame by frame: each input frame encoded once."""
-    core = vs.core
-    old = core.num_threads
-    core.num_threads = 16
-    try:
-        before = {id(o) for o in gc.get_objects() if type(o) is WindowEngine}
-        clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 60, seed=4), model=str(tiny_checkpoint))
-        for _ in clip.frames():
-            pass
-        engine = next(o for o in gc.get_objects() if type(o) is WindowEngine and id(o) not in before)
-        assert engine.cache.misses == 60, (engine.cache.hits, engine.cache.misses)
-    finally:
-        core.num_threads = old
 
 
 def test_two_restores_on_one_gpu_share_its_memory(monkeypatch: pytest.MonkeyPatch) -> None:

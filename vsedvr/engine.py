@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import heapq
 import itertools
 import logging
 import threading
@@ -159,7 +158,7 @@ class OffsetWatch:
         self._handles.clear()
 
 
-#: Times a waiting frame may be passed over for frames nearer the last one served before it goes next.
+#: Times a waiting frame may be passed over (by lower frames) before it goes next.
 MAX_PASSES = 8
 
 
@@ -202,7 +201,7 @@ class FrameGate:
         deadline = None if timeout < 0 else time.monotonic() + timeout
         with self._cond:
             if self._held < self.capacity and not self._waiting:
-                self._admit(entry)
+                self._held += 1
                 return True
             if not blocking:
                 return False
@@ -217,23 +216,15 @@ class FrameGate:
             self._waiting.remove(entry)
             for other in self._waiting:
                 other[2] += 1
-            self._admit(entry)
+            self._held += 1
             if self._held < self.capacity and self._waiting:
                 self._cond.notify_all()
             return True
-
-    def _admit(self, entry: list[int]) -> None:
-        self._held += 1
 
     def release(self) -> None:
         with self._cond:
             self._held -= 1
             self._cond.notify_all()
-
-    @property
-    def held(self) -> int:
-        """Frames admitted now."""
-        return self._held
 
     def wait_idle(self, timeout: float) -> bool:
         """Waits until no frame is admitted (at most ``timeout`` seconds); whether none is."""

@@ -17,8 +17,8 @@ tensors are 64 x 8640 x 15360 = 8.5e9 elements, so a tile may have at most 2^31 
 pixels (1080p, 2,073,600, is just below it).
 
 The estimate (:func:`frame_peak_bytes`) adds what lives through a frame (weights, feature cache,
-the window's input frames, the output and the frames in flight's copies of it) to the largest of the three stages' working sets (alignment
-with the DCN's float32 buffers, fusion, reconstruction), plus 10 % and 256 MiB for cuDNN's
+the window's input frames, the output and the frames in flight's copies of it) to the largest of
+the three stages' working sets (alignment with the DCN's float32 buffers, fusion, reconstruction), plus 10 % and 256 MiB for cuDNN's
 workspaces and the allocator's rounding. It is an estimate: tests/test_cuda.py compares it with
 ``torch.cuda.max_memory_allocated`` on a GPU. The engine's out-of-memory retry stays the last resort.
 """
@@ -40,7 +40,7 @@ FREE_FRACTION = 0.8
 #: Smallest tile edge (input pixels), as in the out-of-memory retry.
 MIN_TILE = 64
 #: Frames of one filter between the start of their computation and the end of their copy to the host
-#: (one computing, one downloading, one being written; the engine's ``in_flight`` gate): each holds
+#: (one computing, one downloading, one being written; the engine's ``in_flight`` slots): each holds
 #: its output on the GPU until its download ends, and a pinned host buffer. Without a bound every
 #: VapourSynth thread ran ahead of the GPU with a frame of its own (16 threads: 16 outputs, about
 #: 6 GB at 1080p, outside the plan). The plan counts these outputs.

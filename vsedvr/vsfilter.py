@@ -1,7 +1,7 @@
 """The Python half of ``core.edvr.Restore``: argument checks and the per-frame call.
 
-The native plugin (``native/edvr_filter.c``, with ``native/python_bridge.c``) calls :func:`create` once per ``Restore`` call and
-``Restorer.process`` once per output frame. Neither lets an exception escape: they return a
+The native plugin (``native/edvr_filter.c``, through ``native/python_bridge.c``) calls
+:func:`create` once per ``Restore`` call and ``Restorer.process`` once per output frame. Neither lets an exception escape: they return a
 message, which the plugin turns into a ``vs.Error`` (create) or a frame error (process).
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from . import log
 from .engine import PlaneViews, WindowEngine, watch_native_exit
-from .memory import FRAMES_IN_FLIGHT, FREE_FRACTION, NetworkSize, free_cuda_memory, plan_memory, reserve, reserved_bytes
+from .memory import (FRAMES_IN_FLIGHT, FREE_FRACTION, NetworkSize, free_cuda_memory, plan_memory, reserve,
+                     reserved_bytes)
 from .windows import PADDINGS
 from .zoo import DEFAULT_MODEL, MODELS, ModelError, load_model
 
@@ -192,9 +193,9 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
 
 def _plan_tiles(model: torch.nn.Module, device: torch.device, width: int, height: int, compute_dtype: torch.dtype,
                 overlap: int) -> tuple[tuple[int, int] | None, int, int, int, int]:
-    """(tile, tile_overlap, cached_windows, frames_in_flight, bytes to reserve) from the device's free memory less what
-    the other live Restores on it have planned, when the user gave no tile: Restore stays inside the
-    GPU's memory before the first out-of-memory error (vsedvr.memory)."""
+    """(tile, tile_overlap, cached_windows, frames_in_flight, bytes to reserve) from the device's free
+    memory less what the other live Restores on it have planned, when the user gave no tile: Restore
+    stays inside the GPU's memory before the first out-of-memory error (vsedvr.memory)."""
     # the plan takes FREE_FRACTION of what it is given: the others' reservations come out of that share
     free = max(0, free_cuda_memory(device) - int(reserved_bytes(device) / FREE_FRACTION))
     size = NetworkSize.of(model)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
-from .stable import MIN_STABLE_PIXELS, stable_addmm
+from .stable import stable_addmm
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "deform_conv3x3", "fast_path", "modulated_deform_conv3x3", "use_fast_path"]
 
@@ -215,12 +215,7 @@ def modulated_deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, wei
         # (C_out, K) @ (K, pixels), written straight into the output rows.
         cols_t = cols.view((r1 - r0) * width, -1).t()
         target = out[i, :, r0 * width:r1 * width]
-        if cols_t.shape[1] < MIN_STABLE_PIXELS and device.type == "cpu":  # see nets/stable.py
-            target.copy_(stable_addmm(bias_col, w_rows, cols_t))
-        elif bias_col is None:
-            torch.mm(w_rows, cols_t, out=target)
-        else:
-            torch.addmm(bias_col, w_rows, cols_t, out=target)
+        stable_addmm(bias_col, w_rows, cols_t, out=target)  # small bands: see nets/stable.py
 
     bands = [(i, r0) for i in range(n) for r0 in range(0, height, rows_per_band)]
     if device.type != "cpu":

@@ -1,7 +1,7 @@
 """CPU operations whose results do not depend on torch's thread count.
 
 A frame must come out the same from a default ``vspipe`` (all cores), a 1-thread render worker and
-any thread count in between. Three of PyTorch's CPU kernels split their work by thread count in
+any thread count in between. Five of PyTorch's CPU operations split their work by thread count in
 ways that change the rounding (found by feeding every module of the network the same inputs at 1
 to 4 threads; docs/how-it-works.md):
 
@@ -32,13 +32,17 @@ GRAIN = 32768
 MIN_STABLE_PIXELS = 128
 
 
-def stable_addmm(bias: Tensor | None, weight: Tensor, columns: Tensor) -> Tensor:
-    """``bias + weight @ columns`` (bias (M, 1) or None), the same at any thread count on the CPU."""
+def stable_addmm(bias: Tensor | None, weight: Tensor, columns: Tensor, out: Tensor | None = None) -> Tensor:
+    """``bias + weight @ columns`` (bias (M, 1) or None), into ``out`` when given; the same at any
+    thread count on the CPU."""
     count = columns.shape[1]
-    if columns.device.type == "cpu" and count < MIN_STABLE_PIXELS:
-        columns = torch.constant_pad_nd(columns, (0, MIN_STABLE_PIXELS - count))
-    out = torch.mm(weight, columns) if bias is None else torch.addmm(bias, weight, columns)
-    return out[:, :count] if out.shape[1] != count else out
+    if columns.device.type != "cpu" or count >= MIN_STABLE_PIXELS:
+        if bias is None:
+            return torch.mm(weight, columns, out=out)
+        return torch.addmm(bias, weight, columns, out=out)
+    wide = torch.constant_pad_nd(columns, (0, MIN_STABLE_PIXELS - count))
+    result = (torch.mm(weight, wide) if bias is None else torch.addmm(bias, weight, wide))[:, :count]
+    return result if out is None else out.copy_(result)
 
 
 class StableConv2d(nn.Conv2d):
