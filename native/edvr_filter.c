@@ -4,9 +4,10 @@
  * This library does the VapourSynth work (validation of the clip, frame requests for the
  * temporal window, clip-end and scene-cut handling by remapping frame numbers, output
  * allocation with the centre frame's properties) and hands only the tensor work to Python
- * (`vsedvr.vsfilter`) through the Python bridge (python_bridge.c), which finds Python in the host
+ * (`vsedvr.filter.plugin`) through the Python bridge (python_bridge.c), which finds Python in the host
  * process at run time. exit_guard.c stops frames when a host exits with frames in flight;
- * platform.h is the little the plugin needs from the operating system.
+ * frame_window.c holds the temporal window rules; platform.h is the little the plugin needs from the
+ * operating system.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -16,46 +17,13 @@
 #include "VapourSynth4.h"
 #include "exit_guard.h"
 #include "python_bridge.h"
+#include "frame_window.h"
 
 #define STRINGIFY(x) #x
 #define EXPANDED_STRING(x) STRINGIFY(x)
 #define VSEDVR_VERSION EXPANDED_STRING(VSEDVR_VERSION_TOKENS) /* setup.py: the package's version */
 #define FILTER_NAME "Restore"
 #define MAX_FRAMES 15 /* longest temporal window accepted from the Python side */
-
-/* ---------------------------------------------------------------- temporal window rules */
-
-typedef enum { PadReflectionCircle, PadReplicate, PadReflection, PadCircle } Padding;
-
-static const char *const paddingNames[] = { "reflection_circle", "replicate", "reflection", "circle" };
-
-/*
- * Frame number for window position i (i may lie outside [first, last]) for centre c, window
- * length t, and a sequence (clip or scene) that runs from first to last. These are the
- * reference test-time rules (mmediting GenerateFrameIndiceswithPadding, BasicSR
- * generate_frame_indices) with the clip's ends moved to the scene's ends. Where a rule still
- * lands outside the sequence (sequences shorter than the window) the edge frame is used.
- */
-static int windowFrame(Padding padding, int i, int c, int t, int first, int last) {
-    const int half = t / 2;
-    int j = i;
-    if (i < first) {
-        switch (padding) {
-        case PadReflectionCircle: j = first + (c - first) + half - (i - first); break;
-        case PadReplicate: j = first; break;
-        case PadReflection: j = first - (i - first); break;
-        case PadCircle: j = first + t + (i - first); break;
-        }
-    } else if (i > last) {
-        switch (padding) {
-        case PadReflectionCircle: j = first + (c - first) - half - (i - last); break;
-        case PadReplicate: j = last; break;
-        case PadReflection: j = 2 * last - i; break;
-        case PadCircle: j = i - t; break;
-        }
-    }
-    return j < first ? first : (j > last ? last : j);
-}
 
 /* ---------------------------------------------------------------- the filter */
 
@@ -66,34 +34,9 @@ typedef struct {
     int t;               /* window length */
     Padding padding;
     int sceneChange;
-    PyObject *restorer;  /* vsedvr.vsfilter.Restorer */
+    PyObject *restorer;  /* vsedvr.filter.plugin.Restorer */
     PyObject *process;   /* restorer.process */
 } RestoreData;
-
-static int readFlag(const VSMap *props, const char *key, const VSAPI *vsapi) {
-    int err = 0;
-    if (vsapi->mapGetType(props, key) != ptInt)
-        return 0; /* absent, or not an integer (documented: ignored) */
-    return vsapi->mapGetInt(props, key, 0, &err) != 0 && !err;
-}
-
-/* First and last frame of the scene that holds frame n, looking at most t-1 frames away. */
-static void sceneBounds(const RestoreData *d, int n, const VSFrame *const *frames, int lo, int hi,
-                        int *first, int *last, const VSAPI *vsapi) {
-    *first = 0;
-    *last = d->numInputFrames - 1;
-    /* A cut found nowhere in reach leaves the clip's end: the window stays inside the reach. */
-    for (int k = n; k >= lo; k--) {
-        const VSMap *props = vsapi->getFramePropertiesRO(frames[k - lo]);
-        if (k < n && readFlag(props, "_SceneChangeNext", vsapi)) { *first = k + 1; break; }
-        if (readFlag(props, "_SceneChangePrev", vsapi)) { *first = k; break; }
-    }
-    for (int k = n; k <= hi; k++) {
-        const VSMap *props = vsapi->getFramePropertiesRO(frames[k - lo]);
-        if (k > n && readFlag(props, "_SceneChangePrev", vsapi)) { *last = k - 1; break; }
-        if (readFlag(props, "_SceneChangeNext", vsapi)) { *last = k; break; }
-    }
-}
 
 static PyObject *planeViews(const VSFrame *f, int writable, const VSAPI *vsapi) {
     PyObject *tuple = py.Tuple_New(4);
@@ -187,7 +130,7 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
 
     int first = 0, last = d->numInputFrames - 1;
     if (d->sceneChange)
-        sceneBounds(d, n, frames, lo, hi, &first, &last, vsapi);
+        sceneBounds(n, d->numInputFrames, frames, lo, hi, &first, &last, vsapi);
     int window[MAX_FRAMES];
     for (int i = 0; i < d->t; i++) {
         window[i] = windowFrame(d->padding, n - d->t / 2 + i, n, d->t, first, last);
@@ -436,7 +379,7 @@ static void VS_CC versionCreate(const VSMap *in, VSMap *out, void *userData, VSC
     VSPlugin *plugin = (VSPlugin *)userData;
     vsapi->mapSetData(out, "version", VSEDVR_VERSION, -1, dtUtf8, maReplace);
     vsapi->mapSetData(out, "path", vsapi->getPluginPath(plugin), -1, dtUtf8, maReplace);
-    for (int i = 0; i < (int)(sizeof paddingNames / sizeof *paddingNames); i++)
+    for (int i = 0; i < PADDING_COUNT; i++)
         vsapi->mapSetData(out, "paddings", paddingNames[i], -1, dtUtf8, maAppend);
 }
 

@@ -2,21 +2,21 @@
 
 A host may end the process with frames still being computed: vsedit closing mid-render, or any
 VSScript host that returns from main (or calls exit()) without freeing its script. libvsscript
-never finalises Python, so Python's atexit (engine.py's _finish_at_exit) never runs there, and
+never finalises Python, so Python's atexit (vsedvr/filter/shutdown.py's _finish_at_exit) never runs there, and
 Py_IsFinalizing() stays false. exit() then runs the C atexit handlers and the shared libraries'
 static destructors (libtorch's, OpenMP's) while VapourSynth's worker threads are still inside
 PyTorch: a crash in the middle of a convolution.
 
 So the plugin runs its own handler first. atexit handlers and static destructors run in the
 reverse order of their registration, so it must be registered after libtorch's: it is registered
-when a Restore is created (PyTorch is loaded by then, and vsfilter has run one tiny window through
+when a Restore is created (PyTorch is loaded by then, and vsedvr.filter.plugin has run one tiny window through
 the network, so that what PyTorch creates at its first use exists already) and again after the
 process's first frame. What a frame uses for the first time (each of PyTorch's Python bindings
 builds its argument parser at its first call) would still register later; so, on the main thread
 (the one that returns from main), it is also a thread_local destructor, which exit() runs before
 every atexit handler. The handler
  - sets `exiting`: no new frame enters Python, and the Python side reads the same flag
-   (vsfilter.watch_native_exit) and stops a running frame at its next feature encoding, as it
+   (vsedvr.filter.shutdown.watch_native_exit) and stops a running frame at its next feature encoding, as it
    does after Python's own atexit;
  - waits until no frame is inside Python, holding no lock and not the GIL (a running frame needs
    the GIL to finish). One deadline for the whole process, EXIT_WAIT_SECONDS after the first

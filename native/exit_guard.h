@@ -9,7 +9,7 @@ int enterPython(void);
 void leavePython(void);
 /* Never returns once the process is exiting: no frame, and no error, goes back to the host. */
 void parkIfExiting(void);
-/* The flag the Python side watches (vsfilter.watch_native_exit). */
+/* The flag the Python side watches (vsedvr.filter.shutdown.watch_native_exit). */
 volatile int *exitFlag(void);
 
 #endif

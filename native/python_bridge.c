@@ -83,9 +83,9 @@ void pyTakeError(char *buf, size_t size) {
     pyDecRef(tb);
 }
 
-/* vsedvr.vsfilter.<name>, a new reference, or NULL with the error in buf. */
+/* vsedvr.filter.plugin.<name>, a new reference, or NULL with the error in buf. */
 PyObject *pyFilterFunction(const char *name, char *err, size_t errSize) {
-    PyObject *module = py.Import_ImportModule("vsedvr.vsfilter");
+    PyObject *module = py.Import_ImportModule("vsedvr.filter.plugin");
     if (!module) {
         char why[4096];
         pyTakeError(why, sizeof why);

@@ -55,7 +55,7 @@ void pyDecRef(PyObject *o);
 void pyStrInto(PyObject *o, char *buf, size_t size);
 /* Takes the pending Python exception (if any) into buf as "Type: message". */
 void pyTakeError(char *buf, size_t size);
-/* vsedvr.vsfilter.<name>, a new reference, or NULL with the error in buf. */
+/* vsedvr.filter.plugin.<name>, a new reference, or NULL with the error in buf. */
 PyObject *pyFilterFunction(const char *name, char *err, size_t errSize);
 /* Calls fn(*args) (args: a tuple, stolen). The Python side returns None on success or a str with
    a complete, formatted message (traceback included for unexpected errors). Returns 0 on

@@ -126,7 +126,7 @@ def test_inductor_compiles_each_region_once(caplog: pytest.LogCaptureFixture) ->
     from torch._dynamo.utils import counters
 
     from test_cuda_path import render, tiny_model
-    from vsedvr.engine import WindowEngine
+    from vsedvr.filter.engine import WindowEngine
 
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
@@ -153,7 +153,8 @@ def _edvrm_checkpoint(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(("width", "height"), [(480, 272), (1920, 1080)])
 def test_memory_plan_against_a_real_frame(tmp_path: Path, width: int, height: int) -> None:
     """Item 3: the plan from the real free memory; one real EDVR-M fp16 frame stays under its estimate."""
-    from vsedvr.memory import NetworkSize, frame_peak_bytes, free_cuda_memory, plan_memory
+    from vsedvr.filter.gpu import free_cuda_memory
+    from vsedvr.filter.tiles import NetworkSize, frame_peak_bytes, plan_memory
     from vsedvr.nets import EDVR
 
     plan = plan_memory(NetworkSize.of(EDVR()), width, height, 2, free_cuda_memory(torch.device("cuda")))
@@ -218,7 +219,7 @@ def test_restore_leaves_the_threads_current_device_alone(tiny_checkpoint: Path,
 def test_oom_while_compiling_on_cuda_keeps_compile(caplog: pytest.LogCaptureFixture) -> None:
     """Item 7: an OOM from inside the compile is retried with compile kept."""
     from test_cuda_path import render, tiny_model
-    from vsedvr.engine import WindowEngine
+    from vsedvr.filter.engine import WindowEngine
 
     failures = [1]
 
@@ -241,7 +242,7 @@ def test_auto_device_names_its_index() -> None:
     """device="auto" resolves to cuda:N, not bare "cuda": a bare device follows whichever device
     the VapourSynth worker thread has current (another CUDA filter may have switched it), so the
     scoped device context and the uploads would land on that one."""
-    from vsedvr.vsfilter import resolve_device
+    from vsedvr.filter.plugin import resolve_device
 
     assert resolve_device("auto") == torch.device("cuda", torch.cuda.current_device())
     assert resolve_device("auto").index is not None
@@ -292,8 +293,8 @@ def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
     end of write() stay at the bound, and the peak VRAM stays under the plan's estimate."""
     import threading
 
-    from vsedvr.engine import WindowEngine
-    from vsedvr.memory import FRAMES_IN_FLIGHT, reserved_bytes
+    from vsedvr.filter.engine import WindowEngine
+    from vsedvr.filter.tiles import FRAMES_IN_FLIGHT, reserved_bytes
 
     lock = threading.Lock()
     live, peak = [0], [0]
@@ -338,7 +339,8 @@ def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
 
 def test_two_restores_on_one_gpu(tmp_path: Path) -> None:
     """Item 3: the second Restore plans from what the first left; both run; VRAM per Restore printed."""
-    from vsedvr.memory import FREE_FRACTION, free_cuda_memory, reserved_bytes
+    from vsedvr.filter.gpu import free_cuda_memory
+    from vsedvr.filter.tiles import FREE_FRACTION, reserved_bytes
 
     device = torch.device("cuda", torch.cuda.current_device())
     checkpoint = _edvrm_checkpoint(tmp_path)
@@ -370,7 +372,7 @@ def test_engine_computes_on_its_own_stream() -> None:
     """Item 6: a thread whose current stream is another one (set by another filter) gets the same
     frames: the engine runs the network on its own stream."""
     from test_cuda_path import render, tiny_model
-    from vsedvr.engine import WindowEngine
+    from vsedvr.filter.engine import WindowEngine
 
     frames = _engine_frames(40, 28, 6)
     plain = render(WindowEngine(tiny_model().cuda(), torch.device("cuda"), 40, 28, np.float32, torch.float32),

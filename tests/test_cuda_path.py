@@ -21,12 +21,12 @@ import torch
 import vapoursynth as vs
 
 import clips
-from vsedvr import engine as engine_module
-from vsedvr.engine import WindowEngine
+from vsedvr.filter import gpu
+from vsedvr.filter.engine import WindowEngine
 from vsedvr.nets import EDVR
 from vsedvr.nets.blocks import DCNPack
 
-PACKAGE = Path(engine_module.__file__).resolve().parent
+PACKAGE = Path(gpu.__file__).resolve().parent.parent
 
 
 def tiny_model(seed: int = 0) -> EDVR:
@@ -205,9 +205,9 @@ def test_no_thread_wide_cuda_device_switch() -> None:
 
 
 def test_device_scope_is_the_scoped_context() -> None:
-    scope = engine_module.device_scope(torch.device("cuda", 1))
+    scope = gpu.device_scope(torch.device("cuda", 1))
     assert isinstance(scope, torch.cuda.device) and scope.idx == 1  # constructing it touches no GPU
-    with engine_module.device_scope(torch.device("cpu")):
+    with gpu.device_scope(torch.device("cpu")):
         pass
 
 
@@ -219,8 +219,8 @@ def test_device_scope_is_the_scoped_context() -> None:
     "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
 ])
 def test_out_of_memory_statuses_are_recognised(message: str) -> None:
-    assert engine_module._out_of_gpu_memory(RuntimeError(message))
-    assert not engine_module._out_of_gpu_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert gpu.out_of_gpu_memory(RuntimeError(message))
+    assert not gpu.out_of_gpu_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
 
 
 def test_wrapped_out_of_memory_is_recognised() -> None:
@@ -230,7 +230,7 @@ def test_wrapped_out_of_memory_is_recognised() -> None:
         except RuntimeError as inner:
             raise RuntimeError("backend failed") from inner
     except RuntimeError as outer:
-        assert engine_module._out_of_gpu_memory(outer)
+        assert gpu.out_of_gpu_memory(outer)
 
 
 def _raise_oom(times: int) -> Callable[..., None]:

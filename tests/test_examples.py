@@ -15,7 +15,7 @@ import pytest
 import vapoursynth as vs
 
 import vsedvr
-from vsedvr.windows import PADDINGS
+from vsedvr.filter.windows import PADDINGS
 from vsedvr.zoo import MODELS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -15,7 +15,7 @@ import vapoursynth as vs
 
 import clips
 from vsedvr import load_model, restore
-from vsedvr.windows import PADDINGS, window_indices
+from vsedvr.filter.windows import PADDINGS, window_indices
 
 TESTS = Path(__file__).resolve().parent
 W, H, LENGTH = 16, 12, 9
@@ -152,7 +152,7 @@ def test_in_order_rendering_encodes_each_frame_once_at_many_threads(tiny_checkpo
     arbitrary order: 185 encodings for 80 frames at 8 threads)."""
     import gc
 
-    from vsedvr.engine import WindowEngine
+    from vsedvr.filter.engine import WindowEngine
 
     core = vs.core
     old = core.num_threads
@@ -176,7 +176,7 @@ def test_frames_overlap_around_the_serial_network(tiny_checkpoint: Path, monkeyp
     import threading
     import time
 
-    from vsedvr import vsfilter
+    from vsedvr.filter import plugin
 
     events: list[tuple[float, str, int]] = []
     lock = threading.Lock()
@@ -189,9 +189,9 @@ def test_frames_overlap_around_the_serial_network(tiny_checkpoint: Path, monkeyp
     old = core.num_threads
     core.num_threads = 8
     try:
-        monkeypatch.setattr(vsfilter, "trace", record)
+        monkeypatch.setattr(plugin, "trace", record)
         clip = vs.core.edvr.Restore(clips.moving_pattern(64, 48, 24, seed=5), model=str(tiny_checkpoint))
-        monkeypatch.setattr(vsfilter, "trace", None)
+        monkeypatch.setattr(plugin, "trace", None)
         for fut in [clip.get_frame_async(n) for n in range(24)]:
             fut.result()
     finally:
@@ -254,7 +254,7 @@ def test_vspipe_renders_what_python_renders(tmp_path: Path, tiny_checkpoint: Pat
 
 def test_error_inside_python_becomes_a_frame_error(tiny_checkpoint: Path, source: vs.VideoNode,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from vsedvr.engine import WindowEngine
+    from vsedvr.filter.engine import WindowEngine
 
     out = vs.core.edvr.Restore(source, model=str(tiny_checkpoint))
 

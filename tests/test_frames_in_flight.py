@@ -16,10 +16,11 @@ import torch
 import vapoursynth as vs
 
 import clips
-from vsedvr import engine as engine_module
-from vsedvr import memory, vsfilter
-from vsedvr.engine import MAX_PASSES, WindowEngine, host_buffer
-from vsedvr.memory import FRAMES_IN_FLIGHT
+from vsedvr.filter import gpu, plugin, tiles
+from vsedvr.filter.engine import WindowEngine
+from vsedvr.filter.gate import MAX_PASSES
+from vsedvr.filter.gpu import host_buffer
+from vsedvr.filter.tiles import FRAMES_IN_FLIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,10 +73,10 @@ def test_reversed_clip_is_not_starved(tiny_checkpoint: Path, monkeypatch: pytest
     old = core.num_threads
     core.num_threads = 8
     computed: list[int] = []
-    monkeypatch.setattr(vsfilter, "trace", lambda event, n: computed.append(n) if event == "compute" else None)
+    monkeypatch.setattr(plugin, "trace", lambda event, n: computed.append(n) if event == "compute" else None)
     try:
         clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 40, seed=3), model=str(tiny_checkpoint))
-        monkeypatch.setattr(vsfilter, "trace", None)
+        monkeypatch.setattr(plugin, "trace", None)
         for _ in clip.std.Reverse().frames(prefetch=8):
             pass
     finally:
@@ -94,23 +95,23 @@ def test_two_restores_on_one_gpu_share_its_memory(monkeypatch: pytest.MonkeyPatc
     from vsedvr.nets import EDVR
 
     free = 32 * 2**30
-    monkeypatch.setattr(vsfilter, "free_cuda_memory", lambda device: free)
+    monkeypatch.setattr(tiles, "free_cuda_memory", lambda device: free)
     model = EDVR()
     device = torch.device("cuda", 0)
 
     class Owner:  # stands for the engine a reservation lives with
         pass
 
-    first = vsfilter._plan_tiles(model, device, 1920, 1080, torch.float16, 16)
+    first = tiles.plan_for_device(model, device, 1920, 1080, torch.float16)
     owner = Owner()
-    memory.reserve(device, owner, first[4])
-    second = vsfilter._plan_tiles(model, device, 1920, 1080, torch.float16, 16)
+    tiles.reserve(device, owner, first.reservation)
+    second = tiles.plan_for_device(model, device, 1920, 1080, torch.float16)
     weights = sum(p.numel() for p in model.parameters()) * 2
-    assert first[4] + second[4] + 2 * weights <= memory.FREE_FRACTION * free, (first, second)
-    assert second[:4] != first[:4]
+    assert first.reservation + second.reservation + 2 * weights <= tiles.FREE_FRACTION * free, (first, second)
+    assert (second.tile, second.cached_windows) != (first.tile, first.cached_windows)
     del owner
-    assert memory.reserved_bytes(device) == 0  # a freed filter gives its share back
-    assert vsfilter._plan_tiles(model, device, 1920, 1080, torch.float16, 16) == first
+    assert tiles.reserved_bytes(device) == 0  # a freed filter gives its share back
+    assert tiles.plan_for_device(model, device, 1920, 1080, torch.float16) == first
 
 
 def test_failed_pinned_allocation_is_not_a_gpu_out_of_memory(monkeypatch: pytest.MonkeyPatch,
@@ -120,8 +121,8 @@ def test_failed_pinned_allocation_is_not_a_gpu_out_of_memory(monkeypatch: pytest
     def no_pinned_memory(shape, dtype):
         raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
 
-    monkeypatch.setattr(engine_module, "_allocate_pinned", no_pinned_memory)
-    monkeypatch.setattr(engine_module, "_warned_pinned", False)
+    monkeypatch.setattr(gpu, "_allocate_pinned", no_pinned_memory)
+    monkeypatch.setattr(gpu, "_warned_pinned", False)
     with caplog.at_level("WARNING", logger="vsedvr"):
         first = host_buffer((3, 4, 5), torch.float32, pinned=True)
         host_buffer((3, 4, 5), torch.float32, pinned=True)
@@ -149,7 +150,7 @@ def test_exit_waits_for_frames_being_written(tmp_path: Path, tiny_checkpoint: Pa
         import vapoursynth as vs
         sys.path.insert(0, {str(ROOT / "tests")!r})
         import clips
-        from vsedvr.engine import WindowEngine
+        from vsedvr.filter.engine import WindowEngine
         inside = threading.Event()
         write = WindowEngine.write
         def slow_write(self, pending, output):

@@ -32,8 +32,8 @@ import vapoursynth as vs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vsedvr.vsfilter import PARAMETERS
-from vsedvr.windows import PADDINGS
+from vsedvr.filter.options import NAMES as PARAMETERS
+from vsedvr.filter.windows import PADDINGS
 from vsedvr.zoo import MODELS
 
 TESTS = Path(__file__).resolve().parent

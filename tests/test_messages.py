@@ -17,7 +17,7 @@ import vapoursynth as vs
 
 from loopback_server import Server
 from test_examples import read_y4m
-from vsedvr import log
+from vsedvr.filter import log
 from vsedvr.zoo import infer_arch, read_state_dict
 
 TESTS = Path(__file__).resolve().parent
@@ -36,7 +36,7 @@ def test_vspipe_stream_is_clean_while_a_model_downloads_and_things_print(
         import vapoursynth as vs
         sys.path.insert(0, {str(TESTS)!r})
         import clips
-        import vsedvr.vsfilter
+        import vsedvr.filter.plugin
         from vsedvr.zoo import MODELS, ModelSpec
         from vsedvr.zoo.registry import MMEDIT_BASE_URL
 
@@ -44,7 +44,7 @@ def test_vspipe_stream_is_clean_while_a_model_downloads_and_things_print(
         MODELS["tiny_test"] = ModelSpec(name="tiny_test", task="sr", scale=4, num_frames=5, arch={arch!r},
                                         filename={filename!r}, url=MMEDIT_BASE_URL + "restorers/edvr/" + {filename!r})
 
-        real_load_model = vsedvr.vsfilter.load_model
+        real_load_model = vsedvr.filter.plugin.load_model
 
         def noisy_load_model(*args, **kwargs):  # a library that prints while a model loads
             print("NOISE from print()")
@@ -52,7 +52,7 @@ def test_vspipe_stream_is_clean_while_a_model_downloads_and_things_print(
             ctypes.CDLL(None).printf(b"NOISE from printf\\n")
             return real_load_model(*args, **kwargs)
 
-        vsedvr.vsfilter.load_model = noisy_load_model
+        vsedvr.filter.plugin.load_model = noisy_load_model
         logging.getLogger("vsedvr").warning("TEST-WARNING from the script")
         clip = vs.core.edvr.Restore(clips.moving_pattern({W}, {H}, {LENGTH}), model="tiny_test")
         clip = vs.core.resize.Bicubic(clip, format=vs.YUV420P8, matrix_s="709")
@@ -149,7 +149,7 @@ def test_no_second_copy_when_another_handler_shows_the_record(core_log: list[tup
 
 STANDALONE = """
 import logging
-from vsedvr import log
+from vsedvr.filter import log
 log.install()
 logging.getLogger("vsedvr").warning("before any core")  # no VapourSynth imported: stderr
 import vapoursynth as vs

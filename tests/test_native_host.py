@@ -129,7 +129,7 @@ def test_exit_waits_once_for_all_restores(vsscript_host: Path, tmp_path: Path, v
     script = _script(tmp_path, "stuck.vpy", _restores(3, 30) + textwrap.dedent("""\
         import threading
         import time
-        from vsedvr import engine
+        from vsedvr.filter import engine
 
         to_host, once = engine.WindowEngine._to_host, threading.Lock()
 

@@ -31,7 +31,7 @@ import vapoursynth as vs
 
 import clips
 from vsedvr import load_model
-from vsedvr.windows import PADDINGS, window_indices
+from vsedvr.filter.windows import PADDINGS, window_indices
 from loopback_server import Server
 from vsedvr.zoo import MODELS, ModelError, ModelSpec, fetch
 
@@ -409,7 +409,7 @@ def _vspipe_raises(folder: Path, ckpt: Path, env: dict[str, str], vspipe: str, s
 
 def _vspipe_fault(folder: Path, ckpt: Path, env: dict[str, str], vspipe: str, server: Server) -> tuple[list, dict]:
     script = vpy(folder, "fault.vpy", f"""\
-        from vsedvr.engine import WindowEngine
+        from vsedvr.filter.engine import WindowEngine
         real = WindowEngine.restore
 
         def faulty(self, window, sources):

@@ -15,7 +15,7 @@ import pytest
 import vapoursynth as vs
 
 from vsedvr import stubs
-from vsedvr.vsfilter import PRECISIONS
+from vsedvr.filter.options import PRECISIONS
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -90,7 +90,7 @@ def _host_report(done: subprocess.CompletedProcess[str]) -> list[str]:
 def test_windows_wheel_holds_the_dll_and_imports_only_system_dlls(windows_wheel: Path) -> None:
     assert windows_wheel.name.endswith("-py3-none-win_amd64.whl")
     names = zipfile.ZipFile(windows_wheel).namelist()
-    assert "vapoursynth/plugins/vsedvr.dll" in names and "vsedvr/vsfilter.py" in names, names
+    assert "vapoursynth/plugins/vsedvr.dll" in names and "vsedvr/filter/plugin.py" in names, names
     assert not [n for n in names if n.endswith(".so")], names
     dll = windows_wheel.parent / "vsedvr.dll"
     dll.write_bytes(zipfile.ZipFile(windows_wheel).read("vapoursynth/plugins/vsedvr.dll"))

@@ -7,13 +7,14 @@ Scripts use the autoloaded plugin, ``core.edvr.Restore(clip, ...)``. From Python
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_model", "restore", "plugin_path", "MODELS"]
+__all__ = ["__version__", "load_model", "restore", "plugin_path", "MODELS", "Padding", "Precision"]
 
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from .filter.options import NAMES, Padding, Precision, wrong_type
 from .zoo import MODELS, load_model
 
 if TYPE_CHECKING:
@@ -21,11 +22,6 @@ if TYPE_CHECKING:
 
 #: The native plugin's file name on this platform, in vapoursynth/plugins/.
 PLUGIN_NAME = {"win32": "vsedvr.dll", "darwin": "libvsedvr.dylib"}.get(sys.platform, "libvsedvr.so")
-
-#: The values of ``padding`` (the plugin's ``Version()["paddings"]``).
-Padding = Literal["reflection_circle", "replicate", "reflection", "circle"]
-#: The values of ``precision``.
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
 def plugin_path() -> Path | None:
@@ -37,39 +33,6 @@ def plugin_path() -> Path | None:
         candidate = Path(folder) / "plugins" / PLUGIN_NAME
         if candidate.exists():
             return candidate
-    return None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _wrong_type(**arguments: object) -> str | None:
-    """What is wrong with the type of one of restore()'s arguments, or None.
-
-    ``core.edvr.Restore`` cannot say it: VapourSynth's binding converts a value to the registered
-    type before the plugin runs (``tile="big"`` raises int()'s ValueError, which names no parameter).
-    """
-    allowed = {
-        "device": ((str,), '"auto", "cpu", "cuda" or "cuda:N"'),
-        "padding": ((str, type(None)), "a padding name (str) or None"),
-        "precision": ((str, type(None)), '"auto", "fp32", "fp16", "bf16" or None'),
-        "scenechange": ((bool, int), "True or False"),
-        "compile": ((bool, int), "True or False"),
-    }
-    for name, (types, what) in allowed.items():
-        value = arguments[name]
-        if not isinstance(value, types) or (isinstance(value, int) and not isinstance(value, bool)
-                                            and value not in (0, 1)):
-            return f'"{name}" must be {what}, got {value!r} ({type(value).__name__})'
-    tile = arguments["tile"]
-    sizes = list(tile) if isinstance(tile, (list, tuple)) else [tile]
-    if tile is not None and not (1 <= len(sizes) <= 2 and all(_is_int(v) for v in sizes)):
-        return (f'"tile" must be one size or [width, height] in input pixels, whole numbers (int), '
-                f"got {tile!r} ({type(tile).__name__})")
-    overlap = arguments["tile_overlap"]
-    if overlap is not None and not _is_int(overlap):
-        return f'"tile_overlap" must be a whole number of input pixels (int), got {overlap!r} ({type(overlap).__name__})'
     return None
 
 
@@ -119,10 +82,10 @@ def restore(
     """
     import vapoursynth as vs
 
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f'edvr: "model" must be a zoo name or a checkpoint path, got {type(model).__name__}')
-    wrong = _wrong_type(device=device, padding=padding, scenechange=scenechange, tile=tile,
-                        tile_overlap=tile_overlap, precision=precision, compile=compile)
+    given = dict(model=model, device=device, padding=padding, scenechange=scenechange, tile=tile,
+                 tile_overlap=tile_overlap, precision=precision, compile=compile)
+    assert tuple(given) == NAMES  # the table (vsedvr/filter/options.py) and this signature
+    wrong = wrong_type(**given)
     if wrong:
         raise vs.Error(f"Restore: {wrong}")
     core = vs.core

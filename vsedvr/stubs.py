@@ -10,40 +10,26 @@ template and on a file a generator already filled, and running it twice changes 
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 
-from . import Padding, Precision
+from .filter.options import OPTIONS
 
 __all__ = ["add_edvr", "remove_edvr", "installed_stub_path", "install"]
 
 NAMESPACE = "edvr"
 
 
-def _literal(alias: object) -> str:
-    return "Literal[" + ", ".join(f'"{value}"' for value in typing.get_args(alias)) + "]"
+def _parameters() -> str:
+    """Restore's parameters after ``clip``, typed as VapourSynth's binding takes them, and their help
+    (both from vsedvr/filter/options.py)."""
+    lines = [f"        {o.name}: {o.stub} | None = None,\n" for o in OPTIONS]
+    helps = [f"        {o.name}: {o.help}.\n" for o in OPTIONS]
+    return ("".join(lines) + '    ) -> "VideoNode":\n'
+            '        """EDVR video restoration: each output frame from a window of 5 (7) input frames.\n\n'
+            "        clip: RGBS (fp32) or RGBH (fp16 on CUDA).\n" + "".join(helps) + '        """\n')
 
 
-_PARAMS = f"""\
-        model: str | bytes | None = None,
-        device: str | bytes | None = None,
-        padding: {_literal(Padding)} | None = None,
-        scenechange: int | None = None,
-        tile: int | Sequence[int] | None = None,
-        tile_overlap: int | None = None,
-        precision: {_literal(Precision)} | None = None,
-        compile: int | None = None,
-    ) -> "VideoNode":
-        \"\"\"EDVR video restoration: each output frame from a window of 5 (7) input frames.
-
-        clip: RGBS (fp32) or RGBH (fp16 on CUDA). model: a zoo name (`vsedvr models`) or a
-        checkpoint path, default "edvrm" (4x SR). device: "auto", "cpu", "cuda", "cuda:N".
-        padding: window rule at clip ends and scene cuts (default: the model's). scenechange:
-        honour _SceneChangePrev/_SceneChangeNext. tile: [w, h] input pixels per tile.
-        tile_overlap: pixels shared by tiles (default 16). precision: "auto", "fp32", "fp16", "bf16".
-        compile: run the network through torch.compile (slow first frame).
-        \"\"\"
-"""
+_PARAMS = _parameters()
 
 IMPLEMENTATION = f"""\
 # <implementation/{NAMESPACE}>

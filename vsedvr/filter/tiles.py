@@ -1,4 +1,11 @@
-"""GPU memory of one restored frame, and the tiles that keep it inside the free memory (CUDA only).
+"""Tiles: their geometry, the GPU memory plan that chooses them, and the rule that shrinks them.
+
+Everything about tiles is here: the geometry of a tile plan (:func:`plan_tiles`, used on every
+device when ``tile=`` is given), the plan that chooses tiles on CUDA when it is not
+(:func:`plan_for_device`: the estimate of one frame's peak memory against the device's free memory
+less the other Restores' reservations), and the out-of-memory retry's smaller tiles
+(:func:`smaller_tiles`).
+
 
 Why tiles and not a banded deformable convolution on CUDA: torchvision's CUDA kernel builds a
 column buffer of 9 x C x H x W float32 values per call (4.8 GB for EDVR-M, 9.5 GB for EDVR-L at
@@ -24,6 +31,7 @@ workspaces and the allocator's rounding. It is an estimate: tests/test_cuda.py c
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import weakref
@@ -31,14 +39,21 @@ from dataclasses import dataclass
 
 import torch
 
+from .gpu import free_cuda_memory
+
+log = logging.getLogger("vsedvr")
+
 #: Largest element count PyTorch hands to cuDNN in one image (see the module docstring).
 INT32_MAX = 2**31 - 1
 #: Channels of EDVR's high-resolution layers (upconv2's output is 4x this before the pixel shuffle).
 HR_CHANNELS = 64
 #: Share of the free memory a plan may use: room for other filters' allocations and fragmentation.
 FREE_FRACTION = 0.8
-#: Smallest tile edge (input pixels), as in the out-of-memory retry.
+#: Smallest tile edge (input pixels) of a plan and of the out-of-memory retry.
 MIN_TILE = 64
+#: Input pixels each tile reads beyond its edges when the user gives none (tiled output then equals
+#: whole frames to float rounding: docs/measurements.md#tiling).
+DEFAULT_TILE_OVERLAP = 16
 #: Frames of one filter between the start of their computation and the end of their copy to the host
 #: (one computing, one downloading, one being written; the engine's ``in_flight`` slots): each holds
 #: its output on the GPU until its download ends, and a pinned host buffer. Without a bound every
@@ -145,7 +160,7 @@ def _candidates(width: int, height: int, overlap: int, multiple: int) -> list[tu
 
 
 def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, free_bytes: int,
-                overlap: int = 16, multiple: int = 4) -> MemoryPlan:
+                overlap: int = DEFAULT_TILE_OVERLAP, multiple: int = 4) -> MemoryPlan:
     """The fewest tiles (with the largest feature cache) whose estimated peak fits in
     ``FREE_FRACTION`` of ``free_bytes`` and whose tensors stay within 32-bit indexing.
 
@@ -169,13 +184,6 @@ def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, fre
                         return last
     assert last is not None, "no tile candidates"
     return last
-
-
-def free_cuda_memory(device: torch.device) -> int:
-    """Bytes this process can still allocate on ``device``: the driver's free memory plus what
-    PyTorch's allocator holds unused."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 # One budget per device for the process: every Restore planned from the same free memory, so two
@@ -203,3 +211,72 @@ def reserve(device: torch.device | str, owner: object, nbytes: int) -> None:
 def _release(key: str, token: int) -> None:
     with _reservations_lock:
         _reservations.get(key, {}).pop(token, None)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile, in input pixels: the part it outputs, and the larger part it reads."""
+
+    x0: int  # output region [x0, x1) x [y0, y1)
+    y0: int
+    x1: int
+    y1: int
+    rx0: int  # read region, the output region grown by the overlap and clipped to the frame
+    ry0: int
+    rx1: int
+    ry1: int
+
+
+def plan_tiles(width: int, height: int, tile: tuple[int, int] | None, overlap: int) -> list[Tile]:
+    """Tiles covering a width x height frame; one tile (the whole frame) when ``tile`` is None."""
+    if tile is None:
+        return [Tile(0, 0, width, height, 0, 0, width, height)]
+    tw, th = min(tile[0], width), min(tile[1], height)
+    tiles = []
+    for y0 in range(0, height, th):
+        for x0 in range(0, width, tw):
+            x1, y1 = min(x0 + tw, width), min(y0 + th, height)
+            tiles.append(Tile(x0, y0, x1, y1, max(x0 - overlap, 0), max(y0 - overlap, 0),
+                              min(x1 + overlap, width), min(y1 + overlap, height)))
+    return tiles
+
+
+def smaller_tiles(tile: tuple[int, int] | None, width: int, height: int) -> tuple[int, int] | None:
+    """The out-of-memory retry's next tiles: halved, down to MIN_TILE; None when they cannot shrink
+    (already that small, or the halves would still cover the whole frame)."""
+    tw, th = tile or (width, height)
+    smaller = (max(tw // 2, MIN_TILE), max(th // 2, MIN_TILE))
+    if smaller == (tw, th) or (smaller[0] >= width and smaller[1] >= height):
+        return None
+    return smaller
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What :func:`plan_for_device` decided for one Restore on a CUDA device."""
+
+    tile: tuple[int, int] | None
+    tile_overlap: int
+    cached_windows: int
+    frames_in_flight: int
+    reservation: int  # bytes the filter will allocate beyond its weights (see :func:`reserve`)
+
+
+def plan_for_device(model: torch.nn.Module, device: torch.device, width: int, height: int,
+                    compute_dtype: torch.dtype, overlap: int = DEFAULT_TILE_OVERLAP) -> DevicePlan:
+    """Tiles, cache and frames in flight for a Restore whose user gave no tile, from the device's free
+    memory less what the other live Restores on it have reserved: Restore stays inside the GPU's memory
+    before the first out-of-memory error."""
+    # the plan takes FREE_FRACTION of what it is given: the others' reservations come out of that share
+    free = max(0, free_cuda_memory(device) - int(reserved_bytes(device) / FREE_FRACTION))
+    size = NetworkSize.of(model)
+    plan = plan_memory(size, width, height, compute_dtype.itemsize, free, overlap, model.size_multiple)
+    reservation = plan.peak_bytes - size.parameters * compute_dtype.itemsize  # the weights are allocated
+    if plan.tile is None:
+        return DevicePlan(None, 0, plan.cached_windows, plan.frames_in_flight, reservation)
+    say = log.info if plan.fits else log.warning
+    say("Restore: %dx%d frames computed in tiles of %dx%d (tile_overlap=%d, %d window(s) of features cached): "
+        "about %.1f GiB, %.1f GiB of %s free%s; tile=[w, h] chooses them", width, height, plan.tile[0], plan.tile[1],
+        overlap, plan.cached_windows, plan.peak_bytes / 2**30, free / 2**30, device,
+        "" if plan.fits else " (more than the plan allows: out-of-memory retries may follow)")
+    return DevicePlan(plan.tile, overlap, plan.cached_windows, plan.frames_in_flight, reservation)

@@ -1,14 +1,14 @@
-"""The CUDA memory plan (vsedvr.memory), as pure arithmetic: 1080p and 4K, EDVR-M and EDVR-L, fp16 and
-fp32, for the free memory of a few GPUs. tests/test_cuda.py compares the estimate with a real GPU's."""
+"""Tiles and the CUDA memory plan (vsedvr.filter.tiles), as pure arithmetic: 1080p and 4K, EDVR-M and
+EDVR-L, fp16 and fp32, for the free memory of a few GPUs. tests/test_cuda.py compares the estimate
+with a real GPU's."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from vsedvr.engine import plan_tiles
-from vsedvr.memory import INT32_MAX, NetworkSize, dcn_columns_bytes, frame_peak_bytes, largest_tensor_elements, \
-    plan_memory
+from vsedvr.filter.tiles import (INT32_MAX, MIN_TILE, NetworkSize, dcn_columns_bytes, frame_peak_bytes,
+                                 largest_tensor_elements, plan_memory, plan_tiles, smaller_tiles)
 from vsedvr.nets import EDVR
 
 GiB = 2**30
@@ -90,3 +90,12 @@ def test_deblur_models_plan_in_multiples_of_16() -> None:
     plan = plan_memory(net, 1920, 1080, 2, GiB, multiple=16)
     assert plan.tile is not None
     assert all(t % 16 == 0 or t == whole for t, whole in zip(plan.tile, (1920, 1080))), plan.tile
+
+
+def test_out_of_memory_retry_halves_tiles_down_to_the_smallest() -> None:
+    assert smaller_tiles(None, 1920, 1080) == (960, 540)
+    assert smaller_tiles((960, 540), 1920, 1080) == (480, 270)
+    assert smaller_tiles((100, 64), 1920, 1080) == (MIN_TILE, MIN_TILE)
+    assert smaller_tiles((MIN_TILE, MIN_TILE), 1920, 1080) is None
+    assert smaller_tiles(None, 64, 48) is None  # tiles of MIN_TILE would cover the whole frame
+    assert len(plan_tiles(200, 100, smaller_tiles(None, 200, 100), 16)) == 4

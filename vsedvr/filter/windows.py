@@ -5,8 +5,12 @@ for scripts that run the network themselves and for checking the plugin.
 """
 from __future__ import annotations
 
-#: Temporal padding modes, in the order the native plugin numbers them.
-PADDINGS = ("reflection_circle", "replicate", "reflection", "circle")
+import typing
+from typing import Literal
+
+#: Temporal padding modes (``padding``), in the order the native plugin numbers them.
+Padding = Literal["reflection_circle", "replicate", "reflection", "circle"]
+PADDINGS: tuple[str, ...] = typing.get_args(Padding)
 
 
 def window_indices(center: int, num_frames: int, first: int, last: int,

@@ -1,0 +1,319 @@
+"""Frames to tensors and back, tiling, and the temporal cache of per-frame features.
+
+The VapourSynth side hands over each output frame's window as frame numbers plus the planes of
+those frames. Each input frame (each tile of it, when tiling) is converted and encoded
+(``EDVR.frame_features``) once and kept in a small LRU keyed by frame number, so the windows that
+share it (typically five) reuse it. Every frame is encoded alone (batch of one) whether it comes
+from the cache or not, so results do not depend on request order.
+
+One frame computes at a time (a lock per engine). On CUDA the transfers leave that critical
+section: :meth:`WindowEngine.restore` uploads new input frames through pinned buffers on an
+upload stream and queues the result's download (to a pinned buffer, on a download stream) without
+waiting; :meth:`WindowEngine.write`, called after the lock is released, waits for that download
+alone. So while one VapourSynth thread waits for frame n's result to arrive, another is already
+queueing frame n+1's computation, and the copy engines overlap it. Nothing in between synchronises
+with the GPU (the offset check reads its value after the download too).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..nets import EDVR, pad_to_multiple
+from . import shutdown
+from .cache import FeatureCache
+from .gate import FrameGate
+from .gpu import device_scope, host_buffer, out_of_gpu_memory
+from .offsets import OffsetWatch
+from .tiles import DEFAULT_TILE_OVERLAP, FRAMES_IN_FLIGHT, plan_tiles, smaller_tiles
+
+log = logging.getLogger("vsedvr")
+
+#: What the plugin hands over for one frame: (memoryview R, memoryview G, memoryview B, stride in bytes).
+PlaneViews = Sequence
+
+
+@dataclass
+class PendingFrame:
+    """A restored frame on its way to the host (see :meth:`WindowEngine.write`)."""
+
+    frame: int
+    host: torch.Tensor  # (3, h, w) on the CPU, in the clip's sample type
+    ready: Any  # torch.cuda.Event recorded after the download, or None when computed on the CPU
+    offset_peak: torch.Tensor | None  # largest mean |offset| of the frame's DCNs (0-d, host)
+
+
+class WindowEngine:
+    """Runs an EDVR model on windows of VapourSynth frames.
+
+    Args:
+        model: the network, already on ``device``, in ``compute_dtype`` and in eval mode.
+        device: where to compute.
+        width, height: input frame size.
+        sample_dtype: numpy dtype of the clip's samples (float32 for RGBS, float16 for RGBH).
+        compute_dtype: torch dtype to compute in.
+        tile: (width, height) of tiles in input pixels, or None for whole frames.
+        tile_overlap: input pixels each tile reads beyond its edges.
+        cached_windows: windows of every tile the feature cache keeps (2, 1, or 0 for the current
+            tile's window only); see :mod:`vsedvr.filter.tiles`, which chooses it with the tiles on CUDA.
+        compile: run the network through ``torch.compile`` (compiled at the first frame of each
+            tile shape; falls back to the uncompiled network, with a warning, if compiling fails).
+        compile_backend: ``torch.compile``'s backend; tests use ``"eager"`` or a counting backend,
+            which keeps dynamo's tracing and guards (what decides recompiles) without inductor.
+        frames_in_flight: frames between the start of their network (under the lock) and the end of
+            :meth:`write` (``in_flight``); the memory plan counts their outputs.
+    """
+
+    def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
+                 sample_dtype: np.dtype, compute_dtype: torch.dtype,
+                 tile: tuple[int, int] | None = None, tile_overlap: int = 0, cached_windows: int = 2,
+                 compile: bool = False,
+                 compile_backend: str | Callable[..., Any] = "inductor",
+                 frames_in_flight: int = FRAMES_IN_FLIGHT) -> None:
+        self.model = model
+        self.device = device
+        self.width = width
+        self.height = height
+        self.sample_dtype = np.dtype(sample_dtype)
+        self.host_dtype = torch.float16 if self.sample_dtype == np.float16 else torch.float32
+        self.compute_dtype = compute_dtype
+        self.tile_overlap = tile_overlap
+        self._set_tiles(tile, cached_windows)
+        #: the network's lock: one frame computes at a time, the lowest waiting frame next
+        self._network = FrameGate(1)
+        #: debug hook (plugin.trace): called with ("compute" | "computed", frame) on the thread that
+        #: takes / is about to release the network's lock for the frame
+        self.trace: Callable[[str, int], None] | None = None
+        #: frames between the start of their network and the end of write(): taken under the network's
+        #: lock (so the lock alone decides the order of frames), given back by write()
+        self.in_flight = FrameGate(frames_in_flight)
+        self._warned_nonfinite = False
+        self._offsets = OffsetWatch(model, device)
+        shutdown.track(self.in_flight)
+        self._frame_features: Callable[..., Any] = model.frame_features
+        self._compile_errors: tuple[type[Exception], ...] = ()
+        self.compiled = compile
+        if compile:
+            from torch._dynamo.exc import TorchDynamoException
+
+            # VSScript sets the root logger to NOTSET and hands every record to the host, and inductor's
+            # cache locks log each acquire/release at DEBUG: vspipe would print dozens of lines
+            quiet = logging.getLogger("filelock")
+            if quiet.level == logging.NOTSET:
+                quiet.setLevel(logging.WARNING)
+
+            # dynamic=False: a few static shapes (tiles at the edges) compile faster and run faster
+            self._frame_features = torch.compile(model.frame_features, dynamic=False, backend=compile_backend)
+            model.compile_regions(dynamic=False, backend=compile_backend)
+            self._compile_errors = (TorchDynamoException,)
+        self._upload = self._download = self._compute = None
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                self._upload, self._download = torch.cuda.Stream(), torch.cuda.Stream()
+                # the network's own stream: another filter may set a worker thread's current stream,
+                # and the cache and the offset watch rely on one stream for every frame
+                self._compute = torch.cuda.Stream()
+                self._compute.wait_stream(torch.cuda.current_stream())  # the weights, uploaded there
+        # cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) is left as the process has
+        # it: it is process-wide (every PyTorch filter of the script) and each process may time its way
+        # to other algorithms, other rounding: frames would differ between vspipe runs (docs/cuda.md)
+
+    def _set_tiles(self, tile: tuple[int, int] | None, cached_windows: int = 2) -> None:
+        """Plans the tiles; the cache keeps ``cached_windows`` windows of every tile, or with 0 the
+        current tile's window only."""
+        self.tile = tile
+        self.tiles = plan_tiles(self.width, self.height, tile, self.tile_overlap)
+        # two windows' worth per tile: sequential rendering needs one, a little random access the other
+        if cached_windows:
+            self.cache = FeatureCache(cached_windows * self.model.num_frames * len(self.tiles))
+        else:
+            self.cache = FeatureCache(self.model.num_frames)
+
+    def frame_tensor(self, views: PlaneViews) -> torch.Tensor:
+        """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
+        *planes, stride = views
+        row = stride // self.sample_dtype.itemsize
+        # VapourSynth's frame memory is pageable: for CUDA the planes go straight into pinned memory,
+        # so that the upload is asynchronous and runs on its own stream beside the queued computation
+        chw = host_buffer((3, self.height, self.width), self.host_dtype, pinned=self._upload is not None)
+        np.stack([np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width]
+                  for p in planes], out=chw.numpy())
+        if not torch.isfinite(chw).all():
+            # one NaN would spread through the convolutions into every output frame whose window holds it
+            if not self._warned_nonfinite:
+                log.warning("Restore: the clip has NaN or infinite samples; they are replaced by 0 (NaN, -inf) "
+                            "and 1 (+inf) before restoration (reported once per filter)")
+                self._warned_nonfinite = True
+            torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0, out=chw)
+        if self._upload is None:
+            return chw.to(self.device, self.compute_dtype)[None]
+        compute = self._compute
+        with torch.cuda.stream(self._upload):
+            on_device = chw.to(self.device, non_blocking=True)
+        compute.wait_stream(self._upload)
+        on_device.record_stream(compute)  # allocated on the upload stream, used on the compute one
+        return on_device.to(self.compute_dtype)[None]
+
+    def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
+        """(padded input of tile t, its features) for input frame n, from the cache when present."""
+        item = self.cache.get((n, t))
+        if item is None:
+            shutdown.stop_if_exiting()  # a long frame stops between its parts, not only before it starts
+            tile = self.tiles[t]
+            crop = load_frame()[..., tile.ry0:tile.ry1, tile.rx0:tile.rx1]
+            crop = pad_to_multiple(crop, self.model.size_multiple)
+            item = (crop, self._frame_features(crop))
+            self.cache.put((n, t), item)
+        return item
+
+    def _restore_tiles(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
+        s = self.model.scale
+        frames: dict[int, torch.Tensor] = {}  # converted at most once per call, only on a cache miss
+
+        def loader(i: int) -> Callable[[], torch.Tensor]:
+            def load() -> torch.Tensor:
+                if window[i] not in frames:
+                    frames[window[i]] = self.frame_tensor(sources[i])
+                return frames[window[i]]
+            return load
+
+        out = None
+        for t, tile in enumerate(self.tiles):
+            encoded = [self._encode(n, t, loader(i)) for i, n in enumerate(window)]
+            result = self.model.restore_window([features for _, features in encoded], encoded[self.model.center][0])
+            ox, oy = tile.x0 - tile.rx0, tile.y0 - tile.ry0
+            part = result[..., s * oy:s * (oy + tile.y1 - tile.y0), s * ox:s * (ox + tile.x1 - tile.x0)]
+            if len(self.tiles) == 1:
+                return part
+            if out is None:
+                out = result.new_empty((1, 3, s * self.height, s * self.width))
+            out[..., s * tile.y0:s * tile.y1, s * tile.x0:s * tile.x1] = part
+        return out
+
+    def restore(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
+        """Restores the centre frame of the window, (3, s*H, s*W); pass the result to :meth:`write`.
+
+        On CUDA this returns once the work is queued, without waiting for it.
+        """
+        n = window[self.model.center]
+        self._network.next_frame(n)
+        stream = torch.cuda.stream(self._compute) if self._compute is not None else nullcontext()
+        with self._network, torch.inference_mode(), device_scope(self.device), stream:  # any worker thread
+            if self.trace is not None:
+                self.trace("compute", n)
+            try:
+                shutdown.stop_if_exiting()
+                self._offsets.stop_if_warned()  # here, under the lock: write() runs beside the network
+                # wait for a frame in flight to be written (the lock holder alone waits here)
+                self.in_flight.acquire()
+                try:
+                    return self._restore_in_flight(window, sources)
+                except BaseException:
+                    self.in_flight.release()
+                    raise
+            finally:
+                if self.trace is not None:
+                    self.trace("computed", n)
+
+    def _restore_in_flight(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
+        failures = 0
+        while True:
+            try:
+                self._offsets.reset()
+                out = self._run_network(window, sources)
+                return self._to_host(window[self.model.center], out[0], self._offsets.frame_peak())
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                if not out_of_gpu_memory(e):
+                    raise
+                failures += 1
+                # The first OOM of a frame is retried at the same tiles: it may be transient (another
+                # process on the GPU, or this frame's failed attempt still held by the traceback).
+                # A second one shrinks them, for the rest of the clip (see _shrink_tiles).
+                if failures > 1 and not self._shrink_tiles():
+                    raise
+            # outside the except block: its traceback holds the failed attempt's tensors
+            torch.cuda.empty_cache()
+
+    def _run_network(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
+        if not self.compiled:
+            return self._restore_tiles(window, sources)
+        try:
+            return self._restore_tiles(window, sources)
+        except self._compile_errors as e:  # compiling failed, e.g. no C++ compiler for inductor
+            if out_of_gpu_memory(e):
+                # inductor benchmarks kernels on the GPU while compiling: an OOM there is an OOM, retried
+                # by restore() with compile kept (a compiler that fails is what disables compile)
+                raise
+            log.warning("Restore: torch.compile failed (%s: %s); running the network uncompiled",
+                        type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+            self._frame_features = self.model.frame_features
+            self.model.compile_regions(False)
+            self.compiled = False
+            self.cache.clear()
+            self._offsets.reset()
+            return self._restore_tiles(window, sources)
+
+    def _to_host(self, n: int, out: torch.Tensor, peak: torch.Tensor | None) -> PendingFrame:
+        out = out.to(self.host_dtype)
+        if self._download is None:
+            return PendingFrame(n, out, None, peak)
+        self._download.wait_stream(self._compute)
+        with torch.cuda.stream(self._download):
+            host = host_buffer(out.shape, out.dtype, pinned=True)
+            host.copy_(out, non_blocking=True)
+            peak_host = None
+            if peak is not None:
+                peak_host = host_buffer((), peak.dtype, pinned=True)
+                peak_host.copy_(peak, non_blocking=True)
+            ready = torch.cuda.Event(blocking=True)  # write() sleeps rather than spins: cores stay free
+            ready.record(self._download)
+        # keep the allocator from reusing them (freed on the compute stream) before the copies end
+        out.record_stream(self._download)
+        if peak is not None:
+            peak.record_stream(self._download)
+        return PendingFrame(n, host, ready, peak_host)
+
+    def _shrink_tiles(self) -> bool:
+        """After CUDA ran out of memory twice on one frame: halve the tiles (down to MIN_TILE); False if
+        already that small.
+
+        The smaller tiles stay for the rest of the clip: growing them back would risk an OOM (two
+        failed attempts) at every try and a compile per new tile shape, and tiled output equals
+        untiled output to float rounding (docs/cuda.md), so what it costs is speed only.
+
+        The feature cache then keeps one tile's window only: with every tile's features kept for the
+        next windows (five frames' worth, more with the overlap), the cache alone would hold more
+        than the untiled frame did. Each input frame's features are then computed once per window
+        (up to five times) instead of once: slower, but the memory follows the tile size.
+        """
+        smaller = smaller_tiles(self.tile, self.width, self.height)
+        if smaller is None:
+            return False
+        self.tile_overlap = self.tile_overlap or DEFAULT_TILE_OVERLAP
+        log.warning("CUDA ran out of memory at tile %s; retrying with tiles of %dx%d (tile_overlap=%d), "
+                    "features recomputed for each window", self.tile or "none", smaller[0], smaller[1],
+                    self.tile_overlap)
+        self._set_tiles(smaller, cached_windows=0)
+        return True
+
+    def write(self, pending: PendingFrame, output: PlaneViews) -> None:
+        """Copies a restored frame into the output frame's planes (waiting for its download on CUDA);
+        the frame is then no longer in flight."""
+        try:
+            if pending.ready is not None:
+                pending.ready.synchronize()
+            self._offsets.check(pending.frame, pending.offset_peak)
+            *planes, stride = output
+            result = pending.host.numpy()
+            h, w = result.shape[1:]
+            row = stride // self.sample_dtype.itemsize
+            for plane, values in zip(planes, result):
+                np.frombuffer(plane, dtype=self.sample_dtype).reshape(h, row)[:, :w] = values
+        finally:
+            self.in_flight.release()
