@@ -30,11 +30,9 @@ untimed warm-up frame (CUDA context, cuDNN's algorithm search) and with cuDNN's 
 the reference scripts do). On CUDA the model-FLOP utilisation (achieved FLOP/s over the GPU's dense
 tensor-core peak for the variant's precision; fp32 convolutions run as TF32 by PyTorch's default,
 but torchvision's deformable-conv GEMMs do not (matmul TF32 is off by default): fp32 MFU reads low)
-is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also: FLOPs per
-output frame (``torch.utils.flop_counter.FlopCounterMode``; the deformable convs counted as 2 x
-the MACs of their weighted sum, 2 * C_out * C_in * 9 * H * W) with the achieved GFLOP/s of each
-variant, and a micro-benchmark of the deformable conv itself (fast path vs torchvision) at EDVR-M's
-L1 shape.
+is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also the FLOPs
+per output frame (bench_flops.py) with the achieved GFLOP/s of each variant. The deformable conv
+alone, fast path vs torchvision: bench_dcn.py.
 
 Examples::
 
@@ -45,10 +43,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -63,14 +59,12 @@ from typing import Any
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
+from bench_common import (BENCH_DIR, MODELS, NUM_FRAMES_T, machine_info, machine_line, make_frames, parse_size,
+                          source_clip, thread_env)
+from bench_flops import count_flops
+
 VENV_BIN = Path(sys.executable).parent
 
-#: EDVR constructor arguments of the benchmarked variants (edvr-facts.md §1).
-MODELS: dict[str, dict[str, Any]] = {
-    "edvrm": {},
-    "edvrl": dict(num_feat=128, num_reconstruct_block=40),
-}
 VARIANTS = ("a_vspipe", "a_python", "b_naive", "c_modify")
 OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile", "a_globalthreads", "a_cudnnsearch")
 #: The variants that time core.edvr.Restore through Python's frames()
@@ -85,7 +79,6 @@ LABELS = {
     "a_globalthreads": "a' vsedvr Restore, former global set_num_threads(1) in the DCN",
     "a_cudnnsearch": "a'' vsedvr Restore with cuDNN's per-shape search (cudnn.benchmark, not deterministic)",
 }
-NUM_FRAMES_T = 5  # every benchmarked model has 5-frame windows, centre 2
 
 #: Dense tensor-core peaks in TFLOP/s (vendor data sheets) by precision, for the MFU column.
 #: fp32 counts TF32: PyTorch runs fp32 convolutions on cuDNN with TF32 allowed by default.
@@ -128,30 +121,6 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
 
 # --------------------------------------------------------------------------- inputs
 
-def make_frames(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth random texture that moves a little every frame: (count, 3, H, W) float32 in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    base = rng.random((3, height + count, width + 2 * count), dtype=np.float32)
-    base = (base + np.roll(base, 1, axis=1) + np.roll(base, 1, axis=2)) / 3
-    return np.stack([base[:, n:n + height, 2 * n:2 * n + width] for n in range(count)]).copy()
-
-
-def source_clip(frames: np.ndarray):  # -> vs.VideoNode
-    """The frames as an RGBS VapourSynth clip (what a source filter would deliver)."""
-    import vapoursynth as vs
-
-    count, _, height, width = frames.shape
-
-    def fill(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
-        out = f.copy()
-        for p in range(3):
-            np.asarray(out[p])[:] = frames[n, p]
-        return out
-
-    blank = vs.core.std.BlankClip(width=width, height=height, length=count, format=vs.RGBS, fpsnum=24, fpsden=1)
-    return vs.core.std.ModifyFrame(blank, blank, fill)
-
-
 def window(n: int, count: int) -> list[int]:
     from vsedvr.windows import window_indices
 
@@ -175,14 +144,14 @@ def make_checkpoint(model: str, path: Path, seed: int = 0) -> None:
 
 # --------------------------------------------------------------------------- workers
 
+#: The script vspipe runs for a_vspipe; bench/ is on its PYTHONPATH (:func:`_worker_vspipe`).
 VPY = """\
-import sys
 import torch
-sys.path.insert(0, benchdir)
+import bench_common as C
 import bench_restore as B
 from vapoursynth import core
 torch.set_num_threads(int(threads))
-clip = B.source_clip(B.make_frames(int(frames), int(height), int(width)))
+clip = C.source_clip(C.make_frames(int(frames), int(height), int(width)))
 out = core.edvr.Restore(clip, model=checkpoint, device=device, precision=precision)
 B.warm_up_restore(clip, checkpoint, device, precision)
 B.record_vram(out, vram_file).set_output()
@@ -231,25 +200,14 @@ def record_vram(clip, path: str):  # (vs.VideoNode, str) -> vs.VideoNode
     return vs.core.std.ModifyFrame(clip, clip, passthrough)
 
 
-
 #: OMP_WAIT_POLICY for every subprocess, None: the caller's environment (see --omp-wait-policy).
 _WAIT_POLICY: str | None = None
-
-
-def _thread_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if _WAIT_POLICY:
-        env["OMP_WAIT_POLICY"] = _WAIT_POLICY
-    return env
 
 
 def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     """Runs one variant in this process; returns seconds for ``setup.count`` output frames and more."""
     if variant == "a_vspipe":
         return _worker_vspipe(checkpoint, setup)
-    if variant == "dcn_micro":
-        return dcn_micro(setup.threads)
 
     import torch
 
@@ -383,14 +341,15 @@ def _modify_frame(net: Any, frames: np.ndarray, device: str) -> None:
 
 def _worker_vspipe(checkpoint: str, setup: Setup) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
-        env = _thread_env(setup.threads)
+        env = thread_env(setup.threads, _WAIT_POLICY)
         env["XDG_CONFIG_HOME"] = str(Path(tmp) / "xdg-config")
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH")) if p)
         subprocess.run([str(VENV_BIN / "vapoursynth"), "config"], env=env, check=True, capture_output=True)
         script = Path(tmp) / "bench.vpy"
         script.write_text(VPY)
         vram_file = Path(tmp) / "vram" if setup.device == "cuda" else None
-        args = dict(benchdir=str(BENCH_DIR), checkpoint=checkpoint, frames=setup.count, height=setup.height,
+        args = dict(checkpoint=checkpoint, frames=setup.count, height=setup.height,
                     width=setup.width, threads=setup.threads, device=setup.device, precision=setup.precision,
                     vram_file=vram_file or "")
         cmd = [str(VENV_BIN / "vspipe"), "--progress"]
@@ -422,7 +381,7 @@ def run_worker(variant: str, checkpoint: Path, setup: Setup) -> dict[str, Any]:
     try:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--checkpoint", str(checkpoint),
                *setup.flags(), "--result-file", str(result_file)]
-        done = subprocess.run(cmd, env=_thread_env(setup.threads), capture_output=True, text=True)
+        done = subprocess.run(cmd, env=thread_env(setup.threads, _WAIT_POLICY), capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"variant {variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return json.loads(result_file.read_text())
@@ -430,119 +389,7 @@ def run_worker(variant: str, checkpoint: Path, setup: Setup) -> dict[str, Any]:
         result_file.unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------------- FLOPs
-
-def _deform_conv_flops(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
-                       **kwargs: Any) -> int:
-    """torchvision::deform_conv2d: 2 x MACs of the weighted sum (the bilinear sampling not counted)."""
-    n, c_out, h, w = out_shape
-    _, c_in_per_group, kh, kw = weight_shape
-    return 2 * n * c_out * c_in_per_group * kh * kw * h * w
-
-
-def count_flops(model: str, height: int, width: int) -> dict[str, float]:
-    """GFLOP per output frame: whole network (b, c) and vsedvr's per-frame work (a).
-
-    vsedvr encodes each input frame once (``frame_features``) and runs ``restore_window`` per
-    output frame, so its work per output frame is one frame's features plus one window. Conv
-    FLOPs are exactly proportional to H x W for sizes that are multiples of 4, so they are counted
-    on a smaller frame of the same aspect and scaled (checked on two small sizes).
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from vsedvr.nets import EDVR
-    from vsedvr.nets.deform import fast_path
-
-    custom = {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}  # keyed by overload packet
-    net = EDVR(**MODELS[model]).eval()
-
-    def count(h: int, w: int) -> tuple[int, int, int]:
-        x = torch.rand(1, NUM_FRAMES_T, 3, h, w)
-        with torch.inference_mode(), fast_path(False):
-            features = [net.frame_features(x[:, i]) for i in range(NUM_FRAMES_T)]
-            totals = []
-            for step in (lambda: net(x), lambda: net.frame_features(x[:, 0]),
-                         lambda: net.restore_window(features, x[:, 2])):
-                with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-                    step()
-                totals.append(counter.get_total_flops())
-        return totals[0], totals[1], totals[2]
-
-    # large enough that no convolution is widened to MIN_STABLE_PIXELS (nets/stable.py) on the CPU
-    small = (64, 64 * width // height // 4 * 4 or 64)
-    a = count(*small)
-    b = count(small[0] * 2, small[1])
-    if any(2 * p != q for p, q in zip(a, b)):
-        raise RuntimeError(f"FLOPs not proportional to the frame area: {a} vs {b}")
-    scale = height * width / (small[0] * small[1])
-    full, features, window_ = (v * scale / 1e9 for v in a)
-    return dict(full=full, features=features, window=window_, plugin=features + window_)
-
-
-# --------------------------------------------------------------------------- DCN micro-benchmark
-
-def dcn_micro(threads: int, repeats: int = 5) -> dict[str, Any]:
-    """Fast path vs torchvision at EDVR-M's L1 shape: 1 x 64 x 180 x 320, 8 deformable groups."""
-    import torch
-    from torchvision.ops import deform_conv2d
-
-    from vsedvr.nets.deform import modulated_deform_conv3x3
-
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    n, c, h, w, groups = 1, 64, 180, 320, 8
-    x = torch.randn(n, c, h, w, generator=g)
-    offset = torch.randn(n, 18 * groups, h, w, generator=g) * 2
-    mask = torch.sigmoid(torch.randn(n, 9 * groups, h, w, generator=g))
-    weight = torch.randn(c, c, 3, 3, generator=g) / 24
-    bias = torch.randn(c, generator=g)
-    times: dict[str, list[float]] = {"torchvision": [], "fast": []}
-    with torch.inference_mode():
-        reference = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
-        fast = modulated_deform_conv3x3(x, offset, mask, weight, bias, groups)
-        for _ in range(repeats):  # interleaved
-            for name in times:
-                start = time.perf_counter()
-                if name == "fast":
-                    modulated_deform_conv3x3(x, offset, mask, weight, bias, groups)
-                else:
-                    deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
-                times[name].append(time.perf_counter() - start)
-    tv, fa = statistics.median(times["torchvision"]), statistics.median(times["fast"])
-    return dict(shape=[n, c, h, w], groups=groups, torchvision_ms=tv * 1e3, fast_ms=fa * 1e3, speedup=tv / fa,
-                max_abs_diff=(fast - reference).abs().max().item(), times_s=times)
-
-
 # --------------------------------------------------------------------------- main
-
-def machine_info(threads: int) -> dict[str, Any]:
-    import torch
-    import torchvision
-    import vapoursynth as vs
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                cpu=cpu, gpu=gpu, logical_cpus=os.cpu_count(), threads=threads, python=platform.python_version(),
-                torch=torch.__version__, torchvision=torchvision.__version__,
-                vapoursynth=vs.core.core_version.release_major, platform=platform.platform(),
-                loadavg_start=os.getloadavg())
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, e.g. 64x112, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -568,7 +415,6 @@ def main(argv: list[str] | None = None) -> int:
                              "up for known GPUs; none on the CPU)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved repetitions; medians are reported (default 1)")
-    parser.add_argument("--no-micro", action="store_true", help="skip the deformable-conv micro-benchmark")
     parser.add_argument("--omp-wait-policy", default="passive", metavar="POLICY",
                         help="OMP_WAIT_POLICY of every measured subprocess (default passive: idle OpenMP "
                              "workers sleep instead of spinning, which on a machine shared with other "
@@ -612,9 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     info["omp_wait_policy"] = _WAIT_POLICY or os.environ.get("OMP_WAIT_POLICY", "(unset)")
-    print(f"# {info['date']}  {info['cpu']} ({info['logical_cpus']} logical CPUs), {args.threads} threads, "
-          f"torch {info['torch']}, torchvision {info['torchvision']}, VapourSynth R{info['vapoursynth']}, "
-          f"OMP_WAIT_POLICY {info['omp_wait_policy']}, load average {info['loadavg_start'][0]:.2f}", flush=True)
+    print(machine_line(info), flush=True)
     print(f"# input {height}x{width}, {args.frames} frames, repeats {args.repeats}; "
           f"command: {' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}",
           flush=True)
@@ -628,13 +472,6 @@ def main(argv: list[str] | None = None) -> int:
               f"peak {shown['bc']}", flush=True)
     report: dict[str, Any] = dict(machine=info, setup=asdict(setup), repeats=args.repeats, peak_tflops=peaks,
                                   models={})
-
-    if not args.no_micro and args.device == "cpu":  # vsedvr's own DCN kernel is the CPU's
-        micro = run_worker("dcn_micro", Path(), setup)
-        report["dcn_micro"] = micro
-        print(f"\nDeformable conv 1x64x180x320, 8 groups (median of 5, interleaved): torchvision "
-              f"{micro['torchvision_ms']:.0f} ms, fast {micro['fast_ms']:.0f} ms -> {micro['speedup']:.2f}x; "
-              f"max |diff| {micro['max_abs_diff']:.1e}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
         for model in models:

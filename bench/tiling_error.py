@@ -9,7 +9,6 @@ weights in the official layout (no download) and, if installed, the bundled demo
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,11 +16,9 @@ import numpy as np
 import torch
 import vapoursynth as vs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import clips  # noqa: E402
-
-from vsedvr.nets import EDVR  # noqa: E402
-from vsedvr.zoo import MODELS  # noqa: E402
+from bench_common import make_frames, source_clip
+from vsedvr.nets import EDVR
+from vsedvr.zoo import MODELS
 
 
 def random_edvrm(folder: Path) -> str:
@@ -46,7 +43,7 @@ def main() -> None:
     h, w = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         models = args.model or [random_edvrm(Path(tmp))] + (["edvr_demo"] if "edvr_demo" in MODELS else [])
-        clip = clips.moving_pattern(w, h, 5, seed=7)
+        clip = source_clip(make_frames(5, h, w, seed=7))
         print(f"input {h}x{w}, tile {args.tile}x{args.tile}, frame 2 of 5")
         print(f"{'model':<24} {'overlap':>7} {'max |diff|':>11} {'mean |diff|':>12}")
         for model in models:

@@ -7,10 +7,10 @@ downloaded.
 
 BasicSR runs its own code throughout, its DCN included (its torchvision branch).
 mmedit's DCN calls mmcv's compiled kernel, which is replaced here by
-torchvision's ``deform_conv2d`` (the same offset/mask layout, edvr-facts.md §5), and
-mmcv's ``ConvModule`` by conv + LeakyReLU: the mmedit comparison therefore checks
-mmedit's wiring and its key names (through the mmedit -> BasicSR key rule), not
-mmcv's kernel.
+torchvision's ``deform_conv2d`` (the same offset/mask layout,
+docs/edvr-reference.md#deformable-convolution), and mmcv's ``ConvModule`` by
+conv + LeakyReLU: the mmedit comparison therefore checks mmedit's wiring and its
+key names (through the mmedit -> BasicSR key rule), not mmcv's kernel.
 """
 from __future__ import annotations
 
@@ -307,7 +307,7 @@ def _basicsr_network(edvr_arch: types.ModuleType, kwargs: dict[str, Any]) -> nn.
 
 
 def _mmedit_to_basicsr_key(key: str) -> str:
-    """edvr-facts.md §6: drop every ``conv`` path component, then rename a few modules."""
+    """Drop every ``conv`` path component, then rename a few modules (docs/edvr-reference.md#state-dict-keys)."""
     key = ".".join(part for part in key.split(".") if part != "conv")
     renames = {"feat_l2_conv1": "conv_l2_1", "feat_l2_conv2": "conv_l2_2",
                "feat_l3_conv1": "conv_l3_1", "feat_l3_conv2": "conv_l3_2",

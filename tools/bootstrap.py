@@ -68,6 +68,7 @@ def site_packages() -> Path:
     return Path(out.strip())
 
 
+# vsedvr.zoo.cache.sha256_file's twin: this script runs with the system Python before vsedvr is installed.
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

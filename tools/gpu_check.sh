@@ -35,7 +35,7 @@ else
     PRECISION_CHECK="--size 64x112"  # the held-out pictures hold HR clips up to 256x448
 fi
 PYTEST="$PY -P -m pytest -v --tb=short -p no:cacheprovider -rs --timeout=60"
-BENCH="$PY bench/bench_restore.py --device $DEVICE --precision $PRECISION --models edvrm --no-micro"
+BENCH="$PY bench/bench_restore.py --device $DEVICE --precision $PRECISION --models edvrm"
 # NAME|LIMIT (s)|OUTPUT|COMMAND (run with "$OUT" expanded)
 STEPS=(
     "test_cuda|150|02-test_cuda.log|$PYTEST -s --durations=8 tests/test_cuda.py"

@@ -2,9 +2,10 @@
 
 :func:`modulated_deform_conv3x3` computes the same function as
 ``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)`` for the
-3x3 / stride 1 / padding 1 / dilation 1 convolutions of EDVR (edvr-facts.md §5), to float
-rounding: the sampling positions, their integer parts and the bilinear fractions are the same
-floating-point operations as in torchvision's kernel; only the order of the final sums differs.
+3x3 / stride 1 / padding 1 / dilation 1 convolutions of EDVR
+(docs/edvr-reference.md#deformable-convolution), to float rounding: the sampling positions, their
+integer parts and the bilinear fractions are the same floating-point operations as in
+torchvision's kernel; only the order of the final sums differs.
 
 How, per image and per band of output rows:
 

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..zoo.cache import sha256_file
 from .pools import LocalPool, RayPool
 from .segment import segment_name
-from .tools import RenderError, check_disk_full, decode_hashes, find_ffmpeg, sha256_file, tail
+from .tools import RenderError, check_disk_full, decode_hashes, find_ffmpeg, tail
 from .workdir import WorkDir
 
 __all__ = ["DEFAULT_SEGMENT", "render"]

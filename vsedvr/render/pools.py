@@ -26,8 +26,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..zoo.cache import sha256_file
 from .segment import SegmentFailed, exit_text, verify_segment
-from .tools import RenderError, find_ffmpeg, sha256_file, tail
+from .tools import RenderError, find_ffmpeg, tail
 
 __all__ = ["LocalPool", "RayPool", "cpu_slots", "device_slots", "default_slots"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RenderError", "DiskFullError", "Y4MFormat", "colour_filter", "decode_hashes", "find_ffmpeg",
-           "find_vspipe", "frame_hash", "sha256_file", "tail"]
+           "find_vspipe", "frame_hash", "tail"]
 
 _NO_SPACE = "No space left on device"
 
@@ -172,11 +172,3 @@ def _hash_frames(proc: subprocess.Popen, frame_size: int) -> list[str]:
         hashes.append(frame_hash(view))
     proc.stdout.close()
     return hashes
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

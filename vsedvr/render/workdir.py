@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .tools import DiskFullError, RenderError, sha256_file
+from ..zoo.cache import sha256_file
+from .tools import DiskFullError, RenderError
 
 __all__ = ["WorkDir", "plan_id"]
 

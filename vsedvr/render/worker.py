@@ -29,8 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..zoo.cache import sha256_file
 from .segment import FFV1_ARGS, SegmentFailed, segment_name, verify_segment
-from .tools import RenderError, Y4MFormat, check_disk_full, colour_filter, find_ffmpeg, sha256_file, tail
+from .tools import RenderError, Y4MFormat, check_disk_full, colour_filter, find_ffmpeg, tail
 
 __all__ = ["SegmentWriter", "clip_info", "evaluate", "main", "segment_clip"]
 

@@ -3,9 +3,10 @@
 Accepted files (``torch.load(..., weights_only=True)``; legacy and zip formats):
 
 * mmediting: ``{'meta': ..., 'state_dict': {'generator.<key>': tensor}}``. Keys are
-  remapped to BasicSR names: ``generator.`` stripped, every path component equal to
-  ``conv`` (mmcv ConvModule) dropped, then ``feat_lN_convM -> conv_lN_M``,
-  ``pcd_alignment -> pcd_align``, ``upsampleN.upsample_conv -> upconvN``.
+  remapped to BasicSR names (docs/edvr-reference.md#state-dict-keys): ``generator.``
+  stripped, every path component equal to ``conv`` (mmcv ConvModule) dropped, then
+  ``feat_lN_convM -> conv_lN_M``, ``pcd_alignment -> pcd_align``,
+  ``upsampleN.upsample_conv -> upconvN``.
 * BasicSR: ``{'params': ..., ['params_ema': ...]}``. Like BasicSR's own test configs
   (no ``param_key_g``, so ``load_network(param_key='params')``), ``params`` is used;
   ``params_ema`` only when ``params`` is absent, or when asked for with ``param_key``.

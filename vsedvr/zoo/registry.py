@@ -52,7 +52,7 @@ TASKS = ("sr", "deblur")
 LAYOUTS = ("mmedit", "basicsr")
 PADDINGS = ("reflection_circle", "replicate", "reflection", "circle")
 
-# torch.hub's rule: first "-<hex>." in the file name.
+# torch.hub's rule: first "-<hex>." in the file name (docs/edvr-reference.md#checkpoint-files).
 _HASH_RE = re.compile(r"-([a-f0-9]*)\.")
 
 
