@@ -122,7 +122,7 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
 # --------------------------------------------------------------------------- inputs
 
 def window(n: int, count: int) -> list[int]:
-    from vsedvr.windows import window_indices
+    from vsedvr.filter.windows import window_indices
 
     return window_indices(n, NUM_FRAMES_T, 0, count - 1, "reflection_circle")
 

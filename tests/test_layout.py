@@ -16,7 +16,7 @@ MAY_IMPORT = {
     "nets": set(),
     "zoo": {"nets"},
     "filter": {"nets", "zoo"},
-    "render": set(),  # drives vspipe; the workers' scripts load the plugin, not this package
+    "render": {"zoo"},  # drives vspipe (its workers load the plugin); the zoo only for sha256_file
     "models": set(),
 }
 
