@@ -1,4 +1,4 @@
-"""Frames to tensors and back, tiling, and the temporal cache of per-frame features.
+"""One Restore's engine: frames to tensors and back, the network on each window, tile by tile.
 
 The VapourSynth side hands over each output frame's window as frame numbers plus the planes of
 those frames. Each input frame (each tile of it, when tiling) is converted and encoded
