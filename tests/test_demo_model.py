@@ -100,8 +100,9 @@ def test_demo_model_beats_bicubic_on_every_family(offline: None, held_out_result
 
 
 @pytest.mark.parametrize("detail", ["brightness", pytest.param("colour", marks=pytest.mark.xfail(
-    strict=True, reason="issue 15 open: every demo model so far adds the same detail to R, G and B "
-                        "(restores brightness only); see docs/demo-model.md"))])
+    strict=True, reason="issues 15/25 open: edvr_demo-b7ed1f9d adds the same detail to R, G and B "
+                        "(restores brightness only); fine-tuning with colour levers moves its one "
+                        "colour direction, not adds one (docs/demo-model.md)"))])
 def test_demo_model_restores_fine_detail_in_brightness_and_in_colour(offline: None, detail: str) -> None:
     """A sine grating of 12 HR px (3 LR px per period along the rows) at 45 degrees, as brightness
     (grey) or as colour alone (red against green, the stripes of issue 15): the restored grating
