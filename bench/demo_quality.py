@@ -1,6 +1,6 @@
 """Quality of the bundled demo model on held-out content: EDVR vs bicubic vs EDVR fed 5 copies.
 
-The clips are made by ``tools/demo_data.py`` from content ``tools/train_demo.py`` never trains
+The clips are made by ``tools/demo_model_data.py`` from content ``tools/train_demo_model.py`` never trains
 on: whole held-out *families* (``HELD_OUT_FAMILIES``: photos, scans, drawings, flat+stripes,
 zoneplate; the picture families use only pictures never trained on), moving the way training
 clips move (sub-pixel pans in any direction with shake, zoom, rotation, an object moving over the
@@ -16,60 +16,59 @@ truth:
 
 PSNR and SSIM follow mmedit's REDS4 convention: RGB, values clamped and rounded to 8 bits, no
 border crop (SSIM: 11x11 Gaussian window, sigma 1.5, mean over channels); the table gives
-per-clip figures averaged over each family and over all clips. ``--old-measure`` gives the
-figures the first demo model was judged by (integer pans over chelsea, coffee, rocket).
+per-clip figures averaged over each family and over all clips.
 
 Usage::
 
     .venv/bin/python bench/demo_quality.py                      # edvr_demo, 12 clips per family
     .venv/bin/python bench/demo_quality.py --model path/to.pth --clips 4
-    .venv/bin/python bench/demo_quality.py --old-measure        # 8 pans per picture, LR 48x64
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-import train_demo  # noqa: E402  (tools/train_demo.py: clip synthesis and metrics; imports torch)
-import torch  # noqa: E402
-
 FAMILY_LR_SIZE = (24, 40)
-OLD_LR_SIZE = (48, 64)
+
+
+def tool_module(name: str) -> ModuleType:
+    """``tools/<name>.py`` loaded from its path (it lives with the trainer, not in bench/; loading it
+    by path leaves sys.path alone, so nothing can shadow the installed vsedvr)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+#: tools/demo_model_data.py: the held-out clips and the metrics (self-contained: numpy, torch, Pillow).
+data = tool_module("demo_model_data")
 
 
 def measure(model: str = "edvr_demo", *, clips_per_family: int = 12,
-            lr_size: tuple[int, int] = FAMILY_LR_SIZE, seed: int = train_demo.EVAL_SEED,
-            families: Sequence[str] = train_demo.HELD_OUT_FAMILIES,
+            lr_size: tuple[int, int] = FAMILY_LR_SIZE, seed: int = data.EVAL_SEED,
+            families: Sequence[str] = data.HELD_OUT_FAMILIES,
             threads: int | None = None) -> dict[str, Any]:
-    """PSNR / SSIM of restored, bicubic, 5 copies per held-out family (see ``train_demo.evaluate``)."""
+    """PSNR / SSIM of restored, bicubic, 5 copies per held-out family (see ``demo_model_data.evaluate``)."""
     from vsedvr import load_model
 
     if threads:
         torch.set_num_threads(threads)
     net = load_model(model, progress=False)
-    clips = train_demo.family_clips(families, clips_per_family, lr_size, seed)
-    return train_demo.evaluate(net, clips)
-
-
-def measure_old(model: str = "edvr_demo", *, clips_per_image: int = 8,
-                lr_size: tuple[int, int] = OLD_LR_SIZE, seed: int = train_demo.EVAL_SEED,
-                threads: int | None = None) -> dict[str, Any]:
-    """The first demo model's measure: integer pans over chelsea, coffee and rocket."""
-    from vsedvr import load_model
-
-    if threads:
-        torch.set_num_threads(threads)
-    net = load_model(model, progress=False)
-    return train_demo.evaluate(net, train_demo.heldout_clips(clips_per_image=clips_per_image,
-                                                             lr_size=lr_size, seed=seed))
+    clips = data.family_clips(families, clips_per_family, lr_size, seed)
+    return data.evaluate(net, clips)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -96,31 +95,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="edvr_demo", help="zoo name or checkpoint path")
     p.add_argument("--clips", type=int, default=None,
-                   help="clips per held-out family (default 12), or per picture with --old-measure (8)")
-    p.add_argument("--lr-size", type=_size, default=None,
-                   help=f"LR clip size HxW (default {FAMILY_LR_SIZE[0]}x{FAMILY_LR_SIZE[1]}, "
-                        f"{OLD_LR_SIZE[0]}x{OLD_LR_SIZE[1]} with --old-measure)")
-    p.add_argument("--seed", type=int, default=train_demo.EVAL_SEED)
+                   help="clips per held-out family (default 12)")
+    p.add_argument("--lr-size", type=_size, default=FAMILY_LR_SIZE,
+                   help=f"LR clip size HxW (default {FAMILY_LR_SIZE[0]}x{FAMILY_LR_SIZE[1]})")
+    p.add_argument("--seed", type=int, default=data.EVAL_SEED)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--old-measure", action="store_true",
-                   help="the first demo model's measure (pans over chelsea, coffee, rocket)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     args = p.parse_args(argv)
     started = time.monotonic()
-    if args.old_measure:
-        size = args.lr_size or OLD_LR_SIZE
-        result = measure_old(args.model, clips_per_image=args.clips or 8, lr_size=size,
-                             seed=args.seed, threads=args.threads)
-        what = "old measure: integer pans over held-out pictures"
-    else:
-        size = args.lr_size or FAMILY_LR_SIZE
-        result = measure(args.model, clips_per_family=args.clips or 12, lr_size=size,
-                         seed=args.seed, threads=args.threads)
-        what = "held-out families"
+    size = args.lr_size
+    result = measure(args.model, clips_per_family=args.clips or 12, lr_size=size,
+                     seed=args.seed, threads=args.threads)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.model}: {result['clips']} clips, {what}, LR {size[0]}x{size[1]} -> x4, "
+        print(f"{args.model}: {result['clips']} clips, held-out families, LR {size[0]}x{size[1]} -> x4, "
               f"5 frames, seed {args.seed}; PSNR dB / SSIM, RGB, 8-bit rounded")
         print(table(result))
     print(f"demo_quality: {time.monotonic() - started:.1f} s", file=sys.stderr)

@@ -136,7 +136,7 @@ def compare(hr: np.ndarray) -> tuple[float, float]:
     """PSNR of restored.mp4 and bicubic.mp4 against the ground truth; writes the comparison PNG."""
     import torch
 
-    from train_demo import psnr, to_uint8
+    from demo_model_data import psnr, to_uint8  # this script's folder
 
     edvr, bic = decode(RESTORED), decode(BICUBIC)
     for name, frames in (("restored", edvr), ("bicubic", bic)):
@@ -155,8 +155,7 @@ def compare(hr: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT / "tools"))
-    from train_demo import demo_clip
+    from demo_model_data import demo_clip  # this script's folder
 
     OUT.mkdir(exist_ok=True)
     for stale in (INPUT, RESTORED, BICUBIC, COMPARE):

@@ -12,7 +12,7 @@ Two families of official weights exist:
 
 A spec with ``bundled=True`` names a file shipped inside the installed package
 (``vsedvr/models/<filename>``, resolved with :mod:`importlib.resources`). One such file exists:
-``edvr_demo``, a small EDVR the project trains itself (``tools/train_demo.py``) so that the demo
+``edvr_demo``, a small EDVR the project trains itself (``tools/train_demo_model.py``) so that the demo
 and the tests restore for real without a download. It is not an official model.
 
 REDS4 figures are the official tables' PSNR/SSIM (RGB channels, no border crop):
@@ -163,7 +163,7 @@ _L_WOTSA = _arch(128, 5, 40, with_tsa=False)
 _L_VIMEO = _arch(128, 7, 40)
 _L_SRBLUR = _arch(128, 5, 40, with_predeblur=True)
 _L_DEBLUR = _arch(128, 5, 40, with_predeblur=True, hr_in=True)
-#: edvr_demo: 32 channels, 2 extraction + 5 reconstruction blocks (tools/train_demo.py ARCH).
+#: edvr_demo: 32 channels, 2 extraction + 5 reconstruction blocks (tools/train_demo_model.py ARCH).
 _DEMO = _arch(32, 5, 5) | {"num_extract_block": 2}
 
 
@@ -262,8 +262,8 @@ _ENTRIES = (
         filename="edvr_demo-b7ed1f9d.pth",
         url=None,
         layout="mmedit",
-        source="bundled with vsedvr (models/), trained by the project's tools/train_demo.py",
-        description="small demo EDVR (32 channels, TSA), x4 SR, trained by tools/train_demo.py on "
+        source="bundled with vsedvr (models/), trained by the project's tools/train_demo_model.py",
+        description="small demo EDVR (32 channels, TSA), x4 SR, trained by tools/train_demo_model.py on "
                     "synthetic moving scenes (bundled pictures, shapes, gratings, text, noise); "
                     "NOT comparable to the official models",
         padding="reflection_circle",

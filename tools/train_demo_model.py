@@ -5,12 +5,12 @@ itself so that the demo and the tests have a model that genuinely restores, offl
 *demo*: a small network (32 channels, 2 + 5 residual blocks, TSA) trained for 3500 steps on a
 CPU on synthetic clips, not comparable to the official REDS models (docs/demo-model.md).
 
-Data (tools/demo_data.py, nothing downloaded): moving scenes made of pictures inside the
+Data (tools/demo_model_data.py, nothing downloaded): moving scenes made of pictures inside the
 scikit-image wheel and procedural content (hard-edged shapes over gradients, gratings, text in
 Pillow's bundled font, 1/f noise), seen through a moving camera (sub-pixel pans in any direction
 with shake, zoom, rotation) with an object moving over the background in a third of the clips;
 LR frames are the REDS degradation (antialiased bicubic x1/4, 8-bit), no noise. Whole families
-and whole pictures (``demo_data.HELD_OUT_FAMILIES``) are never used for training;
+and whole pictures (``demo_model_data.HELD_OUT_FAMILIES``) are never used for training;
 ``bench/demo_quality.py`` measures on them.
 
 Training: Charbonnier loss (eps 1e-3, i.e. sqrt(d^2 + 1e-6)), Adam (betas 0.9/0.99), linear
@@ -18,6 +18,17 @@ warm-up, cosine decay to 1e-6 over ``--steps``, gradient-norm clip 1.0, HR 64x64
 patches, batch 8, 5 frames. Deformable convs use an equivalent ``grid_sample`` formulation
 during training only (7x faster backward on CPU than ``torchvision.ops.deform_conv2d``; checked
 against it at start-up); the saved weights are plain EDVR weights.
+
+Stages: stage 1 trains from a random initialisation (``--steps``, ``--lr``, ...); stage 2
+(``--stage2-steps``, 0 = none) fine-tunes its result with its own learning-rate curve, a loss
+that can weight the colour-difference channels (``--stage2-chroma-weight``) and a share of
+canvases whose detail is colour alone (``--stage2-colour-detail``). ``--init FILE`` skips stage 1
+and starts stage 2 from FILE's weights (FILE stands for stage 1's result).
+
+Elsewhere than this CPU (e.g. a GPU machine without scikit-image, no network): write the
+pictures into one file here (``--save-pictures pictures.npz``), carry it along with the checkout
+and run ``python3 tools/train_demo_model.py --device cuda --pictures pictures.npz`` there
+(needs torch, torchvision, numpy, Pillow and vsedvr importable, e.g. ``PYTHONPATH=.``).
 
 Defined by steps: the same ``--seed``, ``--steps`` and ``--threads`` give the same batches, the
 same initialisation and the same learning-rate curve, whatever the machine's load; the wall time
@@ -30,12 +41,14 @@ SHA-256>.pth``. Update ``vsedvr/zoo/registry.py`` when the name changes.
 
 Usage::
 
-    .venv/bin/python tools/train_demo.py          # the shipped model (3500 steps, about 45 minutes)
-    .venv/bin/python tools/train_demo.py --steps 20 --out-dir /tmp/smoke   # smoke run
+    .venv/bin/python tools/train_demo_model.py          # the shipped model (3500 steps, about 45 minutes)
+    .venv/bin/python tools/train_demo_model.py --steps 20 --out-dir /tmp/smoke   # smoke run
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -46,7 +59,7 @@ import tempfile
 import time
 import types
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +73,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_model_data  # noqa: E402  (tools/demo_model_data.py, this script's folder: data, metrics)
 
-import demo_data  # noqa: E402  (tools/demo_data.py: content families, motion, degradation)
+ROOT = Path(__file__).resolve().parent.parent
 
 SCALE = 4
 NUM_FRAMES = 5
@@ -85,116 +97,82 @@ ARCH: dict[str, Any] = {
 }
 
 MAX_SPEED = 8.0  # HR px per frame (any direction), upper end of the camera speed
-EVAL_SEED = 20240601
+EVAL_SEED = demo_model_data.EVAL_SEED
 DEFAULT_STEPS = 3500
 
-# The data (families, pictures, motion, degradation) lives in tools/demo_data.py.
-TRAIN_IMAGES = demo_data.TRAIN_IMAGES
-HELD_OUT_IMAGES = demo_data.HELD_OUT_IMAGES
-HELD_OUT_FAMILIES = demo_data.HELD_OUT_FAMILIES
-MARGIN = demo_data.MARGIN
-load_image = demo_data.load_image
-downscale = demo_data.downscale
-family_clips = demo_data.family_clips
-
-
-# ---------------------------------------------------------------------------- the old measure
-
-OLD_MAX_SPEED = 6   # HR px per frame, per axis (integer)
-OLD_JITTER = 1      # HR px per frame, per axis (integer)
-
-
-def motion_path(rng: np.random.Generator, num_frames: int, max_speed: int = OLD_MAX_SPEED,
-                jitter: int = OLD_JITTER) -> tuple[np.ndarray, np.ndarray]:
-    """Integer HR offsets (dy, dx) of each frame's crop window: constant velocity + jitter, min 0."""
-    vy, vx = rng.integers(-max_speed, max_speed + 1, size=2)
-    jit = rng.integers(-jitter, jitter + 1, size=(num_frames, 2))
-    t = np.arange(num_frames)
-    dy = t * vy + jit[:, 0]
-    dx = t * vx + jit[:, 1]
-    return dy - dy.min(), dx - dx.min()
-
-
-def synth_clip(image: Tensor, rng: np.random.Generator, hr_size: tuple[int, int], num_frames: int,
-               *, max_speed: int = OLD_MAX_SPEED, jitter: int = OLD_JITTER,
-               min_std: float = 0.0, tries: int = 1) -> tuple[Tensor, Tensor]:
-    """A moving-crop clip from one picture (the first demo model's motion model: integer pans).
-
-    :returns: (lr (T, 3, h, w), hr (T, 3, 4h, 4w)); frame t of hr is the picture's crop at
-        (y0 + dy[t], x0 + dx[t]) and lr is its antialiased bicubic x1/4.
-    """
-    hh, hw = hr_size
-    if hh % SCALE or hw % SCALE:
-        raise ValueError(f"HR size {hr_size} is not a multiple of {SCALE}")
-    _, ih, iw = image.shape
-    dy, dx = motion_path(rng, num_frames, max_speed, jitter)
-    need_h, need_w = hh + 2 * MARGIN + int(dy.max()), hw + 2 * MARGIN + int(dx.max())
-    if need_h > ih or need_w > iw:
-        raise ValueError(f"picture {ih}x{iw} too small for a {hh}x{hw} clip with this motion")
-    for attempt in range(tries):
-        y0 = int(rng.integers(0, ih - need_h + 1))
-        x0 = int(rng.integers(0, iw - need_w + 1))
-        centre = image[:, y0 + dy[num_frames // 2] + MARGIN: y0 + dy[num_frames // 2] + MARGIN + hh,
-                       x0 + dx[num_frames // 2] + MARGIN: x0 + dx[num_frames // 2] + MARGIN + hw]
-        if attempt == tries - 1 or float(centre.std()) >= min_std:
-            break
-    big = torch.stack([
-        image[:, y0 + dy[t]: y0 + dy[t] + hh + 2 * MARGIN, x0 + dx[t]: x0 + dx[t] + hw + 2 * MARGIN]
-        for t in range(num_frames)
-    ])
-    m = MARGIN // SCALE
-    lr = downscale(big)[..., m: m + hh // SCALE, m: m + hw // SCALE]
-    hr = big[..., MARGIN: MARGIN + hh, MARGIN: MARGIN + hw]
-    return lr.contiguous(), hr.contiguous()
-
-
-def heldout_clips(images: Sequence[str] = HELD_OUT_IMAGES, clips_per_image: int = 4,
-                  lr_size: tuple[int, int] = (32, 48), seed: int = EVAL_SEED,
-                  max_speed: int = OLD_MAX_SPEED) -> list[tuple[str, Tensor, Tensor]]:
-    """The old measure: [(picture, lr (5, 3, h, w), hr centre (3, 4h, 4w))], integer pans over
-    chelsea / coffee / rocket (what the first demo model was judged by)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for name in images:
-        image = load_image(name)
-        for _ in range(clips_per_image):
-            lr, hr = synth_clip(image, rng, (lr_size[0] * SCALE, lr_size[1] * SCALE), NUM_FRAMES,
-                                max_speed=max_speed, min_std=0.03, tries=5)
-            out.append((name, lr, hr[CENTER]))
-    return out
+# The data (families, pictures, motion, degradation) and the metrics live in tools/demo_model_data.py.
+TRAIN_IMAGES = demo_model_data.TRAIN_IMAGES
+HELD_OUT_FAMILIES = demo_model_data.HELD_OUT_FAMILIES
+MARGIN = demo_model_data.MARGIN
+load_image = demo_model_data.load_image
+family_clips = demo_model_data.family_clips
+evaluate = demo_model_data.evaluate
 
 
 def training_batch(rng: np.random.Generator, batch: int, hr_patch: int, max_speed: float = MAX_SPEED,
                    object_prob: float = 0.35, weights: dict[str, float] | None = None,
-                   colour_mix: float = 0.0) -> tuple[Tensor, Tensor]:
+                   colour_mix: float = 0.0, colour_detail: float = 0.0) -> tuple[Tensor, Tensor]:
     """(lr (B, T, 3, p/4, p/4), hr centre frames (B, 3, p, p)) from the training families."""
     lrs, hrs = [], []
     for _ in range(batch):
-        lr, hr = demo_data.training_clip(rng, hr_patch, max_speed, object_prob, weights, colour_mix)
+        lr, hr = demo_model_data.training_clip(rng, hr_patch, max_speed, object_prob, weights, colour_mix,
+                                         colour_detail)
         lrs.append(lr)
         hrs.append(hr[CENTER])
     return torch.stack(lrs).contiguous(), torch.stack(hrs).contiguous()
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its steps (batch indices ``first .. first + steps - 1`` of the run),
+    learning-rate curve, loss and data options."""
+
+    name: str
+    steps: int
+    first: int
+    lr: float
+    warmup: int
+    chroma_weight: float
+    colour_mix: float
+    colour_detail: float
+    colour_first: int = 0
+
+
+def stages(args: argparse.Namespace) -> list[Stage]:
+    """Stage 1 (from a random init; skipped with ``--init``, whose file stands for its result),
+    then stage 2 (fine-tuning; ``--stage2-steps 0``: none)."""
+    out = []
+    if args.init is None:
+        out.append(Stage("stage 1", args.steps, 0, args.lr, args.warmup, args.chroma_weight,
+                         args.colour_mix, args.colour_detail))
+    if args.stage2_steps:
+        out.append(Stage("stage 2", args.stage2_steps, args.steps, args.stage2_lr, args.stage2_warmup,
+                         args.stage2_chroma_weight, args.colour_mix, args.stage2_colour_detail,
+                         args.stage2_colour_first))
+    return out
+
+
 class TrainingBatches(torch.utils.data.Dataset):
-    """Batch *step* of a run, drawn from its own generator ``default_rng([seed, step])``.
+    """Batch *i* of a stage is batch ``stage.first + i`` of the run, drawn from its own generator
+    ``default_rng([seed, stage.first + i])``.
 
     Seeding by step makes the batches independent of who makes them and in what order, so a
     worker process can make them ahead (on the second core) and a run is the same with any
     number of workers.
     """
 
-    def __init__(self, args: argparse.Namespace, weights: dict[str, float]) -> None:
-        self.args, self.weights = args, weights
+    def __init__(self, args: argparse.Namespace, weights: dict[str, float], stage: Stage) -> None:
+        self.args, self.weights, self.stage = args, weights, stage
 
     def __len__(self) -> int:
-        return self.args.steps
+        return self.stage.steps
 
     def __getitem__(self, step: int) -> tuple[Tensor, Tensor]:
-        a = self.args
-        rng = np.random.default_rng([a.seed, step])
+        a, s = self.args, self.stage
+        rng = np.random.default_rng([a.seed, s.first + step])
+        colour_detail = 1.0 if step < s.colour_first else s.colour_detail
         x, y = training_batch(rng, a.batch, a.patch, a.max_speed, a.object_prob, self.weights,
-                              a.colour_mix)
+                              s.colour_mix, colour_detail)
         if a.lr_noise:
             x = add_lr_noise(x, rng, a.lr_noise)
         return x, y
@@ -210,111 +188,11 @@ def parse_weights(text: str) -> dict[str, float]:
     for part in text.split(","):
         name, _, value = part.partition("=")
         out[name.strip()] = float(value)
-    if set(out) != set(demo_data.TRAIN_FAMILIES) or min(out.values()) <= 0:
+    if set(out) != set(demo_model_data.TRAIN_FAMILIES) or min(out.values()) <= 0:
         raise argparse.ArgumentTypeError(
-            f"--mix needs a weight > 0 for each of {', '.join(demo_data.TRAIN_FAMILIES)}")
+            f"--mix needs a weight > 0 for each of {', '.join(demo_model_data.TRAIN_FAMILIES)}")
     total = sum(out.values())
     return {k: v / total for k, v in out.items()}
-
-
-def demo_clip(image: str = "coffee", length: int = 24, lr_size: tuple[int, int] = (64, 96),
-              velocity: tuple[int, int] = (1, 3)) -> tuple[Tensor, Tensor]:
-    """The clip of ``make demo``: a steady pan over a held-out picture, no jitter.
-
-    ``velocity`` is in HR px per frame (rows, columns): (1, 3) moves the LR content by 1/4 and
-    3/4 px per frame. The window starts at the picture's centre region.
-
-    :returns: (lr (L, 3, h, w), hr (L, 3, 4h, 4w)), float32 in [0, 1].
-    """
-    pic = load_image(image)
-    hh, hw = lr_size[0] * SCALE, lr_size[1] * SCALE
-    dy = np.arange(length) * velocity[0]
-    dx = np.arange(length) * velocity[1]
-    dy, dx = dy - dy.min(), dx - dx.min()
-    _, ih, iw = pic.shape
-    need_h, need_w = hh + 2 * MARGIN + int(dy.max()), hw + 2 * MARGIN + int(dx.max())
-    if need_h > ih or need_w > iw:
-        raise ValueError(f"{image} ({ih}x{iw}) is too small for this demo clip")
-    y0, x0 = (ih - need_h) // 2, (iw - need_w) // 2
-    big = torch.stack([
-        pic[:, y0 + dy[t]: y0 + dy[t] + hh + 2 * MARGIN, x0 + dx[t]: x0 + dx[t] + hw + 2 * MARGIN]
-        for t in range(length)
-    ])
-    m = MARGIN // SCALE
-    lr = downscale(big)[..., m: m + lr_size[0], m: m + lr_size[1]]
-    return lr.contiguous(), big[..., MARGIN: MARGIN + hh, MARGIN: MARGIN + hw].contiguous()
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Clamp to [0, 1] and round to 8 bits (how mmedit/BasicSR write images before metrics)."""
-    return x.clamp(0.0, 1.0).mul(255.0).round()
-
-
-def psnr(a: Tensor, b: Tensor) -> float:
-    """PSNR (dB) over all RGB values, after rounding both to 8 bits (mmedit REDS4 convention)."""
-    mse = float((to_uint8(a) - to_uint8(b)).double().pow(2).mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
-
-
-def bicubic_up(lr: Tensor) -> Tensor:
-    """Plain bicubic x4 (``F.interpolate``, align_corners=False, a=-0.75) of (..., 3, h, w)."""
-    flat = lr.reshape(-1, *lr.shape[-3:])
-    up = F.interpolate(flat, scale_factor=SCALE, mode="bicubic", align_corners=False)
-    return up.reshape(*lr.shape[:-2], *up.shape[-2:])
-
-
-@functools.lru_cache(maxsize=4)
-def _gauss_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma ** 2))
-    g /= g.sum()
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
-
-
-def ssim(a: Tensor, b: Tensor) -> float:
-    """SSIM (Wang et al. 2004) as mmedit/BasicSR compute it: 8-bit rounded RGB, 11x11 Gaussian
-    (sigma 1.5), 'valid' window positions only, mean over the channels."""
-    x = to_uint8(a).double().reshape(-1, 1, *a.shape[-2:])
-    y = to_uint8(b).double().reshape(-1, 1, *b.shape[-2:])
-    win = _gauss_window()
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = F.conv2d(x, win), F.conv2d(y, win)
-    sxx = F.conv2d(x * x, win) - mx * mx
-    syy = F.conv2d(y * y, win) - my * my
-    sxy = F.conv2d(x * y, win) - mx * my
-    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(m.mean())
-
-
-KINDS = ("restored", "bicubic", "copies")
-
-
-@torch.no_grad()
-def evaluate(net: torch.nn.Module, clips: Sequence[tuple[str, Tensor, Tensor]]) -> dict[str, Any]:
-    """PSNR and SSIM of the centre frame: EDVR on the 5-frame window ("restored", what
-    ``edvr.Restore`` computes for a frame inside a clip), bicubic x4 of the LR centre frame, and
-    EDVR fed 5 copies of the centre frame ("copies": no temporal information).
-
-    :returns: {"restored", "bicubic", "copies": overall mean PSNR; "<kind>_ssim": mean SSIM;
-        "per_group": {group: {same keys}}, "clips": n}; groups are the clips' first element
-        (a held-out family or picture).
-    """
-    rows: dict[str, dict[str, list[float]]] = {}
-    for name, lr, hr in clips:
-        x = lr.unsqueeze(0)
-        copies = lr[CENTER].expand(NUM_FRAMES, *lr.shape[1:]).unsqueeze(0)
-        r = rows.setdefault(name, {k: [] for k in KINDS + tuple(k + "_ssim" for k in KINDS)})
-        outs = {"restored": net(x)[0], "bicubic": bicubic_up(lr[CENTER]), "copies": net(copies)[0]}
-        for kind, out in outs.items():
-            r[kind].append(psnr(out, hr))
-            r[kind + "_ssim"].append(ssim(out, hr))
-    keys = list(next(iter(rows.values())))
-    result: dict[str, Any] = {k: float(np.mean([v for r in rows.values() for v in r[k]])) for k in keys}
-    result["per_group"] = {n: {k: float(np.mean(r[k])) for k in keys} for n, r in rows.items()}
-    result["clips"] = len(clips)
-    return result
 
 
 # ---------------------------------------------------------------------------- network
@@ -328,10 +206,11 @@ def _dcn_grid_sample(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bi
     n, c, h, w = x.shape
     taps = 9
     off = offset.reshape(n, groups, taps, 2, h, w)
-    ki = (torch.arange(3, dtype=x.dtype) - 1).repeat_interleave(3).view(1, 1, taps, 1, 1)
-    kj = (torch.arange(3, dtype=x.dtype) - 1).repeat(3).view(1, 1, taps, 1, 1)
-    ys = torch.arange(h, dtype=x.dtype).view(1, 1, 1, h, 1)
-    xs = torch.arange(w, dtype=x.dtype).view(1, 1, 1, 1, w)
+    dt, dev = x.dtype, x.device
+    ki = (torch.arange(3, dtype=dt, device=dev) - 1).repeat_interleave(3).view(1, 1, taps, 1, 1)
+    kj = (torch.arange(3, dtype=dt, device=dev) - 1).repeat(3).view(1, 1, taps, 1, 1)
+    ys = torch.arange(h, dtype=dt, device=dev).view(1, 1, 1, h, 1)
+    xs = torch.arange(w, dtype=dt, device=dev).view(1, 1, 1, 1, w)
     gy = (ys + ki + off[:, :, :, 0]) * (2.0 / max(h - 1, 1)) - 1.0
     gx = (xs + kj + off[:, :, :, 1]) * (2.0 / max(w - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1).reshape(n * groups, taps * h, w, 2)
@@ -356,6 +235,29 @@ def use_grid_sample_dcn(net: torch.nn.Module) -> None:
     for module in net.modules():
         if isinstance(module, DCNPack):
             module.forward = types.MethodType(_fast_dcn_forward, module)
+
+
+@contextlib.contextmanager
+def plain_torch_ops() -> Iterator[None]:
+    """Inside: EDVR's thread-count-stable CPU helpers (vsedvr/nets/stable.py) are replaced by the
+    plain PyTorch operations they equal within rounding (``stable_sigmoid`` writes with ``out=``,
+    which autograd refuses; the plain ones are also faster). Training only."""
+    from vsedvr.nets import edvr
+
+    plain = {
+        "stable_sigmoid": torch.sigmoid,
+        "channel_dot": lambda a, b, dim: (a * b).sum(dim=dim),
+        "upsample_bilinear": lambda x, factor: F.interpolate(x, scale_factor=factor, mode="bilinear",
+                                                             align_corners=False),
+    }
+    saved = {name: getattr(edvr, name) for name in plain}
+    try:
+        for name, fn in plain.items():
+            setattr(edvr, name, fn)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(edvr, name, fn)
 
 
 def check_grid_sample_dcn() -> float:
@@ -446,6 +348,25 @@ def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
 
 
 LOSSES = {"charbonnier": charbonnier, "mse": F.mse_loss}
+
+#: Orthonormal opponent transform: brightness (R+G+B)/sqrt3 and two colour differences.
+OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
+                         [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
+                         [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]])
+
+
+def opponent_loss(loss_fn: Any, chroma_weight: float) -> Any:
+    """*loss_fn* on (brightness, R-G, R+G-2B) of output and target, the colour-difference
+    channels weighted ``chroma_weight`` times the brightness one (normalised by the weights)."""
+    w = torch.tensor([1.0, chroma_weight, chroma_weight])
+
+    def loss(pred: Tensor, target: Tensor) -> Tensor:
+        m = OPPONENT.to(pred)
+        p, t = torch.einsum("kc,bchw->bkhw", m, pred), torch.einsum("kc,bchw->bkhw", m, target)
+        per = torch.stack([loss_fn(p[:, k], t[:, k]) for k in range(3)])
+        return (per * w.to(per)).sum() / w.sum()
+
+    return loss
 LOSS_TEXT = {"charbonnier": "charbonnier eps=1e-3 (sqrt(d^2+1e-6)), mean", "mse": "mean squared error"}
 
 
@@ -487,11 +408,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extract-blocks", type=int, default=ARCH["num_extract_block"])
     p.add_argument("--reconstruct-blocks", type=int, default=ARCH["num_reconstruct_block"])
     p.add_argument("--colour-mix", type=float, default=0.0,
-                   help="share of training canvases whose RGB channels are remixed (demo_data.mix_colours)")
+                   help="share of training canvases whose RGB channels are remixed (demo_model_data.mix_colours)")
+    p.add_argument("--colour-detail", type=float, default=0.0,
+                   help="stage 1: share of training canvases whose detail is made colour alone at flat "
+                        "brightness (demo_model_data.colour_detail)")
+    p.add_argument("--chroma-weight", type=float, default=0.0,
+                   help="stage 1: 0: the loss on R, G, B; else on brightness and two colour differences, "
+                        "these weighted this many times")
+    p.add_argument("--init", type=Path, default=None,
+                   help="a checkpoint that stands for stage 1's result: stage 1 is skipped, stage 2 "
+                        "starts from its weights")
+    p.add_argument("--stage2-steps", type=int, default=0,
+                   help="steps of stage 2, fine-tuning stage 1's result (0 = no stage 2)")
+    p.add_argument("--stage2-lr", type=float, default=2e-4)
+    p.add_argument("--stage2-warmup", type=int, default=20)
+    p.add_argument("--stage2-chroma-weight", type=float, default=4.0,
+                   help="stage 2's --chroma-weight")
+    p.add_argument("--stage2-colour-detail", type=float, default=0.3,
+                   help="stage 2's --colour-detail")
+    p.add_argument("--stage2-colour-first", type=int, default=0,
+                   help="stage 2's first N steps: every canvas's detail made colour alone")
     p.add_argument("--loss", choices=sorted(LOSSES), default="charbonnier")
     p.add_argument("--mix", type=parse_weights, default=None,
                    help="training family mix, e.g. photo=0.3,shapes=0.25,gratings=0.2,text=0.1,noise=0.15 "
-                        "(default: demo_data.TRAIN_WEIGHTS)")
+                        "(default: demo_model_data.TRAIN_WEIGHTS)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes making batches ahead (the batches do not depend on it)")
     p.add_argument("--warmup", type=int, default=100)
@@ -499,6 +439,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="torch threads (the result depends on it; 1 is the fastest on a shared CPU)")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips per held-out family")
     p.add_argument("--eval-every", type=int, default=0, help="quick held-out check every N steps (0 = off)")
+    p.add_argument("--device", default="cpu",
+                   help="where the network trains (e.g. cuda); batches are made and the result is "
+                        "evaluated on the CPU")
+    p.add_argument("--pictures", type=Path, default=None,
+                   help="take the pictures from this file (written by --save-pictures) instead of "
+                        "scikit-image and scikit-learn")
+    p.add_argument("--save-pictures", type=Path, default=None, metavar="FILE",
+                   help="write every picture the data uses into FILE (.npz, about 11 MB) and exit")
     p.add_argument("--out-dir", type=Path, default=ROOT / "models")
     p.add_argument("--log-every", type=int, default=25)
     return p.parse_args(argv)
@@ -523,82 +471,115 @@ def _quick_eval(net: torch.nn.Module, arch: dict[str, Any]) -> str:
     probe.eval().requires_grad_(False)
     r = evaluate(probe, family_clips(clips_per_family=2, seed=EVAL_SEED + 1))
     worst = min(g["restored"] - g["bicubic"] for g in r["per_group"].values())
+    kept, bicubic_kept = demo_model_data.grating_kept(probe)
     return (f"held-out (quick): vs bicubic {r['restored'] - r['bicubic']:+.3f} dB (worst family "
-            f"{worst:+.3f}), vs copies {r['restored'] - r['copies']:+.3f} dB")
+            f"{worst:+.3f}), vs copies {r['restored'] - r['copies']:+.3f} dB; colour grating kept "
+            f"{kept:.3f} (bicubic {bicubic_kept:.3f})")
+
+
+def _image_source(pictures: Path | None) -> str:
+    if pictures is not None:
+        sha = hashlib.sha256(pictures.read_bytes()).hexdigest()
+        return f"{pictures.name} (sha256 {sha[:16]}), written by --save-pictures"
+    import skimage
+
+    return (f"skimage.data (scikit-image {skimage.__version__}) and "
+            "sklearn.datasets.load_sample_images, files inside the wheels")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started_wall = time.monotonic()
     torch.set_num_threads(args.threads)
-    import skimage
+    if args.save_pictures is not None:
+        names = demo_model_data.save_pictures(args.save_pictures)
+        print(f"train_demo_model: wrote {len(names)} pictures to {args.save_pictures} "
+              f"({args.save_pictures.stat().st_size / 1e6:.1f} MB)", flush=True)
+        return 0
+    demo_model_data.use_pictures(args.pictures)
     import torchvision
 
     from vsedvr.nets import EDVR
+
+    device = torch.device(args.device)
 
     diff = check_grid_sample_dcn()
     if diff > 1e-9:
         raise SystemExit(f"grid_sample DCN differs from torchvision's by {diff}")
     for name in TRAIN_IMAGES:
         load_image(name)
-    print(f"train_demo: families {', '.join(demo_data.TRAIN_FAMILIES)} ({len(TRAIN_IMAGES)} pictures); "
+    print(f"train_demo_model: families {', '.join(demo_model_data.TRAIN_FAMILIES)} ({len(TRAIN_IMAGES)} pictures); "
           f"held out: {', '.join(HELD_OUT_FAMILIES)}; grid_sample DCN check max diff {diff:.1e}", flush=True)
 
     arch = dict(ARCH, num_feat=args.feat, num_extract_block=args.extract_blocks,
                 num_reconstruct_block=args.reconstruct_blocks)
     torch.manual_seed(args.seed)
     net = EDVR(**arch)
-    net.train()
+    init_sha = None
+    if args.init is not None:
+        from vsedvr import load_model
+
+        net.load_state_dict(load_model(str(args.init), progress=False).state_dict())
+        init_sha = hashlib.sha256(args.init.read_bytes()).hexdigest()
+        print(f"train_demo_model: starting from {args.init} (sha256 {init_sha[:16]})", flush=True)
+    net.to(device).train()
     use_grid_sample_dcn(net)
     params = sum(p.numel() for p in net.parameters())
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    weights = args.mix or dict(demo_data.TRAIN_WEIGHTS)
-    loss_fn = LOSSES[args.loss]
-    batches = iter(torch.utils.data.DataLoader(
-        TrainingBatches(args, weights), batch_size=None, shuffle=False, num_workers=args.workers,
-        worker_init_fn=_single_threaded_worker if args.workers else None,
-        prefetch_factor=4 if args.workers else None))
-
+    weights = args.mix or dict(demo_model_data.TRAIN_WEIGHTS)
     budget = args.minutes * 60.0
-    losses: list[float] = []
+    losses: dict[str, list[float]] = {}
     stopped_by = "steps"
-    t0 = time.monotonic()
     step = 0
-    try:
-        while step < args.steps:
-            if budget and time.monotonic() - t0 >= budget:
-                stopped_by = "time"
-                break
-            lr = lr_at(step, step / args.steps, args.lr, args.warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = next(batches)
-            loss = loss_fn(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if step % args.log_every == 0:
-                print(f"step {step:5d}/{args.steps}  loss {np.mean(losses[-args.log_every:]):.5f}  "
-                      f"lr {lr:.2e}  {time.monotonic() - t0:7.1f} s", flush=True)
-            if args.eval_every and step % args.eval_every == 0:
-                print(f"step {step:5d}: {_quick_eval(net, arch)}", flush=True)
-    except KeyboardInterrupt:
-        stopped_by = "interrupted"
-        print("train_demo: interrupted, saving what there is", flush=True)
+    t0 = time.monotonic()
+    for stage in stages(args):
+        opt = torch.optim.Adam(net.parameters(), lr=stage.lr, betas=(0.9, 0.99))
+        loss_fn = LOSSES[args.loss]
+        if stage.chroma_weight:
+            loss_fn = opponent_loss(loss_fn, stage.chroma_weight)
+        batches = iter(torch.utils.data.DataLoader(
+            TrainingBatches(args, weights, stage), batch_size=None, shuffle=False,
+            num_workers=args.workers, worker_init_fn=_single_threaded_worker if args.workers else None,
+            prefetch_factor=4 if args.workers else None))
+        done, log = 0, losses.setdefault(stage.name, [])
+        with plain_torch_ops():
+            try:
+                while done < stage.steps:
+                    if budget and time.monotonic() - t0 >= budget:
+                        stopped_by = "time"
+                        break
+                    lr = lr_at(done, done / stage.steps, stage.lr, stage.warmup)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    x, y = (t.to(device, non_blocking=True) for t in next(batches))
+                    loss = loss_fn(net(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                    opt.step()
+                    log.append(loss.item())
+                    done += 1
+                    step += 1
+                    if done % args.log_every == 0:
+                        print(f"{stage.name}: step {done:5d}/{stage.steps}  loss "
+                              f"{np.mean(log[-args.log_every:]):.5f}  lr {lr:.2e}  "
+                              f"{time.monotonic() - t0:7.1f} s", flush=True)
+                    if args.eval_every and done % args.eval_every == 0:
+                        print(f"{stage.name}: step {done:5d}: {_quick_eval(net, arch)}", flush=True)
+            except KeyboardInterrupt:
+                stopped_by = "interrupted"
+                print("train_demo_model: interrupted, saving what there is", flush=True)
+        if stopped_by != "steps":
+            break
     train_seconds = time.monotonic() - t0
 
     # Plain EDVR (torchvision deformable convs) with the trained weights, for evaluation and saving.
     final = EDVR(**arch)
-    final.load_state_dict(net.state_dict())
+    final.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
     final.eval().requires_grad_(False)
     scores = evaluate(final, family_clips(clips_per_family=args.eval_clips, seed=EVAL_SEED))
-    old = evaluate(final, heldout_clips(clips_per_image=4))
     meta = {
         "vsedvr_model": "edvr_demo",
-        "description": "small demo EDVR trained by vsedvr tools/train_demo.py on synthetic moving "
+        "description": "small demo EDVR trained by vsedvr tools/train_demo_model.py on synthetic moving "
                        "scenes (bundled pictures and procedural content); not comparable to the "
                        "official models",
         "arch": arch,
@@ -607,13 +588,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed, "steps": args.steps, "batch": args.batch, "hr_patch": args.patch,
             "lr_patch": args.patch // SCALE, "num_frames": NUM_FRAMES, "scale": SCALE,
             "loss": LOSS_TEXT[args.loss],
-            "batches": "batch i drawn from numpy default_rng([seed, i])",
-            "optimizer": "Adam betas=(0.9, 0.99), grad-norm clip 1.0",
+            "stages": [dataclasses.asdict(s) for s in stages(args)],
+            "chroma_weight_means": "the loss on brightness (R+G+B)/sqrt3 and colour differences "
+                                   "(R-G)/sqrt2, (R+G-2B)/sqrt6, these weighted this many times",
+            "batches": "batch i (counted over the stages) drawn from numpy default_rng([seed, i])",
+            "optimizer": "Adam betas=(0.9, 0.99), grad-norm clip 1.0, new for each stage",
             "lr": args.lr, "warmup_steps": args.warmup,
-            "schedule": "linear warm-up, then cosine to 1e-6 over the steps",
+            "schedule": "linear warm-up, then cosine to 1e-6 over each stage's steps",
             "minutes_stop": args.minutes, "threads": args.threads,
             "families": {k: round(v, 4) for k, v in weights.items()},
-            "colour_mix": f"{args.colour_mix:.0%} of the canvases: channels remixed (demo_data.mix_colours)",
+            "colour_mix": f"{args.colour_mix:.0%} of the canvases: channels remixed (demo_model_data.mix_colours)",
+            "colour_detail_means": "that share of the canvases: detail made colour alone "
+                                   "(demo_model_data.colour_detail)",
+            "init": None if args.init is None else {"file": args.init.name, "sha256": init_sha},
             "motion": f"camera: pan up to {args.max_speed} HR px/frame in any direction (speed "
                       "max*u^1.3), shake N(0, 0.6 px) in half the clips, zoom (30 %, up to 2.5 %/frame), "
                       f"rotation (30 %, up to 1.5 deg/frame); object over the background in "
@@ -628,31 +615,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": step,
         "stopped_by": stopped_by,
         "train_seconds": round(train_seconds, 1),
-        "image_source": f"skimage.data (scikit-image {skimage.__version__}) and "
-                        "sklearn.datasets.load_sample_images, files inside the wheels",
+        "image_source": _image_source(args.pictures),
         "train_images": list(TRAIN_IMAGES),
         "held_out": {"families": list(HELD_OUT_FAMILIES),
-                     "pictures": {k: list(v) for k, v in demo_data.HELD_OUT_PICTURES.items()}},
-        "excluded_images": dict(demo_data.EXCLUDED_IMAGES),
-        "loss_curve": _loss_summary(losses),
+                     "pictures": {k: list(v) for k, v in demo_model_data.HELD_OUT_PICTURES.items()}},
+        "excluded_images": dict(demo_model_data.EXCLUDED_IMAGES),
+        "loss_curve": {name: _loss_summary(log) for name, log in losses.items()},
         "heldout": {"metric": "RGB PSNR / SSIM of 8-bit-rounded images, no border crop",
                     "lr_size": [24, 40], "seed": EVAL_SEED, **scores},
-        "old_measure": {"clips": "4 integer pans over each of chelsea, coffee, rocket, LR 32x48",
-                        **old},
         "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
         "torchvision_version": str(torchvision.__version__),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path = save_checkpoint(final, meta, args.out_dir)
-    print(f"train_demo: {step} steps in {train_seconds:.0f} s (stopped by {stopped_by}), "
-          f"last-100 loss {meta['loss_curve'].get('last_100_mean')}", flush=True)
+    print(f"train_demo_model: {step} steps in {train_seconds:.0f} s (stopped by {stopped_by}), "
+          f"last-100 loss {[round(float(np.mean(v[-100:])), 6) for v in losses.values() if v]}", flush=True)
     for name, r in list(scores["per_group"].items()) + [("all", scores)]:
-        print(f"train_demo: held-out {name:<13} restored {r['restored']:.2f} dB, bicubic "
+        print(f"train_demo_model: held-out {name:<13} restored {r['restored']:.2f} dB, bicubic "
               f"{r['bicubic']:.2f} ({r['restored'] - r['bicubic']:+.2f}), 5 copies {r['copies']:.2f} "
               f"({r['restored'] - r['copies']:+.3f})", flush=True)
-    print(f"train_demo: old measure restored {old['restored']:.2f} dB, bicubic {old['bicubic']:.2f}, "
-          f"5 copies {old['copies']:.2f}", flush=True)
-    print(f"train_demo: wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
+    print(f"train_demo_model: wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
           f"{time.monotonic() - started_wall:.0f} s total", flush=True)
     return 0
 

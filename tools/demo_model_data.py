@@ -1,4 +1,9 @@
-"""Synthetic training and evaluation clips for ``edvr_demo`` (tools/train_demo.py), made offline.
+"""Synthetic training and evaluation clips for ``edvr_demo`` (tools/train_demo_model.py), made
+offline, and the metrics they are judged by.
+
+Self-contained (numpy, torch, Pillow; scikit-image / scikit-learn only for the pictures, or a
+file of them: :func:`save_pictures`), so that the trainer and ``make demo`` (tools/demo.py) import
+it from their folder and bench/demo_quality.py and bench/precision_error.py load it by its path.
 
 A clip is a *scene* (an HR canvas of one content family, optionally with a second, independently
 moving object layer over it) seen through a moving camera: every frame is an affine warp of the
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +54,7 @@ SCALE = 4
 NUM_FRAMES = 5
 CENTER = NUM_FRAMES // 2
 MARGIN = 16      # HR px around a frame before downscaling (multiple of SCALE)
+EVAL_SEED = 20240601  # held-out clips (bench/demo_quality.py, the trainer's evaluation)
 
 #: skimage.data pictures used for training (motorcycle_left/right = stereo_motorcycle()).
 TRAIN_IMAGES = (
@@ -60,7 +67,7 @@ HELD_OUT_PICTURES: dict[str, tuple[str, ...]] = {
     "scans": ("page", "text"),
     "drawings": ("checkerboard", "horse", "shepp_logan_phantom", "logo"),
 }
-#: Pictures held out from the old demo model's training (bench --old-measure; demo clip).
+#: Pictures of the integer-pan clips (bench/precision_error.py) and of the make demo clip.
 HELD_OUT_IMAGES = ("chelsea", "coffee", "rocket")
 #: In the scikit-image wheel but used for neither training nor evaluation.
 EXCLUDED_IMAGES = {
@@ -106,14 +113,21 @@ def _skimage_array(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-@functools.lru_cache(maxsize=None)
-def load_image(name: str) -> Tensor:
-    """A bundled picture as float32 RGB (3, H, W) in [0, 1] (grey: three equal channels).
+#: name -> uint8 (H, W, 3) array, when the pictures come from a file (:func:`use_pictures`).
+_PICTURES: dict[str, np.ndarray] | None = None
 
-    skimage.data pictures come from inside the scikit-image wheel (hash-checked by scikit-image),
-    ``sklearn:china`` / ``sklearn:flower`` from inside the scikit-learn wheel: nothing is
-    downloaded.
-    """
+
+def all_pictures() -> tuple[str, ...]:
+    """Every picture the data uses: the training ones, then the held-out ones."""
+    return TRAIN_IMAGES + tuple(p for pics in HELD_OUT_PICTURES.values() for p in pics)
+
+
+def _picture_array(name: str) -> np.ndarray:
+    """A bundled picture as uint8 RGB (H, W, 3) (grey: three equal channels)."""
+    if _PICTURES is not None:
+        if name not in _PICTURES:
+            raise KeyError(f"picture {name} is not in the pictures file")
+        return _PICTURES[name]
     arr = _skimage_array(name)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -123,7 +137,39 @@ def load_image(name: str) -> Tensor:
         arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
         raise ValueError(f"picture {name}: unexpected dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+@functools.lru_cache(maxsize=None)
+def load_image(name: str) -> Tensor:
+    """A bundled picture as float32 RGB (3, H, W) in [0, 1] (grey: three equal channels).
+
+    skimage.data pictures come from inside the scikit-image wheel (hash-checked by scikit-image),
+    ``sklearn:china`` / ``sklearn:flower`` from inside the scikit-learn wheel: nothing is
+    downloaded. After :func:`use_pictures`, they come from that file instead.
+    """
+    arr = _picture_array(name)
     return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+
+
+def save_pictures(path: str | os.PathLike[str]) -> list[str]:
+    """Write every picture (:func:`all_pictures`) into one ``.npz`` file, so that the data can be
+    made where scikit-image and scikit-learn are not installed (:func:`use_pictures`)."""
+    names = list(all_pictures())
+    arrays = {f"picture_{i}": _picture_array(n) for i, n in enumerate(names)}
+    np.savez_compressed(path, names=np.array(names), **arrays)
+    return names
+
+
+def use_pictures(path: str | os.PathLike[str] | None) -> None:
+    """Take the pictures from a file written by :func:`save_pictures` (None: from the wheels)."""
+    global _PICTURES
+    if path is None:
+        _PICTURES = None
+    else:
+        with np.load(path, allow_pickle=False) as f:
+            _PICTURES = {str(n): f[f"picture_{i}"] for i, n in enumerate(f["names"])}
+    load_image.cache_clear()
 
 
 # ---------------------------------------------------------------------------- degradation
@@ -358,6 +404,23 @@ PROCEDURAL: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
 # ---------------------------------------------------------------------------- canvases
 
 
+def _busy_crop(pic: Tensor, rng: np.random.Generator, h: int, w: int, tries: int = 5,
+               min_std: float = 0.04) -> Tensor:
+    """An (h, w) crop of *pic* at a random place: the first of up to ``tries`` places whose
+    standard deviation reaches ``min_std``, else the one with the most (avoids flat sky)."""
+    _, ih, iw = pic.shape
+    best = None
+    for _ in range(tries):
+        y0, x0 = int(rng.integers(0, ih - h + 1)), int(rng.integers(0, iw - w + 1))
+        crop = pic[:, y0:y0 + h, x0:x0 + w]
+        if best is None or float(crop.std()) > float(best.std()):
+            best = crop
+        if float(crop.std()) >= min_std:
+            break
+    assert best is not None
+    return best
+
+
 def _augment_picture(pic: Tensor, rng: np.random.Generator, h: int, w: int) -> Tensor | None:
     """A random (h, w) crop of a training picture, rescaled x0.5..1 and colour-jittered."""
     _, ih, iw = pic.shape
@@ -368,16 +431,7 @@ def _augment_picture(pic: Tensor, rng: np.random.Generator, h: int, w: int) -> T
     ch, cw = int(math.ceil(h / s)) + 1, int(math.ceil(w / s)) + 1
     if ch > ih or cw > iw:
         return None
-    best = None
-    for _ in range(5):
-        y0, x0 = int(rng.integers(0, ih - ch + 1)), int(rng.integers(0, iw - cw + 1))
-        crop = pic[:, y0:y0 + ch, x0:x0 + cw]
-        if best is None or float(crop.std()) > float(best.std()):
-            best = crop
-        if float(crop.std()) >= 0.04:
-            break
-    assert best is not None
-    crop = best
+    crop = _busy_crop(pic, rng, ch, cw)
     if s < 0.999:
         crop = F.interpolate(crop[None], scale_factor=s, mode="bicubic", antialias=True,
                              align_corners=False)[0]
@@ -420,13 +474,45 @@ def mix_colours(canvas: Tensor, rng: np.random.Generator) -> Tensor:
     return out.clamp(0, 1).contiguous()
 
 
+#: Luma weights (BT.601) used to keep colour-detail canvases at equal brightness.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def colour_detail(canvas: Tensor, rng: np.random.Generator) -> Tensor:
+    """Detail that is colour alone: the canvas's brightness pattern carried by a chroma direction.
+
+    ``out = c0 + d * (L - mean L) * k`` where L is the canvas's luma, d a random direction of
+    zero luma (so out has a flat brightness) and c0 a mid colour; k makes the most of [0, 1].
+    With probability 1/2, a fraction of the original canvas is mixed back (some brightness
+    detail, not matching the colour detail's contrast).
+    """
+    luma = torch.tensor(LUMA)
+    lum = torch.einsum("c,chw->hw", luma, canvas)
+    lc = lum - lum.mean()
+    v = rng.standard_normal(3).astype(np.float32)
+    v -= float(np.dot(v, LUMA)) / float(np.dot(LUMA, LUMA)) * np.asarray(LUMA, np.float32)
+    v /= np.abs(v).max() + 1e-6
+    c0 = torch.from_numpy(rng.uniform(0.35, 0.65, 3).astype(np.float32))
+    span = float(lc.abs().max()) + 1e-6
+    room = float(min(c0.min(), 1 - c0.max()))
+    k = rng.uniform(0.6, 1.0) * room / span
+    out = c0[:, None, None] + torch.from_numpy(v)[:, None, None] * lc[None] * k
+    if rng.random() < 0.5:
+        a = rng.uniform(0.1, 0.4)
+        out = out * (1 - a) + canvas * a
+    return out.clamp(0, 1).contiguous()
+
+
 def train_canvas(family: str, rng: np.random.Generator, h: int, w: int,
-                 colour_mix: float = 0.0) -> Tensor:
+                 colour_mix: float = 0.0, colour_detail_share: float = 0.0) -> Tensor:
     """An (3, h, w) training canvas of *family* (one of TRAIN_FAMILIES), augmented; with
-    probability ``colour_mix`` its channels are remixed (:func:`mix_colours`)."""
+    probability ``colour_mix`` its channels are remixed (:func:`mix_colours`), with probability
+    ``colour_detail_share`` its detail is turned into colour detail (:func:`colour_detail`)."""
     canvas = _train_canvas(family, rng, h, w)
     if colour_mix and rng.random() < colour_mix:
         canvas = mix_colours(canvas, rng)
+    if colour_detail_share and rng.random() < colour_detail_share:
+        canvas = colour_detail(canvas, rng)
     return canvas
 
 
@@ -458,15 +544,7 @@ def heldout_canvas(family: str, rng: np.random.Generator, h: int, w: int,
         _, ih, iw = pic.shape
         if h > ih or w > iw:
             return None
-        best = None
-        for _ in range(5):
-            y0, x0 = int(rng.integers(0, ih - h + 1)), int(rng.integers(0, iw - w + 1))
-            crop = pic[:, y0:y0 + h, x0:x0 + w]
-            if best is None or float(crop.std()) > float(best.std()):
-                best = crop
-            if float(crop.std()) >= 0.04:
-                break
-        return best.contiguous()
+        return _busy_crop(pic, rng, h, w).contiguous()
     return torch.from_numpy(np.ascontiguousarray(PROCEDURAL[family](rng, h, w)))
 
 
@@ -603,7 +681,7 @@ def make_clip(canvas_fn: Callable[[int, int], Tensor | None], rng: np.random.Gen
 def training_clip(rng: np.random.Generator, hr_patch: int, max_speed: float,
                   object_prob: float = 0.35,
                   weights: dict[str, float] | None = None,
-                  colour_mix: float = 0.0) -> tuple[Tensor, Tensor]:
+                  colour_mix: float = 0.0, colour_detail_share: float = 0.0) -> tuple[Tensor, Tensor]:
     """One training clip of a random training family (moving object over it at object_prob).
 
     ``weights`` is the family mix (default ``TRAIN_WEIGHTS``); ``colour_mix`` the share of
@@ -614,15 +692,16 @@ def training_clip(rng: np.random.Generator, hr_patch: int, max_speed: float,
     p = np.asarray([weights[n] for n in names])
     family = names[int(rng.choice(len(names), p=p / p.sum()))]
     ofamily = names[int(rng.choice(len(names), p=p / p.sum()))]
-    clip = make_clip(lambda h, w: train_canvas(family, rng, h, w, colour_mix), rng, (hr_patch, hr_patch),
-                     max_speed=max_speed, object_fn=lambda h, w: train_canvas(ofamily, rng, h, w, colour_mix),
+    clip = make_clip(lambda h, w: train_canvas(family, rng, h, w, colour_mix, colour_detail_share), rng,
+                     (hr_patch, hr_patch), max_speed=max_speed,
+                     object_fn=lambda h, w: train_canvas(ofamily, rng, h, w, colour_mix, colour_detail_share),
                      object_prob=object_prob)
     assert clip is not None  # training canvases always fit
     return clip
 
 
 def family_clips(families: Sequence[str] = HELD_OUT_FAMILIES, clips_per_family: int = 6,
-                 lr_size: tuple[int, int] = (24, 40), seed: int = 20240601,
+                 lr_size: tuple[int, int] = (24, 40), seed: int = EVAL_SEED,
                   max_speed: float = 8.0) -> list[tuple[str, Tensor, Tensor]]:
     """Evaluation clips [(family, lr (5, 3, h, w), hr centre (3, 4h, 4w))], held-out content only.
 
@@ -644,3 +723,195 @@ def family_clips(families: Sequence[str] = HELD_OUT_FAMILIES, clips_per_family: 
                 raise ValueError(f"held-out picture {pic} is too small for LR {lr_size}")
             out.append((family, clip[0], clip[1][CENTER]))
     return out
+
+
+# ---------------------------------------------------------------------------- integer pans (bench/precision_error.py)
+
+OLD_MAX_SPEED = 6   # HR px per frame, per axis (integer)
+OLD_JITTER = 1      # HR px per frame, per axis (integer)
+
+
+def motion_path(rng: np.random.Generator, num_frames: int, max_speed: int = OLD_MAX_SPEED,
+                jitter: int = OLD_JITTER) -> tuple[np.ndarray, np.ndarray]:
+    """Integer HR offsets (dy, dx) of each frame's crop window: constant velocity + jitter, min 0."""
+    vy, vx = rng.integers(-max_speed, max_speed + 1, size=2)
+    jit = rng.integers(-jitter, jitter + 1, size=(num_frames, 2))
+    t = np.arange(num_frames)
+    dy = t * vy + jit[:, 0]
+    dx = t * vx + jit[:, 1]
+    return dy - dy.min(), dx - dx.min()
+
+
+def synth_clip(image: Tensor, rng: np.random.Generator, hr_size: tuple[int, int], num_frames: int,
+               *, max_speed: int = OLD_MAX_SPEED, jitter: int = OLD_JITTER,
+               min_std: float = 0.0, tries: int = 1) -> tuple[Tensor, Tensor]:
+    """A moving-crop clip from one picture (the first demo model's motion model: integer pans).
+
+    :returns: (lr (T, 3, h, w), hr (T, 3, 4h, 4w)); frame t of hr is the picture's crop at
+        (y0 + dy[t], x0 + dx[t]) and lr is its antialiased bicubic x1/4.
+    """
+    hh, hw = hr_size
+    if hh % SCALE or hw % SCALE:
+        raise ValueError(f"HR size {hr_size} is not a multiple of {SCALE}")
+    _, ih, iw = image.shape
+    dy, dx = motion_path(rng, num_frames, max_speed, jitter)
+    need_h, need_w = hh + 2 * MARGIN + int(dy.max()), hw + 2 * MARGIN + int(dx.max())
+    if need_h > ih or need_w > iw:
+        raise ValueError(f"picture {ih}x{iw} too small for a {hh}x{hw} clip with this motion")
+    for attempt in range(tries):
+        y0 = int(rng.integers(0, ih - need_h + 1))
+        x0 = int(rng.integers(0, iw - need_w + 1))
+        centre = image[:, y0 + dy[num_frames // 2] + MARGIN: y0 + dy[num_frames // 2] + MARGIN + hh,
+                       x0 + dx[num_frames // 2] + MARGIN: x0 + dx[num_frames // 2] + MARGIN + hw]
+        if attempt == tries - 1 or float(centre.std()) >= min_std:
+            break
+    big = torch.stack([
+        image[:, y0 + dy[t]: y0 + dy[t] + hh + 2 * MARGIN, x0 + dx[t]: x0 + dx[t] + hw + 2 * MARGIN]
+        for t in range(num_frames)
+    ])
+    m = MARGIN // SCALE
+    lr = downscale(big)[..., m: m + hh // SCALE, m: m + hw // SCALE]
+    hr = big[..., MARGIN: MARGIN + hh, MARGIN: MARGIN + hw]
+    return lr.contiguous(), hr.contiguous()
+
+
+def heldout_clips(images: Sequence[str] = HELD_OUT_IMAGES, clips_per_image: int = 4,
+                  lr_size: tuple[int, int] = (32, 48), seed: int = EVAL_SEED,
+                  max_speed: int = OLD_MAX_SPEED) -> list[tuple[str, Tensor, Tensor]]:
+    """The old measure: [(picture, lr (5, 3, h, w), hr centre (3, 4h, 4w))], integer pans over
+    chelsea / coffee / rocket (what the first demo model was judged by)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in images:
+        image = load_image(name)
+        for _ in range(clips_per_image):
+            lr, hr = synth_clip(image, rng, (lr_size[0] * SCALE, lr_size[1] * SCALE), NUM_FRAMES,
+                                max_speed=max_speed, min_std=0.03, tries=5)
+            out.append((name, lr, hr[CENTER]))
+    return out
+
+
+# ---------------------------------------------------------------------------- the clip of make demo, metrics
+
+
+def demo_clip(image: str = "coffee", length: int = 24, lr_size: tuple[int, int] = (64, 96),
+              velocity: tuple[int, int] = (1, 3)) -> tuple[Tensor, Tensor]:
+    """The clip of ``make demo``: a steady pan over a held-out picture, no jitter.
+
+    ``velocity`` is in HR px per frame (rows, columns): (1, 3) moves the LR content by 1/4 and
+    3/4 px per frame. The window starts at the picture's centre region.
+
+    :returns: (lr (L, 3, h, w), hr (L, 3, 4h, 4w)), float32 in [0, 1].
+    """
+    pic = load_image(image)
+    hh, hw = lr_size[0] * SCALE, lr_size[1] * SCALE
+    dy = np.arange(length) * velocity[0]
+    dx = np.arange(length) * velocity[1]
+    dy, dx = dy - dy.min(), dx - dx.min()
+    _, ih, iw = pic.shape
+    need_h, need_w = hh + 2 * MARGIN + int(dy.max()), hw + 2 * MARGIN + int(dx.max())
+    if need_h > ih or need_w > iw:
+        raise ValueError(f"{image} ({ih}x{iw}) is too small for this demo clip")
+    y0, x0 = (ih - need_h) // 2, (iw - need_w) // 2
+    big = torch.stack([
+        pic[:, y0 + dy[t]: y0 + dy[t] + hh + 2 * MARGIN, x0 + dx[t]: x0 + dx[t] + hw + 2 * MARGIN]
+        for t in range(length)
+    ])
+    m = MARGIN // SCALE
+    lr = downscale(big)[..., m: m + lr_size[0], m: m + lr_size[1]]
+    return lr.contiguous(), big[..., MARGIN: MARGIN + hh, MARGIN: MARGIN + hw].contiguous()
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Clamp to [0, 1] and round to 8 bits (how mmedit/BasicSR write images before metrics)."""
+    return x.clamp(0.0, 1.0).mul(255.0).round()
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR (dB) over all RGB values, after rounding both to 8 bits (mmedit REDS4 convention)."""
+    mse = float((to_uint8(a) - to_uint8(b)).double().pow(2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def bicubic_up(lr: Tensor) -> Tensor:
+    """Plain bicubic x4 (``F.interpolate``, align_corners=False, a=-0.75) of (..., 3, h, w)."""
+    flat = lr.reshape(-1, *lr.shape[-3:])
+    up = F.interpolate(flat, scale_factor=SCALE, mode="bicubic", align_corners=False)
+    return up.reshape(*lr.shape[:-2], *up.shape[-2:])
+
+
+@functools.lru_cache(maxsize=4)
+def _gauss_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma ** 2))
+    g /= g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim(a: Tensor, b: Tensor) -> float:
+    """SSIM (Wang et al. 2004) as mmedit/BasicSR compute it: 8-bit rounded RGB, 11x11 Gaussian
+    (sigma 1.5), 'valid' window positions only, mean over the channels."""
+    x = to_uint8(a).double().reshape(-1, 1, *a.shape[-2:])
+    y = to_uint8(b).double().reshape(-1, 1, *b.shape[-2:])
+    win = _gauss_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = F.conv2d(x, win), F.conv2d(y, win)
+    sxx = F.conv2d(x * x, win) - mx * mx
+    syy = F.conv2d(y * y, win) - my * my
+    sxy = F.conv2d(x * y, win) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(m.mean())
+
+
+KINDS = ("restored", "bicubic", "copies")
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, clips: Sequence[tuple[str, Tensor, Tensor]]) -> dict[str, Any]:
+    """PSNR and SSIM of the centre frame: EDVR on the 5-frame window ("restored", what
+    ``edvr.Restore`` computes for a frame inside a clip), bicubic x4 of the LR centre frame, and
+    EDVR fed 5 copies of the centre frame ("copies": no temporal information).
+
+    :returns: {"restored", "bicubic", "copies": overall mean PSNR; "<kind>_ssim": mean SSIM;
+        "per_group": {group: {same keys}}, "clips": n}; groups are the clips' first element
+        (a held-out family or picture).
+    """
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name, lr, hr in clips:
+        x = lr.unsqueeze(0)
+        copies = lr[CENTER].expand(NUM_FRAMES, *lr.shape[1:]).unsqueeze(0)
+        r = rows.setdefault(name, {k: [] for k in KINDS + tuple(k + "_ssim" for k in KINDS)})
+        outs = {"restored": net(x)[0], "bicubic": bicubic_up(lr[CENTER]), "copies": net(copies)[0]}
+        for kind, out in outs.items():
+            r[kind].append(psnr(out, hr))
+            r[kind + "_ssim"].append(ssim(out, hr))
+    keys = list(next(iter(rows.values())))
+    result: dict[str, Any] = {k: float(np.mean([v for r in rows.values() for v in r[k]])) for k in keys}
+    result["per_group"] = {n: {k: float(np.mean(r[k])) for k in keys} for n, r in rows.items()}
+    result["clips"] = len(clips)
+    return result
+
+
+@torch.no_grad()
+def grating_kept(net: torch.nn.Module, colour: bool = True, period: float = 12.0) -> tuple[float, float]:
+    """How much of a 45-degree sine grating's amplitude (period 12 HR px = 3 LR px) the network
+    keeps, against bicubic: (restored, bicubic), 1 = all. ``colour``: red against green (detail
+    in colour alone, as tests/test_demo_model.py measures), else grey."""
+    (h, w), crop = (96, 160), 32
+    y, x = np.mgrid[0:h + 2 * MARGIN, 0:w + 2 * MARGIN].astype(np.float32)
+    phase = 2 * math.pi * (x + y) / math.sqrt(2) / period
+    g = 0.5 + 0.35 * np.cos(phase)
+    planes = [g, 1 - g, np.full_like(g, 0.5)] if colour else [g, g, g]
+    m = MARGIN // SCALE
+    lr = downscale(torch.from_numpy(np.stack(planes)))[..., m: m + h // SCALE, m: m + w // SCALE]
+    restored = net(lr.expand(NUM_FRAMES, -1, -1, -1)[None].contiguous())[0]
+    inner = phase[MARGIN + crop: MARGIN + h - crop, MARGIN + crop: MARGIN + w - crop]
+    cos, sin = torch.from_numpy(np.cos(inner)).double(), torch.from_numpy(np.sin(inner)).double()
+
+    def kept(out: Tensor) -> float:
+        red = out[0, crop:-crop, crop:-crop].double()
+        return math.hypot(2 * float((red * cos).mean()), 2 * float((red * sin).mean())) / 0.35
+
+    return kept(restored), kept(bicubic_up(lr))
