@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
+
+
+def tool_module(name: str) -> ModuleType:
+    """``tools/<name>.py`` loaded from its path (e.g. the demo model's clips, which live with its
+    trainer): sys.path is left alone, so nothing can shadow the installed vsedvr."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCH_DIR.parent / "tools" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 #: EDVR constructor arguments of the benchmarked variants (docs/edvr-reference.md#variants).
 MODELS: dict[str, dict[str, Any]] = {

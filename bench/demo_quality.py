@@ -26,31 +26,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
+from bench_common import tool_module
 
-ROOT = Path(__file__).resolve().parent.parent
 FAMILY_LR_SIZE = (24, 40)
-
-
-def tool_module(name: str) -> ModuleType:
-    """``tools/<name>.py`` loaded from its path (it lives with the trainer, not in bench/; loading it
-    by path leaves sys.path alone, so nothing can shadow the installed vsedvr)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 #: tools/demo_model_data.py: the held-out clips and the metrics (self-contained: numpy, torch, Pillow).

@@ -21,29 +21,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from vsedvr import load_model
 from vsedvr.nets import EDVR
 
+from bench_common import tool_module
 
-def _clip_module():
-    """tools/demo_model_data.py (held-out clip synthesis), loaded from its path: it lives with the
-    demo model's trainer, and sys.path is left alone (nothing may shadow the installed vsedvr)."""
-    path = Path(__file__).resolve().parent.parent / "tools" / "demo_model_data.py"
-    if "demo_model_data" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("demo_model_data", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["demo_model_data"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["demo_model_data"]
 
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -96,7 +84,7 @@ def dcn_error_by_position(device: torch.device, width: int = 1280) -> list[tuple
 
 def measure(models: Sequence[str], device: torch.device, lr_size: tuple[int, int],
             clips_per_image: int) -> list[dict[str, object]]:
-    clips = _clip_module().heldout_clips(clips_per_image=clips_per_image, lr_size=lr_size)
+    clips = tool_module("demo_model_data").heldout_clips(clips_per_image=clips_per_image, lr_size=lr_size)
     rows = []
     for name, net in networks(models).items():
         net = net.eval().to(device, torch.float32)

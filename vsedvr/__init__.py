@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .filter.options import NAMES, Padding, Precision, wrong_type
+from .filter.options import Padding, Precision, wrong_type
 from .zoo import MODELS, load_model
 
 if TYPE_CHECKING:
@@ -82,10 +82,9 @@ def restore(
     """
     import vapoursynth as vs
 
-    given = dict(model=model, device=device, padding=padding, scenechange=scenechange, tile=tile,
-                 tile_overlap=tile_overlap, precision=precision, compile=compile)
-    assert tuple(given) == NAMES  # the table (vsedvr/filter/options.py) and this signature
-    wrong = wrong_type(**given)
+    # tests/test_options.py holds this signature to the table (vsedvr/filter/options.py)
+    wrong = wrong_type(model=model, device=device, padding=padding, scenechange=scenechange, tile=tile,
+                       tile_overlap=tile_overlap, precision=precision, compile=compile)
     if wrong:
         raise vs.Error(f"Restore: {wrong}")
     core = vs.core
