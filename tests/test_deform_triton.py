@@ -346,3 +346,24 @@ def test_gpu_torchvision_runs_on_the_default_stream_fenced(monkeypatch: pytest.M
     with torch.inference_mode():  # from the default stream itself: no switch, same result
         torch.testing.assert_close(deform_conv3x3(**a), expected, rtol=0, atol=0)
     assert seen == [torch.cuda.default_stream()]
+
+
+@needs_triton
+@pytest.mark.slow(reason="bench/bench_dcn.py's CUDA comparison through the interpreter: a process of ~30 s")
+def test_bench_dcn_cuda_mode_runs_through_the_interpreter(tmp_path: Path) -> None:
+    """The GPU steps of bench/bench_dcn.py, checked here at a tiny size: every variant times and the
+    Triton ones agree with torchvision in float32."""
+    import json
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_dcn.py"
+    proc = subprocess.run([sys.executable, str(bench), "--device", "cpu", "--triton", "--size", "8x12", "--channels",
+                           "16", "--repeats", "1", "--json", str(tmp_path / "dcn.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "per output frame (20 calls): triton fp16" in proc.stdout
+    result = json.loads((tmp_path / "dcn.json").read_text())["dcn_triton"]
+    assert set(result["levels"]) == {"L1", "L2", "L3"}
+    for row in result["levels"].values():
+        for name, entry in row["variants"].items():
+            assert entry["median_ms"] > 0
+            if name.startswith("triton"):
+                assert entry["rel_error"] < REL[HALF[name.split()[1]]], (name, entry)

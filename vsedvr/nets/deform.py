@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -145,7 +146,15 @@ def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tenso
         if fits_int32(x, offset, mask):
             if torch.compiler.is_compiling():
                 return deform_conv3x3_triton_op(x, offset, mask, weight, bias, deformable_groups)
-            return deform_conv3x3_triton(x, offset, mask, weight, bias, deformable_groups)
+            try:
+                return deform_conv3x3_triton(x, offset, mask, weight, bias, deformable_groups)
+            except (ValueError, torch.OutOfMemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a Triton or GPU that cannot compile it: say so, fall back
+                _triton_support[(x.device.index, x.dtype)] = False
+                warnings.warn(f"vsedvr: the Triton deformable convolution does not run on {x.device} in {x.dtype} "
+                              f"({type(e).__name__}: {str(e)[:300]}); torchvision's in float32 is used instead",
+                              RuntimeWarning, stacklevel=2)
     if x.dtype in _FP32_DTYPES:
         up = [None if t is None else t.float() for t in (offset, mask, weight, bias)]
         return deform_conv3x3(x.float(), up[0], up[1], up[2], up[3], deformable_groups).to(x.dtype)
