@@ -7,7 +7,8 @@ both run interleaved in this process and the medians are reported, with the larg
 between their outputs.
 
 CUDA (``--device cuda``): the Triton kernel (``vsedvr/nets/deform_triton.py``) in float16 and
-bfloat16, NCHW and channels-last, against torchvision in float32 (what precision="fp32" runs) and
+bfloat16 on NCHW input as the network passes it (converted to channels-last inside, the default),
+gathered from NCHW as it is, and on channels-last input, against torchvision in float32 (what precision="fp32" runs) and
 torchvision on float16 input upcast to float32 (what float16 ran before the Triton kernel), at
 the three DCN shapes of EDVR at ``--size`` input (L1, which the cascade shares, L2 and L3), with
 smooth offsets of a few pixels as a sliced 216-channel tensor, as the network passes them. Times
@@ -165,8 +166,9 @@ def dcn_triton(device: str, size: tuple[int, int], channels: int, groups: int, r
             return run
 
         for tag in half_types:
-            variants[f"triton {tag}"] = triton_variant(tag)
-            variants[f"triton {tag} channels-last"] = triton_variant(tag, channels_last=True)
+            variants[f"triton {tag}"] = triton_variant(tag)  # as the network calls it: NCHW, converted
+            variants[f"triton {tag} NCHW gather"] = triton_variant(tag, gather_channels_last=False)
+            variants[f"triton {tag} channels-last input"] = triton_variant(tag, channels_last=True)
         if sweep and level == "L1":
             for bp, ks, nw, ns in SWEEP:
                 variants[f"triton fp16 p{bp} k{ks} w{nw} s{ns}"] = triton_variant(
@@ -201,7 +203,7 @@ def _print_triton(result: dict[str, Any]) -> None:
     h, w = result["size"]
     print(f"\nDeformable conv, C={result['channels']}, {result['groups']} groups, at {h}x{w} input "
           f"(median of {result['repeats']} steady-state calls):")
-    print(f"{'variant':<36}" + "".join(f"{lv + ' ' + 'x'.join(map(str, r['shape'][2:])):>16}"
+    print(f"{'variant':<38}" + "".join(f"{lv + ' ' + 'x'.join(map(str, r['shape'][2:])):>16}"
                                        for lv, r in result["levels"].items()) + f"{'per frame':>12}  error vs fp32")
     base = result["per_frame_ms"].get("torchvision fp32")
     for name in result["levels"]["L1"]["variants"]:
@@ -211,13 +213,13 @@ def _print_triton(result: dict[str, Any]) -> None:
         frame_text = f"{frame:>9.2f} ms" if frame is not None else f"{'':>12}"
         entry = result["levels"]["L1"]["variants"][name]
         error = f"  rel {entry['rel_error']:.1e}, max {entry['max_abs_error']:.1e}" if "rel_error" in entry else ""
-        print(f"{name:<36}{cells}{frame_text}{error}")
+        print(f"{name:<38}{cells}{frame_text}{error}")
     l1 = result["levels"]["L1"]
     fast = l1["variants"]["triton fp16"]["median_ms"]
     print(f"\ntriton fp16 at L1: {l1['min_bytes_fp16'] / fast / 1e6:.3g} GB/s counting each input and output once "
           f"({l1['min_bytes_fp16'] / 1e6:.3g} MB), {l1['gflop'] / fast:.3g} TFLOP/s of products")
     if base:
-        for name in ("torchvision fp16 (upcast)", "triton fp16", "triton fp16 channels-last", "triton bf16"):
+        for name in ("torchvision fp16 (upcast)", "triton fp16", "triton fp16 NCHW gather", "triton bf16"):
             if name in result["per_frame_ms"]:
                 print(f"per output frame (20 calls): {name}: {result['per_frame_ms'][name]:.2f} ms, "
                       f"{base / result['per_frame_ms'][name]:.2f}x torchvision fp32 ({base:.2f} ms)")

@@ -121,6 +121,13 @@ def _cases() -> dict[str, dict[str, Any]]:
         cases[f"{tag}-channels-last-sliced"] = net
         for name in (f"{tag}-border", f"{tag}-cout5", f"{tag}-cout130", f"{tag}-no-mask-no-bias"):
             cases[name]["tuning"] = QUICK
+        # the input gathered as it is (NCHW) instead of converted to channels-last first
+        nchw = _inputs(1, 64, 9, 11, 8, dtype=dtype, scale=3.0, seed=110)
+        nchw["tuning"] = dict(QUICK, gather_channels_last=False)
+        cases[f"{tag}-nchw-gather"] = nchw
+        odd = _inputs(1, 12, 6, 9, 2, dtype=dtype, scale=40.0, seed=111)
+        odd["tuning"] = dict(QUICK, gather_channels_last=False)
+        cases[f"{tag}-nchw-gather-padded-outside"] = odd
     special = _inputs(1, 4, 5, 6, 2, dtype=torch.float16, scale=1.0, seed=108)
     special["offset"][0, 0, 1, 1] = float("inf")
     special["offset"][0, 3, 2, 2] = -float("inf")
@@ -154,7 +161,7 @@ CASES = _cases()
 #: bfloat16 runs the same code as float16 but for the type: the fast tier keeps EDVR-M's shape,
 #: the far positions and the border in bfloat16, the full suite the rest.
 SLOW = {name for name in CASES if name.startswith("bf16-") and not name.startswith(("bf16-1x64", "bf16-far-x",
-                                                                                     "bf16-border"))}
+                                                                                     "bf16-border", "bf16-nchw-gather-"))}
 _slow = pytest.mark.slow(reason="bfloat16 variants of cases the fast tier runs in float16: "
                                 "a second interpreter process, several seconds")
 

@@ -105,10 +105,10 @@ def use_fast_path(x: Tensor) -> bool:
 
 def use_triton_path(x: Tensor) -> bool:
     """Whether :func:`deform_conv3x3` takes the Triton kernel (:mod:`vsedvr.nets.deform_triton`)
-    for input ``x``: enabled (:func:`fast_path`), without autograd, on CUDA, float16 or bfloat16,
-    where Triton imports and the GPU has ``tl.dot`` in that type (compute capability 7.0 for
-    float16, 8.0 for bfloat16). Elsewhere (no Triton: Windows without a Triton build, CPU-only
-    or ROCm wheels without it; older GPUs) half precision goes to torchvision in float32."""
+    for input ``x``: enabled (:func:`fast_path`), without autograd, on an NVIDIA GPU of compute
+    capability 8.0 or later (tensor cores for ``tl.dot`` in both types), float16 or bfloat16, where
+    Triton imports. Elsewhere (no Triton: Windows without a Triton build; older GPUs; ROCm) half
+    precision goes to torchvision in float32."""
     return (_enabled and not torch.is_grad_enabled() and x.device.type == "cuda" and x.dtype in _FP32_DTYPES
             and _triton_runs_on(x.device, x.dtype))
 
@@ -124,8 +124,9 @@ def _triton_runs_on(device: torch.device, dtype: torch.dtype) -> bool:
         except ImportError:
             _triton_support[key] = False
         else:
-            major, _ = torch.cuda.get_device_capability(device)
-            _triton_support[key] = bool(torch.version.hip) or major >= (8 if dtype == torch.bfloat16 else 7)
+            # Triton 3.6 emits tensor-core products from compute capability 8.0 (mma.sync; wgmma on
+            # 9.0); for 7.x it falls back to FMA with register spills. ROCm: not tried.
+            _triton_support[key] = not torch.version.hip and torch.cuda.get_device_capability(device)[0] >= 8
     return _triton_support[key]
 
 

@@ -52,12 +52,16 @@ from torch import Tensor
 
 from .deform import _check
 
-__all__ = ["DEFAULT_BLOCK_P", "DEFAULT_K_STEP", "deform_conv3x3_triton", "pack_weight"]
+__all__ = ["DEFAULT_BLOCK_P", "DEFAULT_K_STEP", "GATHER_CHANNELS_LAST", "deform_conv3x3_triton", "fits_int32",
+           "pack_weight"]
 
 _TAPS = 9
 _MAX_BLOCK_CO = 128
 #: Output pixels per program.
 DEFAULT_BLOCK_P = 64
+#: Whether :func:`deform_conv3x3_triton` converts NCHW input to channels-last before gathering
+#: (reasoned, not yet measured on a GPU: bench/bench_dcn.py times both).
+GATHER_CHANNELS_LAST = True
 #: Reduction columns per step (samples per step x padded channels per group); tl.dot needs >= 16.
 DEFAULT_K_STEP = 32
 _INT32_LIMIT = 2**31 - 1
@@ -68,9 +72,9 @@ def _dcn3x3_kernel(
     x_ptr, off_ptr, mask_ptr, w_ptr, b_ptr, out_ptr,
     H, W, C_OUT,
     sxn, sxc, sxh, sxw,
-    son, soc, soh, sow,
-    smn, smc, smh, smw,
-    syn, syc, syh, syw,
+    son, soc, sop,  # offset: image, channel, pixel (rows and columns merged: p = W y + x)
+    smn, smc, smp,
+    syn, syc, syp,
     SAMPLES: tl.constexpr,  # 9 G
     SAMPLES_PAD: tl.constexpr,  # a multiple of STEP
     CG: tl.constexpr,  # channels per deformable group
@@ -95,8 +99,8 @@ def _dcn3x3_kernel(
     co_ok = co < C_OUT
 
     x_base = x_ptr + n * sxn
-    off_base = off_ptr + n * son + oh[:, None] * soh + ow[:, None] * sow  # (P, 1)
-    mask_base = mask_ptr + n * smn + oh[:, None] * smh + ow[:, None] * smw
+    off_base = off_ptr + n * son + p[:, None] * sop  # (P, 1)
+    mask_base = mask_ptr + n * smn + p[:, None] * smp
     t = tl.arange(0, STEP)
     c = tl.arange(0, CG_PAD)
     c_ok = c < CG
@@ -131,7 +135,10 @@ def _dcn3x3_kernel(
             m = tl.load(mask_base + s[None, :] * smc, mask=ps, other=0.0).to(tl.float32)
         # corners: (P, STEP, CG_PAD)
         chan = (g[:, None] * CG + c[None, :]) * sxc  # (STEP, CG_PAD)
-        ld = finite[:, :, None] & c_ok[None, None, :]
+        if CG == CG_PAD:  # no channel mask: lets a channels-last corner load as one vector
+            ld = finite[:, :, None]
+        else:
+            ld = finite[:, :, None] & c_ok[None, None, :]
         y0_ok = (y0 >= 0)[:, :, None]
         y1_ok = (y0 + 1 <= H - 1)[:, :, None]
         x0_ok = (x0 >= 0)[:, :, None]
@@ -158,7 +165,7 @@ def _dcn3x3_kernel(
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + n * syn + co[None, :] * syc + (oh * syh + ow * syw)[:, None]
+    out = out_ptr + n * syn + co[None, :] * syc + p[:, None] * syp
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
 
@@ -222,6 +229,18 @@ def _span(t: Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
 
 
+def _pixel_strides(t: Tensor) -> tuple[int, int, int] | None:
+    """(image, channel, pixel) strides of a 4-d tensor whose rows and columns merge into one
+    pixel index p = W y + x (NCHW and channels-last do), or None."""
+    _, _, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    if h == 1 or sh == w * sw:
+        return sn, sc, sw
+    if w == 1:
+        return sn, sc, sh
+    return None
+
+
 def fits_int32(x: Tensor, offset: Tensor, mask: Tensor | None) -> bool:
     """Whether every per-image index of the kernel fits in 32 bits (the image offset is 64-bit)."""
     tensors = [x, offset] + ([mask] if mask is not None else [])
@@ -229,19 +248,23 @@ def fits_int32(x: Tensor, offset: Tensor, mask: Tensor | None) -> bool:
 
 
 def deform_conv3x3_triton(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
-                          deformable_groups: int, *, out: Tensor | None = None, block_p: int = DEFAULT_BLOCK_P,
+                          deformable_groups: int, *, out: Tensor | None = None,
+                          gather_channels_last: bool = GATHER_CHANNELS_LAST, block_p: int = DEFAULT_BLOCK_P,
                           k_step: int = DEFAULT_K_STEP, num_warps: int = 4, num_stages: int = 2) -> Tensor:
     """Modulated deformable 3x3 convolution (stride 1, padding 1) of half-precision tensors.
 
     Args:
         x: Input (N, C, H, W), float16 or bfloat16, NCHW or channels-last (any strides).
-        offset: (N, 18 G, H, W), any floating type and strides; see the module docstring.
+        offset: (N, 18 G, H, W), any floating type and strides (copied first unless its rows and
+            columns merge, as in NCHW and channels-last); see the module docstring.
         mask: (N, 9 G, H, W) or None (all ones).
         weight: (C_out, C, 3, 3); converted to ``x``'s type (cached per weight).
         bias: (C_out,) or None; added in float32.
         deformable_groups: G; must divide C.
-        out: Where to write the result (N, C_out, H, W) in ``x``'s type, any strides; by default a
-            new tensor, channels-last when ``x`` is.
+        out: Where to write the result (N, C_out, H, W) in ``x``'s type, NCHW or channels-last;
+            by default a new tensor, channels-last when ``x`` is.
+        gather_channels_last: Convert an ``x`` that is not channels-last first (one copy), so that
+            the corners of a sample load as one vector per corner instead of one value per channel.
         block_p, k_step, num_warps, num_stages: Tuning (``bench/bench_dcn.py`` compares them).
 
     Returns:
@@ -266,8 +289,17 @@ def deform_conv3x3_triton(x: Tensor, offset: Tensor, mask: Tensor | None, weight
                          f"got {out.dtype} {tuple(out.shape)} on {out.device}")
     if _span(out) + 1 >= _INT32_LIMIT:
         raise ValueError(f"an output image of shape {tuple(out.shape[1:])} is too large for 32-bit indices")
+    out_strides = _pixel_strides(out)
+    if out_strides is None:
+        raise ValueError(f"out must be NCHW or channels-last, got strides {out.stride()}")
     if out.numel() == 0:
         return out
+    if gather_channels_last and _memory_format(x) != torch.channels_last and c > 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if _pixel_strides(offset) is None:
+        offset = offset.contiguous()
+    if mask is not None and _pixel_strides(mask) is None:
+        mask = mask.contiguous()
     mask_arg = mask if mask is not None else offset  # never read
     bias_arg = bias if bias is not None else packed  # never read
     interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -275,7 +307,7 @@ def deform_conv3x3_triton(x: Tensor, offset: Tensor, mask: Tensor | None, weight
     _dcn3x3_kernel[grid](
         x, offset, mask_arg, packed, bias_arg, out,
         h, w, c_out,
-        *x.stride(), *offset.stride(), *mask_arg.stride(), *out.stride(),
+        *x.stride(), *_pixel_strides(offset), *_pixel_strides(mask_arg), *out_strides,
         SAMPLES=plan.samples, SAMPLES_PAD=plan.samples_pad, CG=plan.cg, CG_PAD=plan.cg_pad, STEP=plan.step,
         BLOCK_P=block_p, BLOCK_CO=plan.block_co, CO_PAD=plan.co_pad,
         HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
