@@ -225,6 +225,63 @@ def _print_triton(result: dict[str, Any]) -> None:
                       f"{base / result['per_frame_ms'][name]:.2f}x torchvision fp32 ({base:.2f} ms)")
 
 
+def compile_report(arch: int, dtype: str, channels_last: bool, channels: int = 64, groups: int = 8,
+                   block_p: int | None = None, k_step: int | None = None, num_warps: int = 4,
+                   num_stages: int = 2) -> dict[str, Any]:
+    """The Triton kernel compiled for compute capability ``arch`` without a GPU (Triton's own
+    compiler and the ptxas it ships): registers, spills, shared memory, which matrix instructions
+    and which copy widths, for pointers aligned and strides specialised as at 540x960."""
+    import inspect
+    import re
+    import subprocess
+    from collections import Counter
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vsedvr.nets import deform_triton as dt
+
+    fn = dt._dcn3x3_kernel
+    params = list(inspect.signature(fn.fn).parameters)
+    plan = dt._Plan(channels, channels, groups, k_step or dt.DEFAULT_K_STEP)
+    constants: dict[str, Any] = dict(
+        SAMPLES=plan.samples, SAMPLES_PAD=plan.samples_pad, CG=plan.cg, CG_PAD=plan.cg_pad, STEP=plan.step,
+        BLOCK_P=block_p or dt.DEFAULT_BLOCK_P, BLOCK_CO=plan.block_co, CO_PAD=plan.co_pad, HAS_MASK=True,
+        HAS_BIAS=True, DOT_FP32=False)
+    # strides that are 1 are specialised by Triton's launcher, as at run time
+    for unit in (["sxc"] if channels_last else ["sxw"]) + ["sop", "smp", "syp"]:
+        constants[unit] = 1
+    signature = {p: ("constexpr" if p in constants else f"*{dtype}" if p.endswith("_ptr") else "i32") for p in params}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params)
+               if signature[p] != "constexpr" and p not in ("H", "C_OUT")}  # 540 is not a multiple of 16
+    source = ASTSource(fn=fn, signature=signature, constexprs={p: constants[p] for p in constants}, attrs=aligned)
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=num_warps, num_stages=num_stages))
+    ptx = kernel.asm["ptx"]
+    report: dict[str, Any] = dict(triton=triton.__version__, arch=arch, dtype=dtype, channels_last=channels_last,
+                                  shared_bytes=kernel.metadata.shared)
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if ptxas.exists():
+        folder = Path(os.environ.get("TMPDIR", "/tmp"))
+        (folder / "vsedvr_dcn.ptx").write_text(ptx)
+        suffix = "a" if arch >= 90 else ""
+        proc = subprocess.run([str(ptxas), f"-arch=sm_{arch}{suffix}", "-v", str(folder / "vsedvr_dcn.ptx"),
+                               "-o", str(folder / "vsedvr_dcn.cubin")], capture_output=True, text=True)
+        info = proc.stdout + proc.stderr
+        registers = re.search(r"Used (\d+) registers", info)
+        spills = re.search(r"(\d+) bytes spill stores", info)
+        report.update(registers=int(registers.group(1)) if registers else None,
+                      spill_store_bytes=int(spills.group(1)) if spills else None)
+    report["matrix_instructions"] = sorted(set(re.findall(r"\b(wgmma\.mma_async[a-z0-9_.]*|mma\.sync[a-z0-9_.]*)", ptx)))
+    # how many instructions of each width the PTX holds (not how often they run)
+    report["async_copies"] = dict(Counter(f"{int(b, 16)} B" for b in
+                                          re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*?, (0x[0-9a-f]+)", ptx)))
+    report["global_loads"] = dict(Counter(re.findall(r"ld\.global[a-z0-9_.]*", ptx)))
+    report["global_stores"] = dict(Counter(re.findall(r"st\.global[a-z0-9_.]*", ptx)))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,8 +300,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="input frame size of the CUDA comparison (default 540x960; 12x16 with --triton)")
     parser.add_argument("--channels", type=int, default=64, help="feature channels C (64 EDVR-M, 128 EDVR-L)")
     parser.add_argument("--sweep", action="store_true", help="also time block-size variants of the fp16 kernel at L1")
+    parser.add_argument("--compile-report", type=int, metavar="ARCH", nargs="?", const=90,
+                        help="no timing: compile the Triton kernel for compute capability ARCH (default 90) "
+                             "without a GPU and report registers, spills and instructions")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE")
     args = parser.parse_args(argv)
+    if args.compile_report:
+        reports = [compile_report(args.compile_report, dtype, channels_last, args.channels)
+                   for dtype in ("fp16", "bf16") for channels_last in (True, False)]
+        for r in reports:
+            print(f"sm_{r['arch']} {r['dtype']} {'channels-last' if r['channels_last'] else 'NCHW'} gather "
+                  f"(Triton {r['triton']}): {r.get('registers')} registers, {r.get('spill_store_bytes')} bytes spilled, "
+                  f"{r['shared_bytes']} B shared; {', '.join(r['matrix_instructions']) or 'no matrix instructions'}; "
+                  f"PTX copy instructions: async {r['async_copies']}, loads {r['global_loads']}, "
+                  f"stores {r['global_stores']}")
+        if args.json:
+            args.json.write_text(json.dumps(reports, indent=2))
+        return 0
     if args.triton or args.device == "cuda":
         if args.device == "cpu":
             os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported

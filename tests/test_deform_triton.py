@@ -234,7 +234,8 @@ def test_positions_beyond_1024_keep_their_fraction(request: pytest.FixtureReques
 
 @needs_triton
 def test_nan_offsets_give_nan_at_their_pixel_only(interpreted: dict[str, torch.Tensor]) -> None:
-    """As torchvision (whose CPU kernel cannot be run on NaN) and the CPU path: NaN in, NaN out."""
+    """As the CPU path: NaN in, NaN out at that pixel (torchvision's kernels index memory with the
+    NaN converted to an integer, which crashes here: no reference)."""
     out = interpreted["fp16-nan"]
     assert out[0, :, 0, 0].isnan().all() and not out[0, :, 1:].isnan().any() and not out[0, :, 0, 1:].isnan().any()
 
@@ -374,3 +375,22 @@ def test_bench_dcn_cuda_mode_runs_through_the_interpreter(tmp_path: Path) -> Non
             assert entry["median_ms"] > 0
             if name.startswith("triton"):
                 assert entry["rel_error"] < REL[HALF[name.split()[1]]], (name, entry)
+
+
+@needs_triton
+@pytest.mark.slow(reason="compiles the kernel four times for sm_90 with Triton's compiler (no GPU needed): ~20 s")
+def test_kernel_compiles_for_hopper_with_tensor_cores_and_no_spills(tmp_path: Path) -> None:
+    """What the GPU will run, read without one: wgmma products, nothing spilled, and 16-byte copies
+    of the corners when the input is channels-last (bench/bench_dcn.py --compile-report)."""
+    import json
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_dcn.py"
+    proc = subprocess.run([sys.executable, str(bench), "--compile-report", "90", "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = json.loads((tmp_path / "r.json").read_text())
+    assert len(reports) == 4
+    for r in reports:
+        assert any(i.startswith("wgmma.mma_async") for i in r["matrix_instructions"]), r
+        assert r["spill_store_bytes"] in (0, None), r
+        if r["channels_last"]:
+            assert r["async_copies"].get("16 B", 0) >= 4, r

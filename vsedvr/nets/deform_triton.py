@@ -118,7 +118,8 @@ def _dcn3x3_kernel(
         # float32 positions: integer base + offset, as torchvision's float32 kernel
         y = (oh[:, None] - 1 + (k // 3)[None, :]).to(tl.float32) + dy
         x = (ow[:, None] - 1 + (k % 3)[None, :]).to(tl.float32) + dx
-        # torchvision's test, written so that NaN passes it (and then propagates, as there)
+        # torchvision's test, written so that NaN passes it; a NaN position then gives NaN (as on
+        # the CPU path; torchvision converts it to an integer index, undefined behaviour)
         inside = ~((y <= -1.0) | (y >= H) | (x <= -1.0) | (x >= W))
         finite = inside & (y == y) & (x == x) & ps
         ys = tl.where(finite, y, 0.0)
