@@ -41,6 +41,8 @@ ABS = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="Triton is not installed (it comes with PyTorch's Linux wheels)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_tensor_cores = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                                        reason="needs an NVIDIA GPU of compute capability 8.0 or later")
 
 
 def _inputs(n: int, c: int, h: int, w: int, groups: int, *, dtype: torch.dtype, scale: float, seed: int,
@@ -277,7 +279,7 @@ def test_weight_packing_layout_and_cache(c: int, groups: int) -> None:
 GPU_SHAPES = [(1, 64, 540, 960, 8), (1, 64, 270, 480, 8), (1, 64, 135, 240, 8)]
 
 
-@needs_cuda
+@needs_tensor_cores
 @needs_triton
 @pytest.mark.parametrize("tag", list(HALF))
 @pytest.mark.parametrize("shape", GPU_SHAPES + [(1, 64, 1080, 1920, 8)], ids=lambda s: "x".join(map(str, s[2:4])))
@@ -300,7 +302,7 @@ def test_gpu_kernel_matches_torchvision_fp32(tag: str, shape: tuple[int, ...]) -
         _assert_close(got, expected, dtype)
 
 
-@needs_cuda
+@needs_tensor_cores
 @needs_triton
 def test_gpu_dispatch_half_to_triton_fp32_to_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, torch.dtype]] = []
@@ -320,6 +322,36 @@ def test_gpu_dispatch_half_to_triton_fp32_to_torchvision(monkeypatch: pytest.Mon
     with torch.inference_mode(), deform.fast_path(False):
         deform_conv3x3(**_inputs(1, 16, 20, 24, 2, dtype=torch.float16, scale=2.0, seed=3, device="cuda"))
     assert calls[-1] == ("torchvision", torch.float32)  # upcast, as the reference path
+
+
+@needs_tensor_cores
+@needs_triton
+def test_gpu_whole_edvr_fp16_with_the_triton_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDVR-M's layout (64 channels, 8 groups) in fp16 on CUDA: every DCN goes to the Triton
+    kernel, and the frame is within fp16 rounding of the same network with the fp32 DCN."""
+    from seeded import seed_weights
+    from vsedvr.nets import EDVR
+    from vsedvr.nets import deform_triton
+
+    calls: list[int] = []
+    original = deform_triton.deform_conv3x3_triton
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(deform_triton, "deform_conv3x3_triton", counted)
+    net = seed_weights(EDVR(num_feat=64, deformable_groups=8, num_extract_block=2, num_reconstruct_block=2),
+                       offset_bias_std=3.0, offset_weight_std=0.01).cuda().half()
+    x = torch.rand(1, 5, 3, 96, 128, generator=torch.Generator().manual_seed(4)).cuda().half()
+    with torch.inference_mode():
+        got = net(x).float()
+        assert len(calls) == 4 * 5
+        with deform.fast_path(False):
+            expected = net(x).float()
+    assert len(calls) == 4 * 5
+    mse = ((got - expected) ** 2).mean().item()
+    assert mse < 1e-6 and (got - expected).abs().max() < 0.05, (mse, (got - expected).abs().max().item())
 
 
 @needs_cuda

@@ -41,6 +41,7 @@ This module imports Triton; :mod:`vsedvr.nets.deform` imports it only when Trito
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -303,19 +304,29 @@ def deform_conv3x3_triton(x: Tensor, offset: Tensor, mask: Tensor | None, weight
         mask = mask.contiguous()
     mask_arg = mask if mask is not None else offset  # never read
     bias_arg = bias if bias is not None else packed  # never read
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     grid = (triton.cdiv(h * w, block_p), n, plan.co_pad // plan.block_co)
+    # Triton launches on the current device's current stream: make x's device current
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _launch(grid, x, offset, mask_arg, packed, bias_arg, out, out_strides, plan, mask is not None,
+                bias is not None, block_p, num_warps, num_stages)
+    return out
+
+
+def _launch(grid: tuple[int, int, int], x: Tensor, offset: Tensor, mask_arg: Tensor, packed: Tensor,
+            bias_arg: Tensor, out: Tensor, out_strides: tuple[int, int, int], plan: _Plan, has_mask: bool,
+            has_bias: bool, block_p: int, num_warps: int, num_stages: int) -> None:
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    h, w = x.shape[2:]
     _dcn3x3_kernel[grid](
         x, offset, mask_arg, packed, bias_arg, out,
-        h, w, c_out,
+        h, w, out.shape[1],
         *x.stride(), *_pixel_strides(offset), *_pixel_strides(mask_arg), *out_strides,
         SAMPLES=plan.samples, SAMPLES_PAD=plan.samples_pad, CG=plan.cg, CG_PAD=plan.cg_pad, STEP=plan.step,
         BLOCK_P=block_p, BLOCK_CO=plan.block_co, CO_PAD=plan.co_pad,
-        HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
+        HAS_MASK=has_mask, HAS_BIAS=has_bias,
         DOT_FP32=interpreted and x.dtype == torch.bfloat16,
         num_warps=num_warps, num_stages=num_stages,
     )
-    return out
 
 
 # Opaque to torch.compile, like the CPU path's operator in .deform.
