@@ -136,6 +136,12 @@ def _cases() -> dict[str, dict[str, Any]]:
     special["offset"][0, 5, 3, 3] = 6e4
     special["offset"][0, 20, 4, 4] = -6e4
     cases["fp16-inf-huge"] = special
+    # offsets and mask in float32 with bfloat16 features (the direction of computing the offsets in
+    # float32 under bf16): each tensor is read in its own type
+    mixed = _inputs(1, 16, 7, 9, 2, dtype=torch.bfloat16, scale=2.5, seed=112)
+    wide = _inputs(1, 16, 7, 9, 2, dtype=torch.float32, scale=2.5, seed=113)
+    mixed["offset"], mixed["mask"], mixed["tuning"] = wide["offset"], wide["mask"], QUICK
+    cases["bf16-fp32-offsets"] = mixed
     nan = _inputs(1, 4, 5, 6, 2, dtype=torch.float16, scale=1.0, seed=109)
     nan["offset"][0, 7, 0, 0] = float("nan")
     cases["fp16-nan"] = nan
@@ -163,7 +169,8 @@ CASES = _cases()
 #: bfloat16 runs the same code as float16 but for the type: the fast tier keeps EDVR-M's shape,
 #: the far positions and the border in bfloat16, the full suite the rest.
 SLOW = {name for name in CASES if name.startswith("bf16-") and not name.startswith(("bf16-1x64", "bf16-far-x",
-                                                                                     "bf16-border", "bf16-nchw-gather-"))}
+                                                                                     "bf16-border", "bf16-nchw-gather-",
+                                                                                     "bf16-fp32-offsets"))}
 _slow = pytest.mark.slow(reason="bfloat16 variants of cases the fast tier runs in float16: "
                                 "a second interpreter process, several seconds")
 
