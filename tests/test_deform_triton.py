@@ -280,6 +280,55 @@ def test_weight_packing_layout_and_cache(c: int, groups: int) -> None:
     assert pack_weight(weight, groups, torch.float16).max() == 100.0
 
 
+@needs_triton
+@pytest.mark.parametrize("error, raised", [(RuntimeError("PassManager::run failed"), False),
+                                           (ValueError("bad shape"), True)], ids=["compile-error", "value-error"])
+def test_dispatch_falls_back_to_torchvision_when_the_kernel_cannot_run(monkeypatch: pytest.MonkeyPatch,
+                                                                      error: Exception, raised: bool) -> None:
+    """Where the Triton path applies (made to apply here on the CPU) and the kernel fails to
+    compile: one warning naming the error, then the float32 path's result; a ValueError (bad
+    arguments) is raised as it is."""
+    from vsedvr.nets import deform_triton
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(deform, "use_triton_path", lambda x: x.dtype == torch.float16)
+    monkeypatch.setattr(deform_triton, "deform_conv3x3_triton", broken)
+    monkeypatch.setattr(deform, "_triton_support", {})
+    a = _inputs(1, 8, 5, 6, 2, dtype=torch.float16, scale=2.0, seed=12)
+    with torch.inference_mode():
+        if raised:
+            with pytest.raises(ValueError, match="bad shape"):
+                deform_conv3x3(**a)
+            return
+        with pytest.warns(RuntimeWarning, match="Triton deformable convolution does not run.*PassManager"):
+            got = deform_conv3x3(**a)
+        expected = deform_conv3x3(**{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in a.items()})
+    assert torch.equal(got, expected.half())
+    assert deform._triton_support == {(None, torch.float16): False}
+
+
+@needs_triton
+def test_dispatch_hands_the_kernel_half_precision_tensors_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No float32 copies on the Triton path: the kernel gets the caller's tensors themselves."""
+    from vsedvr.nets import deform_triton
+
+    received: list[tuple[Any, ...]] = []
+
+    def recorder(*args: Any, **kwargs: Any) -> torch.Tensor:
+        received.append(args)
+        return args[0].new_zeros(args[0].shape)
+
+    monkeypatch.setattr(deform, "use_triton_path", lambda x: x.dtype == torch.bfloat16)
+    monkeypatch.setattr(deform_triton, "deform_conv3x3_triton", recorder)
+    a = _inputs(1, 8, 5, 6, 2, dtype=torch.bfloat16, scale=2.0, seed=13)
+    with torch.inference_mode():
+        deform_conv3x3(**a)
+    assert len(received) == 1
+    assert all(got is a[k] for got, k in zip(received[0], ("x", "offset", "mask", "weight", "bias")))
+
+
 # --------------------------------------------------------------------------- on a GPU
 
 # EDVR-M's deformable convolutions at 540x960 input: L1 (and the cascade), L2, L3.
