@@ -329,6 +329,21 @@ def test_dispatch_hands_the_kernel_half_precision_tensors_as_they_are(monkeypatc
     assert all(got is a[k] for got, k in zip(received[0], ("x", "offset", "mask", "weight", "bias")))
 
 
+@needs_triton
+def test_operators_for_torch_compile_have_shapes_without_running() -> None:
+    """The opaque operators that torch.compile calls (the Triton kernel, torchvision on the default
+    stream) give inductor the output's shape, type and layout from meta tensors."""
+    from vsedvr.nets.deform_triton import deform_conv3x3_triton_op
+    a = {k: v.to("meta") if isinstance(v, torch.Tensor) else v
+         for k, v in _inputs(1, 8, 5, 6, 2, dtype=torch.float16, scale=1.0, seed=14, c_out=4).items()}
+    for x in (a["x"], a["x"].contiguous(memory_format=torch.channels_last)):
+        out = deform_conv3x3_triton_op(x, a["offset"], a["mask"], a["weight"], a["bias"], 2)
+        assert out.shape == (1, 4, 5, 6) and out.dtype == torch.float16 and out.device.type == "meta"
+        assert out.is_contiguous(memory_format=torch.channels_last) == (x.stride(1) == 1)
+    out = deform._torchvision_on_cuda_op(a["x"].float(), a["offset"].float(), None, a["weight"].float(), None)
+    assert out.shape == (1, 4, 5, 6) and out.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------- on a GPU
 
 # EDVR-M's deformable convolutions at 540x960 input: L1 (and the cascade), L2, L3.
