@@ -46,7 +46,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import deform_conv2d
 
 from .stable import stable_addmm
 
@@ -213,6 +212,15 @@ def _torchvision_on_cuda_op(x: Tensor, offset: Tensor, mask: Tensor | None, weig
 @_torchvision_on_cuda_op.register_fake
 def _(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, *, padding: int,
+                  mask: Tensor | None) -> Tensor:
+    """``torchvision.ops.deform_conv2d``, imported at the first call: importing torchvision takes
+    about 1.6 s of CPU (it imports torch._dynamo), which the CPU and half-precision CUDA paths
+    never need."""
+    from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+    return torchvision_deform_conv2d(x, offset, weight, bias, padding=padding, mask=mask)
 
 
 def _check(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
