@@ -7,16 +7,17 @@ upcasting them and without a column buffer in memory: one fused kernel (an impli
 
 How. A program owns ``BLOCK_P`` output pixels of one image and all output channels (up to 128;
 more are split over programs). The reduction runs over (deformable group, tap, channel of the
-group), ``samples_per_step`` (group, tap) pairs at a time:
+group), ``k_step / (C/G)`` (group, tap) pairs at a time (``k_step`` columns, 32 by default):
 
 1. the offsets and the mask of those samples are read once, in their own type, and the sampling
    positions, the four bilinear weights and the frame test are computed in float32: the same
    operations as torchvision's float32 kernel (integer base + offset, floor, 1 - fraction), so a
    position near x = 4000 keeps its fraction to 2^-12 px, where a half-precision position has
    steps of 2 px;
-2. the four corners of every sample are read for the group's channels (one vector per corner
-   when the input is channels-last) and summed in float32 times the mask: a
-   ``BLOCK_P x (samples_per_step * C/G)`` tile of the im2col matrix, which exists only in registers;
+2. the four corners of every sample are read for the group's channels (one 16-byte vector per
+   corner: NCHW input is first copied to channels-last, see ``GATHER_CHANNELS_LAST``) and summed
+   in float32 times the mask: a
+   ``BLOCK_P x k_step`` tile of the im2col matrix, which exists only in registers;
 3. that tile, rounded once to the input's type, goes into ``tl.dot`` with the matching rows of the
    weight (tensor cores, float32 accumulation).
 
@@ -33,9 +34,11 @@ Layout rules, as in the reference: offset channel ``18 g + 2 k`` is the row shif
 ``18 g + 2 k + 1`` the column shift of tap ``k = 3 i + j`` in deformable group ``g``, mask channel
 ``9 g + k``, input channels ``g C/G .. (g + 1) C/G - 1`` belong to group ``g``; a sample counts only
 when -1 < y < H and -1 < x < W, and each corner outside the frame reads 0. Any strides are
-accepted for ``x``, ``offset``, ``mask`` (the network passes a channel slice of the offset
-convolution's output); the output is channels-last when ``x`` is. Launched on the current CUDA
-stream, as every Triton kernel. Not differentiable.
+accepted for ``x``; ``offset`` and ``mask`` are read in place when their rows and columns merge
+into one pixel index (NCHW, channels-last, and the channel slice of the offset convolution's
+output that the network passes), else copied; the output is channels-last when ``x`` is.
+Launched on the current CUDA stream of ``x``'s device, as every Triton kernel. Not differentiable.
+``bench/bench_dcn.py --compile-report`` shows what the compiler makes of it without a GPU.
 
 This module imports Triton; :mod:`vsedvr.nets.deform` imports it only when Triton can run.
 """
