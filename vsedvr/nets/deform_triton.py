@@ -7,7 +7,8 @@ upcasting them and without a column buffer in memory: one fused kernel (an impli
 
 How. A program owns ``BLOCK_P`` output pixels of one image and all output channels (up to 128;
 more are split over programs). The reduction runs over (deformable group, tap, channel of the
-group), ``k_step / (C/G)`` (group, tap) pairs at a time (``k_step`` columns, 32 by default):
+group), ``k_step / (C/G)`` (group, tap) pairs at a time (``k_step`` columns, 32 by default; C/G
+rounded up to a power of two):
 
 1. the offsets and the mask of those samples are read once, in their own type, and the sampling
    positions, the four bilinear weights and the frame test are computed in float32: the same
