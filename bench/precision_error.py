@@ -2,13 +2,15 @@
 """How far fp16 / bf16 output is from fp32 output (what ``precision=`` trades for speed).
 
 The whole network is converted, as ``core.edvr.Restore(..., precision="fp16")`` does; the
-deformable convolutions compute half input in fp32. Prints, per model and precision, the PSNR of
+deformable convolutions compute sampling positions in fp32 (on CUDA the Triton kernel of
+``vsedvr/nets/deform_triton.py``, half-precision input and products; elsewhere fp32 throughout). Prints, per model and precision, the PSNR of
 the half-precision output against the fp32 output (higher is closer; 8-bit video is
 indistinguishable above ~50 dB) and the max absolute difference.
 
-First, why the deformable convolutions compute in fp32: one of them on a 1280 px wide strip,
-torchvision's fp16 kernel against vsedvr's (fp32 on the same fp16 inputs), both against float64, by x range
-(the fp16 kernel computes sampling positions in fp16, which loses their fraction far from x = 0).
+First, why the deformable convolutions compute positions in fp32: one of them on a 1280 px wide
+strip, torchvision's fp16 kernel against vsedvr's on the same fp16 inputs (on CUDA the Triton
+kernel, on the CPU fp32), both against float64, by x range (the fp16 kernel computes sampling
+positions in fp16, which loses their fraction far from x = 0).
 
 Default: the bundled ``edvr_demo`` model and EDVR-M with random weights, on held-out clips
 (pictures the demo model never saw, synthetic motion, bicubic x4 down), on CUDA when PyTorch sees
@@ -56,7 +58,7 @@ def dcn_error_by_position(device: torch.device, width: int = 1280) -> list[tuple
     """(kernel, x0, x1, max, mean |error| against float64) for one modulated deformable conv."""
     from torchvision.ops import deform_conv2d
 
-    from vsedvr.nets.deform import deform_conv3x3
+    from vsedvr.nets.deform import deform_conv3x3, use_triton_path
 
     g = torch.Generator().manual_seed(0)
     c, h = 8, 8
@@ -69,10 +71,11 @@ def dcn_error_by_position(device: torch.device, width: int = 1280) -> list[tuple
     args = [t.half() for t in (x, offset, weight, mask)]  # what a fp16 network hands the DCN
     reference = deform_conv2d(*(t.double() for t in args[:3]), padding=1, mask=args[3].double())
     with torch.inference_mode():  # as in Restore (on the CPU: vsedvr's fast path)
+        ours = "vsedvr (Triton)" if use_triton_path(args[0].to(device)) else "vsedvr"
         kernels = {
             "fp16 (torchvision)": deform_conv2d(*(t.to(device) for t in args[:3]), padding=1,
                                                 mask=args[3].to(device)),
-            "vsedvr": deform_conv3x3(*(t.to(device) for t in (args[0], args[1], args[3], args[2])), None, 1),
+            ours: deform_conv3x3(*(t.to(device) for t in (args[0], args[1], args[3], args[2])), None, 1),
         }
     rows = []
     for name, out in kernels.items():

@@ -1,4 +1,6 @@
-"""Fast modulated deformable 3x3 convolution (DCNv2) for inference on CPU.
+"""Fast modulated deformable 3x3 convolution (DCNv2) for inference on CPU, and the choice of
+kernel per device and type (:func:`deform_conv3x3`; on CUDA half precision goes to the Triton
+kernel of :mod:`vsedvr.nets.deform_triton`, the rest to torchvision, ordered with the current stream).
 
 :func:`modulated_deform_conv3x3` computes the same function as
 ``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)`` for the
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -43,11 +46,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import deform_conv2d
 
 from .stable import stable_addmm
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "deform_conv3x3", "fast_path", "modulated_deform_conv3x3", "use_fast_path"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "deform_conv3x3", "fast_path", "modulated_deform_conv3x3", "use_fast_path",
+           "use_triton_path"]
 
 _TAPS = 9
 # Zero padding of the sampling table: 2 rows/columns before the image, 3 after. Positions are
@@ -65,7 +68,8 @@ _enabled = True
 
 @contextmanager
 def fast_path(enabled: bool) -> Iterator[None]:
-    """Enable or disable the fast path of :func:`deform_conv3x3` (process-wide) inside a ``with``.
+    """Enable or disable vsedvr's own kernels in :func:`deform_conv3x3` (process-wide) inside a
+    ``with``: the CPU fast path and the Triton kernel on CUDA.
 
     ``with fast_path(False):`` makes every :class:`~vsedvr.nets.blocks.DCNPack` use
     torchvision's kernel, e.g. to compare against the reference.
@@ -78,7 +82,8 @@ def fast_path(enabled: bool) -> Iterator[None]:
         _enabled = previous
 
 
-#: Inputs whose deformable convolutions compute in float32. bfloat16: torchvision has no kernel for
+#: Inputs whose deformable convolutions compute in float32 where the Triton kernel does not run
+#: (:func:`use_triton_path`; it computes positions in float32 itself). bfloat16: torchvision has no kernel for
 #: it. float16: torchvision's kernels (CPU and CUDA) compute each sampling position in the input's
 #: type, and half precision cannot hold the fraction of a large coordinate (steps of 0.25 px from
 #: x = 256, 1 px from 1024), which is the alignment itself; bench/precision_error.py measures it.
@@ -90,19 +95,66 @@ def use_fast_path(x: Tensor) -> bool:
 
     Only when enabled (:func:`fast_path`), without autograd (``torch.no_grad`` or
     ``torch.inference_mode``: training keeps torchvision's differentiable op), and on CPU in
-    float32/float64, the case it was written and measured for; torchvision's CUDA kernel is
-    already parallel.
+    float32/float64, the case it was written and measured for (on CUDA half precision has
+    :func:`use_triton_path`).
     """
     return (_enabled and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64))
 
 
+def use_triton_path(x: Tensor) -> bool:
+    """Whether :func:`deform_conv3x3` takes the Triton kernel (:mod:`vsedvr.nets.deform_triton`)
+    for input ``x``: enabled (:func:`fast_path`), without autograd, on an NVIDIA GPU of compute
+    capability 8.0 or later (tensor cores for ``tl.dot`` in both types), float16 or bfloat16, where
+    Triton imports. Elsewhere (no Triton: Windows without a Triton build; older GPUs; ROCm) half
+    precision goes to torchvision in float32."""
+    return (_enabled and not torch.is_grad_enabled() and x.device.type == "cuda" and x.dtype in _FP32_DTYPES
+            and _triton_runs_on(x.device, x.dtype))
+
+
+_triton_support: dict[tuple[int | None, torch.dtype], bool] = {}
+
+
+def _triton_runs_on(device: torch.device, dtype: torch.dtype) -> bool:
+    key = (device.index, dtype)
+    if key not in _triton_support:
+        try:
+            from . import deform_triton  # noqa: F401 - imports Triton
+        except ImportError:
+            _triton_support[key] = False
+        else:
+            # Triton 3.6 emits tensor-core products from compute capability 8.0 (mma.sync; wgmma on
+            # 9.0); for 7.x it falls back to FMA with register spills. ROCm: not tried.
+            _triton_support[key] = not torch.version.hip and torch.cuda.get_device_capability(device)[0] >= 8
+    return _triton_support[key]
+
+
 def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
                    deformable_groups: int) -> Tensor:
-    """3x3 / stride 1 / pad 1 modulated deformable conv: :func:`modulated_deform_conv3x3` when
-    :func:`use_fast_path` allows it, else ``torchvision.ops.deform_conv2d``; float16 and bfloat16
-    input is computed in float32 (see ``_FP32_DTYPES``) and returned in its own type. Same
-    arguments as :func:`modulated_deform_conv3x3`."""
+    """3x3 / stride 1 / pad 1 modulated deformable conv, by device and type:
+
+    - CUDA, float16 / bfloat16 (:func:`use_triton_path`): the Triton kernel, in the input's type
+      with float32 positions;
+    - CPU, float32 / float64 (:func:`use_fast_path`): :func:`modulated_deform_conv3x3`;
+    - otherwise ``torchvision.ops.deform_conv2d``, float16 and bfloat16 computed in float32 (see
+      ``_FP32_DTYPES``) and returned in their own type; on CUDA ordered with the current stream
+      (:func:`_torchvision_on_cuda`).
+
+    Same arguments as :func:`modulated_deform_conv3x3`."""
+    if use_triton_path(x):
+        from .deform_triton import deform_conv3x3_triton, deform_conv3x3_triton_op, fits_int32
+        if fits_int32(x, offset, mask):
+            if torch.compiler.is_compiling():
+                return deform_conv3x3_triton_op(x, offset, mask, weight, bias, deformable_groups)
+            try:
+                return deform_conv3x3_triton(x, offset, mask, weight, bias, deformable_groups)
+            except (ValueError, torch.OutOfMemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a Triton or GPU that cannot compile it: say so, fall back
+                _triton_support[(x.device.index, x.dtype)] = False
+                warnings.warn(f"vsedvr: the Triton deformable convolution does not run on {x.device} in {x.dtype} "
+                              f"({type(e).__name__}: {str(e)[:300]}); torchvision's in float32 is used instead",
+                              RuntimeWarning, stacklevel=2)
     if x.dtype in _FP32_DTYPES:
         up = [None if t is None else t.float() for t in (offset, mask, weight, bias)]
         return deform_conv3x3(x.float(), up[0], up[1], up[2], up[3], deformable_groups).to(x.dtype)
@@ -110,8 +162,65 @@ def deform_conv3x3(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tenso
         if torch.compiler.is_compiling():
             return _modulated_deform_conv3x3_op(x, offset, mask, weight, bias, deformable_groups)
         return modulated_deform_conv3x3(x, offset, mask, weight, bias, deformable_groups)
+    if x.device.type == "cuda":
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            return _torchvision_on_cuda_op(x, offset, mask, weight, bias)
+        return _torchvision_on_cuda(x, offset, mask, weight, bias)
     return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
 
+
+# --------------------------------------------------------------------------- torchvision on CUDA
+#
+# torchvision up to 0.26 at least (pytorch/vision#9513, fixed by #9522 in July 2026) launches
+# deform_conv2d's im2col kernel with <<<blocks, threads>>>, on the legacy default stream, while
+# everything around it (the .contiguous() copies, the zero-filled column buffer, the GEMM, the
+# bias add) runs on the current stream. The engine runs the network on a stream of its own, which
+# PyTorch creates non-blocking: nothing orders the two, so im2col could read its input before it
+# was written, and the GEMM read the columns before im2col wrote them. Here the whole op runs with
+# the legacy default stream made current, so that all its kernels are on one stream, fenced both
+# ways: the default stream waits for the caller's stream before, the caller's stream for the
+# default stream after. The caching allocator: the inputs were allocated on the caller's stream
+# and stay referenced until the op is queued; once freed, their blocks go to the caller's stream,
+# whose later work is queued after the fence. The output was allocated on the default stream, so
+# it is recorded on the caller's stream, which keeps its block from being handed out on the
+# default stream before the caller's work on it has finished. Done on every torchvision: where the
+# kernel already uses the current stream, the op just runs on the default stream, fenced; which
+# release first has #9522 was not checked (0.29.1 has it).
+
+def _torchvision_on_cuda(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor,
+                         bias: Tensor | None) -> Tensor:
+    """``torchvision.ops.deform_conv2d`` on the legacy default stream, ordered with the current one."""
+    current = torch.cuda.current_stream(x.device)
+    legacy = torch.cuda.default_stream(x.device)
+    if current == legacy:
+        return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    legacy.wait_stream(current)
+    with torch.cuda.stream(legacy):
+        out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    current.wait_stream(legacy)
+    out.record_stream(current)
+    return out
+
+
+# Opaque to torch.compile: inductor would call torchvision's kernel on the current stream itself.
+@torch.library.custom_op("vsedvr::deform_conv2d_on_default_stream", mutates_args=())
+def _torchvision_on_cuda_op(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor,
+                            bias: Tensor | None) -> Tensor:
+    return _torchvision_on_cuda(x, offset, mask, weight, bias)
+
+
+@_torchvision_on_cuda_op.register_fake
+def _(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, *, padding: int,
+                  mask: Tensor | None) -> Tensor:
+    """``torchvision.ops.deform_conv2d``, imported at the first call: importing torchvision takes
+    about 1.6 s of CPU (it imports torch._dynamo), which the CPU and half-precision CUDA paths
+    never need."""
+    from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+    return torchvision_deform_conv2d(x, offset, weight, bias, padding=padding, mask=mask)
 
 
 def _check(x: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
