@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
-from .pools import LocalPool, RayPool
+from .ray_pool import RayPool
+from .scheduler import LocalPool
 from .segment import segment_name
-from .tools import RenderError, check_disk_full, decode_hashes, find_ffmpeg, tail
+from .tools import RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference, tail
 from .workdir import WorkDir
 
 __all__ = ["DEFAULT_SEGMENT", "render"]
@@ -108,7 +109,7 @@ def _ffmpeg_run(cmd: list[str], work: Path, what: str) -> None:
 
 
 def _count_frames(ffmpeg: str, path: Path) -> int:
-    proc = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"],
+    proc = subprocess.run(ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RenderError(f"cannot decode {path}:\n{tail(proc.stderr)}")
@@ -166,8 +167,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
                                ffmpeg_exe, keep, fresh, log, progress_interval, t_start)
     except BaseException:
         pool.kill()
-        for stale in work.path.glob(".seg-*.partial"):  # its workers' attempts in progress
-            stale.unlink(missing_ok=True)
+        work.remove_partials()  # its workers' attempts in progress
         raise
     return summary
 
@@ -241,9 +241,7 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     finally:
         progress.end_line()
     pool.close()
-    # attempts that never finished (a worker or node that died mid-segment) leave partial files
-    for stale in work.path.glob(".seg-*.partial"):
-        stale.unlink(missing_ok=True)
+    work.remove_partials()  # of attempts that never finished (a worker or node that died mid-segment)
     if failures:
         raise RenderError(f"{len(failures)} of {_count(len(ranges), 'segment')} failed "
                           f"({', '.join(map(str, sorted(failures)))}); "
@@ -260,7 +258,7 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     concat = work.path / "concat.txt"
     concat.write_text("".join(f"file '{segment_name(i)}'\n" for i in range(len(ranges))))
     partial = work.path / f"final.partial{output.suffix or '.mkv'}"
-    cmd = [ffmpeg_exe, "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(concat)]
+    cmd = ffmpeg_cmd(ffmpeg_exe, "-y", "-f", "concat", "-safe", "0", "-i", str(concat))
     if audio:
         cmd += ["-i", str(audio)]
     cmd += ["-map", "0:v:0"]
@@ -281,9 +279,9 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     else:
         got_hashes = decode_hashes(ffmpeg_exe, partial, records[0]["frame_size"])
         if got_hashes != hashes:
-            bad = next((i for i, (a, b) in enumerate(zip(got_hashes, hashes)) if a != b), min(len(got_hashes), frames))
             partial.unlink(missing_ok=True)
-            raise RenderError(f"the joined result differs from the verified segments at frame {bad} "
+            raise RenderError(f"the joined result differs from the verified segments at frame "
+                              f"{first_difference(got_hashes, hashes)} "
                               f"({len(got_hashes)} frames decoded, {frames} expected); the segments are kept")
     _move(partial, output)
     work.record_file("final", output, key=finish_key, verified="frame hashes" if not encode else "frame count")

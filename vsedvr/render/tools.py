@@ -1,5 +1,6 @@
-"""The external programs a render drives: finding vspipe and ffmpeg, the size of a yuv4mpeg frame,
-colour tags for ffmpeg, decoding a file into per-frame hashes."""
+"""The external programs a render drives: finding ffmpeg and building its command lines, keeping a
+program's stderr for a message, the size of a yuv4mpeg frame, colour tags for ffmpeg, the frame
+hash and decoding a file into per-frame hashes."""
 from __future__ import annotations
 
 import hashlib
@@ -7,15 +8,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RenderError", "DiskFullError", "Y4MFormat", "colour_filter", "decode_hashes", "find_ffmpeg",
-           "find_vspipe", "frame_hash", "tail"]
+__all__ = ["RenderError", "DiskFullError", "StderrFile", "Y4MFormat", "colour_filter", "decode_hashes",
+           "ffmpeg_cmd", "find_ffmpeg", "first_difference", "frame_hash", "new_frame_hash", "tail"]
 
 _NO_SPACE = "No space left on device"
 
@@ -33,6 +33,30 @@ def tail(text: str | bytes, lines: int = 12) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class StderrFile:
+    """A program's stderr, kept in a temporary file (a pipe nobody reads while the program runs
+    would fill and block it); :meth:`text` reads it once and closes it."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in text()
+
+    def text(self) -> str:
+        self.file.seek(0)
+        data = self.file.read().decode("utf-8", "replace")
+        self.file.close()
+        return data
+
+
+def ffmpeg_cmd(ffmpeg: str, *args: str) -> list[str]:
+    """An ffmpeg command line: no stdin, errors only, then ``args``."""
+    return [ffmpeg, "-nostdin", "-v", "error", *args]
+
+
+def first_difference(got: list[str], want: list[str]) -> int:
+    """The first index at which two hash lists differ (the shorter one's length if one is a prefix)."""
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
 
 
 def check_disk_full(stderr: str, where: Path) -> None:
@@ -60,23 +84,6 @@ def find_ffmpeg(explicit: str | os.PathLike | None = None) -> str:
         pass
     raise RenderError("no ffmpeg found: install ffmpeg (it must be on PATH), pass --ffmpeg PATH, "
                       "or `pip install imageio-ffmpeg` (ships a static ffmpeg with ffv1)")
-
-
-def find_vspipe(explicit: str | os.PathLike | None = None) -> str:
-    """``explicit``, else vspipe beside this Python, else on PATH; RenderError if none."""
-    if explicit:
-        path = shutil.which(str(explicit))
-        if path is None:
-            raise RenderError(f"--vspipe {explicit}: no such executable")
-        return path
-    beside = Path(sys.executable).parent / "vspipe"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    path = shutil.which("vspipe")
-    if path:
-        return path
-    raise RenderError("no vspipe found beside this Python or on PATH; install VapourSynth "
-                      "(`pip install vapoursynth`) or pass --vspipe PATH")
 
 
 def colour_filter(props: Mapping[str, int]) -> dict[str, Any]:
@@ -126,28 +133,33 @@ class Y4MFormat:
         return planes * sample
 
 
+def new_frame_hash() -> Any:
+    """The hash of one frame, fed plane bytes in order (MD5: what ffmpeg's framemd5 computes). The
+    one definition for the hashes recorded while rendering and those of a decoded file."""
+    return hashlib.md5()
+
+
 def frame_hash(payload: bytes | memoryview) -> str:
-    """The hash recorded for one frame (MD5 of its planes, the bytes ffmpeg's framemd5 also hashes)."""
-    return hashlib.md5(payload).hexdigest()
+    """The hash recorded for one frame's planes."""
+    h = new_frame_hash()
+    h.update(payload)
+    return h.hexdigest()
 
 
-def decode_hashes(ffmpeg: str, path: Path, frame_size: int, pix_fmt: str | None = None) -> list[str]:
+def decode_hashes(ffmpeg: str, path: Path, frame_size: int) -> list[str]:
     """Decodes the first video stream of ``path`` to raw frames and hashes each one."""
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo"]
-    if pix_fmt:
-        cmd += ["-pix_fmt", pix_fmt]
+    cmd = ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-")
     # stderr to a file, not a pipe read after stdout: a corrupt file makes ffmpeg print an error per
     # slice and frame, and a full stderr pipe would block it (and this loop) for good
-    with tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen(cmd + ["-"], stdout=subprocess.PIPE, stderr=err_file)
-        try:
-            hashes = _hash_frames(proc, frame_size)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            code = proc.wait()
-        err_file.seek(0)
-        err = err_file.read().decode("utf-8", "replace")
+    err_file = StderrFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file.file)
+    try:
+        hashes = _hash_frames(proc, frame_size)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+    err = err_file.text()
     if code != 0:
         hashes.append(f"decode error: {tail(err, 3)}")
     return hashes

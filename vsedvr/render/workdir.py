@@ -122,15 +122,21 @@ class WorkDir:
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RenderError(f"cannot create the work folder {self.path}: {e}") from e
-        for stale in self.path.glob(".*.partial"):  # attempts of an earlier run that never finished
-            stale.unlink(missing_ok=True)
+        self.remove_partials()  # attempts of an earlier run that never finished
         for old in (self.path / "progress").iterdir():
             old.unlink(missing_ok=True)
         self.save()
 
+    def remove_partials(self) -> None:
+        """Deletes the files of attempts in progress or abandoned (segments and the join)."""
+        for pattern in (".*.partial", "final.partial.*"):
+            for stale in self.path.glob(pattern):
+                stale.unlink(missing_ok=True)
+
     def clear(self) -> None:
         """Deletes what vsedvr wrote here (and nothing else)."""
-        for pattern in ("seg-*.mkv", ".*.partial", "joined.mkv", "concat.txt", "final.partial.*", MANIFEST):
+        self.remove_partials()
+        for pattern in ("seg-*.mkv", "joined.mkv", "concat.txt", MANIFEST):
             for f in self.path.glob(pattern):
                 f.unlink(missing_ok=True)
         for sub in ("attempts", "progress"):

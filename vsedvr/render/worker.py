@@ -5,15 +5,10 @@ Each segment is VapourSynth's own yuv4mpeg output of ``clip[start:end + 1]`` (th
 y4m --start --end`` writes, byte for byte), hashed frame by frame on its way into ffmpeg's FFV1
 encoder. The decode check of a segment runs in a thread while the next segment renders.
 
-Protocol: JSON lines. stdin: the job first (script, args, output_index, work_dir, ffmpeg), then
-tasks (index, start, end). stdout (the script's own prints go to stderr): ``ready`` (clip info) or
-``error``, then per task ``started``, ``rendered``, and ``done`` (the manifest record) or
-``failed``. stdin closed: the worker ends (killing its ffmpeg processes if it was still busy).
+It speaks :mod:`.protocol` on stdin and stdout; the script's own prints go to stderr.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import queue
 import secrets
@@ -21,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -29,9 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..zoo.cache import sha256_file
-from .segment import FFV1_ARGS, SegmentFailed, segment_name, verify_segment
-from .tools import RenderError, Y4MFormat, check_disk_full, colour_filter, find_ffmpeg, tail
+from .protocol import decode, encode
+from .segment import FFV1_ARGS, SegmentFailed, check_rendered, segment_name, segment_where
+from .tools import (RenderError, StderrFile, Y4MFormat, check_disk_full, colour_filter, ffmpeg_cmd, find_ffmpeg,
+                    new_frame_hash, tail)
 
 __all__ = ["SegmentWriter", "clip_info", "evaluate", "main", "segment_clip"]
 
@@ -124,7 +119,7 @@ class SegmentWriter:
         self.hashes: list[str] = []
         self._line = bytearray()
         self._left = 0  # payload bytes of the current frame still to come
-        self._md5 = hashlib.md5()
+        self._hash = new_frame_hash()
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -150,13 +145,13 @@ class SegmentWriter:
                 continue
             chunk = view[:self._left]
             view = view[self._left:]
-            self._md5.update(chunk)
+            self._hash.update(chunk)
             assert self.sink is not None
             self.sink.write(chunk)
             self._left -= len(chunk)
             if self._left == 0:
-                self.hashes.append(self._md5.hexdigest())
-                self._md5 = hashlib.md5()
+                self.hashes.append(self._hash.hexdigest())
+                self._hash = new_frame_hash()
                 if self.on_frame is not None:
                     self.on_frame(len(self.hashes))
         return n
@@ -197,12 +192,12 @@ class Worker:
         self.work = Path(job["work_dir"])
         self.ffmpeg = find_ffmpeg(job.get("ffmpeg"))
         self.clip: Any = None
-        self.checks: queue.Queue[tuple[dict[str, Any], Path, list[str], int, str, float] | None] = queue.Queue()
+        self.checks: queue.Queue[dict[str, Any] | None] = queue.Queue()  # "rendered" events
         self.fatal = False
 
     def send(self, event: dict[str, Any]) -> None:
         with self.out_lock:
-            self.out.write(json.dumps(event) + "\n")
+            self.out.write(encode(event))
             self.out.flush()
 
     def render(self, task: Mapping[str, Any]) -> None:
@@ -210,7 +205,7 @@ class Worker:
         import vapoursynth as vs
 
         index, start, end = int(task["index"]), int(task["start"]), int(task["end"])
-        where = f"segment {index} (frames {start}-{end})"
+        where = segment_where(task)
         with open(self.work / "attempts" / f"{index:05d}", "a") as log:  # one line per attempt
             log.write(f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
         self.send({"event": "started", "index": index})
@@ -218,16 +213,15 @@ class Worker:
         partial = self.work / f".{segment_name(index)[:-4]}.{secrets.token_hex(4)}.partial"
         props: dict[str, Any] = {}
         seg = segment_clip(self.clip, start, end, props)
-        err = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        err = StderrFile()
         procs: list[subprocess.Popen] = []
         colour: dict[str, str] = {}
 
         def open_sink() -> BinaryIO:
             colour.update(colour_filter(props))
-            cmd = [self.ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0",
-                   "-map", "0:v:0", *(["-vf", colour["filter"]] if colour else []), *FFV1_ARGS,
-                   "-f", "matroska", str(partial)]
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err))
+            cmd = ffmpeg_cmd(self.ffmpeg, "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0", "-map", "0:v:0",
+                             *(["-vf", colour["filter"]] if colour else []), *FFV1_ARGS, "-f", "matroska", str(partial))
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err.file))
             assert procs[0].stdin is not None
             return procs[0].stdin  # type: ignore[return-value]
 
@@ -257,9 +251,7 @@ class Worker:
             else:
                 code = 0
         _write_progress(progress, len(writer.hashes))
-        err.seek(0)
-        ff_text = err.read().decode("utf-8", "replace")
-        err.close()
+        ff_text = err.text()
         seconds = time.perf_counter() - t0
         try:
             check_disk_full(ff_text, self.work)
@@ -280,9 +272,10 @@ class Worker:
                   "y4m_header": writer.header.decode("ascii").strip(), "colour": colour.get("tags", {}),
                   "seconds": round(seconds, 3), "host": socket.gethostname()}
         # what the driver needs to check the file itself should this worker die before it does
-        self.send({"event": "rendered", "index": index, "record": record, "partial": str(partial),
-                   "hashes": writer.hashes})
-        self.checks.put((record, partial, writer.hashes, writer.format.frame_size, where, seconds))
+        rendered = {"event": "rendered", "index": index, "record": record, "partial": str(partial),
+                    "hashes": writer.hashes}
+        self.send(rendered)
+        self.checks.put(rendered)
 
     def check_loop(self) -> None:
         """Decodes each rendered segment and compares it with what VapourSynth wrote (while the
@@ -291,13 +284,11 @@ class Worker:
             item = self.checks.get()
             if item is None:
                 return
-            record, partial, hashes, frame_size, where, _ = item
             try:
-                final = verify_segment(self.ffmpeg, partial, hashes, frame_size, where)
-                record.update(file=final.name, size=final.stat().st_size, sha256=sha256_file(final), hashes=hashes)
+                record = check_rendered(self.ffmpeg, item, segment_where(item["record"]))
                 self.send({"event": "done", "record": record})
             except RenderError as e:
-                self.send({"event": "failed", "index": record["index"], "message": str(e),
+                self.send({"event": "failed", "index": item["index"], "message": str(e),
                            "fatal": not isinstance(e, SegmentFailed)})
             finally:
                 self.checks.task_done()
@@ -312,12 +303,14 @@ def main() -> None:
     line = sys.stdin.readline()
     if not line:
         os._exit(0)
-    job = json.loads(line)
+    job = decode(line) or {}
 
     def read_tasks() -> None:
         stopping = False
         for text in sys.stdin:
-            msg = json.loads(text)
+            msg = decode(text)
+            if msg is None:
+                continue
             stopping = stopping or bool(msg.get("stop"))
             tasks.put(msg)
         if not stopping:  # stdin closed without a stop: the driver (or the Ray actor) is gone
@@ -336,7 +329,7 @@ def main() -> None:
         info["host"] = socket.gethostname()
         info["pid"] = str(os.getpid())
     except RenderError as e:
-        out.write(json.dumps({"event": "error", "message": str(e)}) + "\n")
+        out.write(encode({"event": "error", "message": str(e)}))
         out.flush()
         os._exit(3)
     worker.send({"event": "ready", "info": info})

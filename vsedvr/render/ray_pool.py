@@ -1,0 +1,211 @@
+"""Workers on a Ray cluster: one actor per GPU (or per ``cpus_per_task`` CPUs of a node without
+GPUs), each running the same worker process as a local pool (:class:`~.process.WorkerProcess`) on
+its node; connecting to the cluster, with the checks that turn Ray's slow or silent failures
+(nobody listening, a missing token) into one message."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .process import WorkerProcess
+from .scheduler import Pool
+from .tools import RenderError
+
+__all__ = ["RayHandle", "RayPool", "RayWorkerActor"]
+
+
+class RayWorkerActor:
+    """The Ray actor (one per GPU or CPU slot): runs a :class:`WorkerProcess` on its node, in the
+    environment Ray gave it (CUDA_VISIBLE_DEVICES for its GPU)."""
+
+    def __init__(self, job: Mapping[str, Any], env: Mapping[str, str] | None, threads: str | None) -> None:
+        env = dict(os.environ if env is None else env)
+        # Ray set CUDA_VISIBLE_DEVICES for this actor (num_gpus=1); the driver's value means nothing here
+        env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "") if threads is None else ""
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
+        self.proc = WorkerProcess(job, env)
+
+    def poll(self, timeout: float) -> list[dict[str, Any]]:
+        return self.proc.poll(timeout)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.proc.send(message)
+
+    def close(self, wait: float) -> None:
+        self.proc.close(wait)
+
+
+class RayHandle:
+    """The driver's side of one actor, with WorkerProcess's methods."""
+
+    def __init__(self, ray: Any, actor_class: Any, job: Mapping[str, Any], env: Any, threads: str | None) -> None:
+        self.ray = ray
+        self.actor = actor_class.remote(job, env, threads)
+
+    def poll(self, timeout: float) -> list[dict[str, Any]]:
+        return self.ray.get(self.actor.poll.remote(timeout))
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self.actor.send.remote(dict(message))
+
+    def kill(self) -> None:
+        try:
+            self.ray.kill(self.actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def close(self, wait: float = 30.0) -> None:
+        try:
+            self.ray.get(self.actor.close.remote(wait), timeout=wait + 10)
+        except Exception:  # noqa: BLE001 - gone or stuck: killed below
+            pass
+        self.kill()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise RenderError(f"--ray needs Ray, which is not installed here ({e}); "
+                          f"pip install ray (on every node of the cluster)") from e
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fails fast on a HOST:PORT nobody listens on (ray.init would wait for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray://..., or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RenderError(f"cannot reach the Ray cluster at {address} ({e}); start its head node with "
+                          f"`ray start --head --port={port}` there, or check the address and the firewall") from e
+
+
+def _check_token(address: str) -> None:
+    """Connects to the cluster's GCS with the token this driver would send: a cluster with token
+    authentication refuses at once (ray.init would retry for 20 s, print a line per try and end with
+    "cannot connect", not naming the cause)."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray version: ray.init's own message then
+        return
+    try:
+        GcsClient(address=address, cluster_id=None)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE")
+        raise RenderError(f"cannot connect to Ray at {address}: {_AUTH_HINT}"
+                          f"{'' if mode == 'token' else ' (RAY_AUTH_MODE is ' + (mode or 'not set') + ' here)'}") from None
+    except Exception:  # noqa: BLE001 - anything else: ray.init says what
+        return
+
+
+def _errors_to_stderr(ray: Any) -> None:
+    """Ray's driver prints the cluster's error messages (a node or worker that died: kilobytes of
+    them) on stdout, which ``vsedvr render`` keeps empty: send them to stderr."""
+    worker_module = sys.modules.get("ray._private.worker")
+    original = getattr(worker_module, "print_to_stdstream", None)
+    if original is None or getattr(original, "_vsedvr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kw: Any) -> None:
+        original(dict(data, is_err=True), *args, **kw)
+
+    to_stderr._vsedvr = True  # type: ignore[attr-defined]
+    worker_module.print_to_stdstream = to_stderr  # type: ignore[union-attr]
+
+
+_AUTH_HINT = ("the cluster uses token authentication and this driver has no token or the wrong one: "
+              "run with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token (copy it from the "
+              "head node: `ray get-auth-token` there), in a file named by RAY_AUTH_TOKEN_PATH, or in "
+              "RAY_AUTH_TOKEN; see docs/long-videos.md")
+
+
+class RayPool(Pool):
+    """One actor per GPU of the cluster, or per ``cpus_per_task`` CPUs of a node on a cluster
+    without GPUs; each runs a worker process. ``address``: a cluster (``HOST:PORT``, ``auto``) or
+    None for $RAY_ADDRESS, else a new local cluster; a Ray already initialised in this process is
+    used as is."""
+
+    def __init__(self, address: str | None = None, retries: int = 2, env: Mapping[str, str] | None = None,
+                 cpus_per_task: int = 1) -> None:
+        self.address = address
+        self.retries = retries
+        self.env = dict(env) if env is not None else None
+        self.cpus_per_task = cpus_per_task
+        self.workers = 0
+        self._gpus = 0.0
+        self._started_ray = False
+
+    def connect(self) -> None:
+        """Joins (or starts) the cluster and counts its slots; RenderError with the cause when it cannot."""
+        ray = _import_ray()
+        if self.cpus_per_task < 1:
+            raise RenderError(f"--cpus-per-task must be at least 1, got {self.cpus_per_task}")
+        if not ray.is_initialized():
+            import logging
+
+            kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                kw["address"] = address
+                _check_reachable(address)
+                _check_token(address)
+            else:  # a new local cluster, as documented (ray.init() alone joins one started on this machine)
+                kw.update(address="local", include_dashboard=False)
+            try:
+                ray.init(**kw)
+            except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, AuthenticationError by version
+                text = " ".join(str(e).split())
+                where = address or "a new local cluster"
+                if "auth" in text.lower() and "token" in text.lower():
+                    raise RenderError(f"cannot connect to Ray at {where}: {_AUTH_HINT}") from None
+                raise RenderError(f"cannot connect to Ray at {where}: {text[:400]}. Start the head node with "
+                                  f"`ray start --head` and pass its address (--ray HOST:6379), or give --ray "
+                                  f"without an address for a new local cluster") from e
+            self._started_ray = not address
+        _errors_to_stderr(ray)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self._gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
+        if self._gpus:
+            self.workers = int(sum(n["Resources"].get("GPU", 0.0) // 1 for n in nodes))
+        else:
+            cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
+            self.workers = sum(c // self.cpus_per_task for c in cpus)
+            if self.workers == 0:
+                raise RenderError(f"--cpus-per-task {self.cpus_per_task}: no node of the Ray cluster has that many "
+                                  f"CPUs (its nodes have {', '.join(map(str, cpus)) or 'none'}); "
+                                  f"use --cpus-per-task {max(cpus, default=1) or 1} or less")
+
+    def describe(self) -> str:
+        kind = "GPU" if self._gpus else f"{self.cpus_per_task}-CPU"
+        return f"Ray cluster, {self.workers} {kind} workers"
+
+    def _slots(self) -> list[Any]:
+        if not self.workers:
+            self.connect()
+        return list(range(self.workers))
+
+    def _make_worker(self, slot: Any, job: Mapping[str, Any]) -> RayHandle:
+        ray = _import_ray()
+        if self._gpus:
+            opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+            threads = None
+        else:
+            opts = {"num_cpus": self.cpus_per_task}
+            threads = str(self.cpus_per_task)
+        actor = ray.remote(RayWorkerActor).options(max_concurrency=4, max_restarts=0, **opts)
+        return RayHandle(ray, actor, job, self.env, threads)
+
+    def close(self) -> None:
+        super().close()
+        if self._started_ray:
+            _import_ray().shutdown()
+            self._started_ray = False

@@ -1,0 +1,336 @@
+"""The scheduler: starts a worker per slot, replaces those that die, hands segments out, retries
+failed ones and turns the workers' protocol events (:mod:`.protocol`) into the driver's:
+("done", task, record), ("failed", task, message, retrying), ("note", message), ("tick",) about
+once a second. :class:`Pool` is what :class:`LocalPool` (worker processes on this machine) and
+:class:`~.ray_pool.RayPool` (one actor per slot of a cluster) share.
+
+A worker that dies is replaced; the segments it was rendering count as a failed attempt, those only
+queued go back to the others, and one it had rendered but not yet checked is checked here.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .process import WorkerProcess
+from .segment import SegmentFailed, check_rendered, segment_where
+from .slots import merge_env
+from .tools import RenderError, find_ffmpeg
+
+__all__ = ["Event", "LocalPool", "Pool", "Scheduler", "WorkerState"]
+
+#: What :meth:`Pool.run` yields: ("done", task, record), ("failed", task, message, retrying),
+#: ("note", message) or ("tick",).
+Event = tuple
+
+
+class WorkerState:
+    """The scheduler's view of one worker: its slot index, state and the segments handed to it."""
+
+    def __init__(self, slot: int, handle: Any) -> None:
+        self.slot = slot
+        self.handle = handle
+        self.state = "starting"  # ready, dead
+        self.assigned: list[int] = []  # handed over, not yet rendered (the first is rendering once started)
+        self.started: set[int] = set()
+        self.checking: dict[int, dict[str, Any]] = {}  # rendered, being checked: its "rendered" event
+        self.host = ""
+        self.pid = ""
+
+    def began(self, index: int, work_dir: str) -> bool:
+        """True if it started ``index`` (its "started" event, or its line in the attempts file: the
+        event of a Ray actor that died may never have reached the driver)."""
+        if index in self.started:
+            return True
+        try:
+            lines = (Path(work_dir) / "attempts" / f"{index:05d}").read_text().splitlines()
+        except OSError:
+            return False
+        return bool(self.pid) and any(line.split()[1:] == [self.host, self.pid] for line in lines)
+
+
+class Scheduler:
+    """One render's workers and queue (see the module's docstring)."""
+
+    def __init__(self, pool: Pool, slots: Sequence[Any], job: Mapping[str, Any], retries: int) -> None:
+        self.pool = pool
+        self.job = dict(job)
+        self.retries = retries
+        self.events: queue.Queue[tuple[WorkerState, dict[str, Any]]] = queue.Queue()
+        self.workers: list[WorkerState] = []
+        self.start_failures: dict[int, int] = {}
+        self.given_up: list[str] = []
+        self.info: dict[str, Any] | None = None
+        self.closed = False
+        self.notes: list[str] = []
+        self.slots = list(slots)
+        for i in range(len(self.slots)):
+            self._start(i)
+
+    def _start(self, slot: int) -> None:
+        w = WorkerState(slot, self.pool._make_worker(self.slots[slot], self.job))
+        self.workers.append(w)
+        threading.Thread(target=self._pump, args=(w,), name="vsedvr-worker-pump", daemon=True).start()
+
+    def _pump(self, w: WorkerState) -> None:
+        while not self.closed:
+            try:
+                evs = w.handle.poll(1.0)
+            except Exception as e:  # noqa: BLE001 - a Ray actor that died: RayActorError and kin
+                text = " ".join(str(e).split())
+                first = text.split(". ")[0][:200]
+                self.events.put((w, {"event": "exit", "message": f"died ({type(e).__name__}: {first})"}))
+                return
+            for ev in evs:
+                self.events.put((w, ev))
+                if ev["event"] == "exit":
+                    return
+
+    def _alive(self) -> list[WorkerState]:
+        return [w for w in self.workers if w.state != "dead"]
+
+    # ------------------------------------------------------------------- start-up events
+
+    def _on_ready(self, w: WorkerState, ev: dict[str, Any]) -> None:
+        w.state = "ready"
+        w.host, w.pid = ev["info"].get("host", ""), ev["info"].get("pid", "")
+        self.start_failures[w.slot] = 0
+        if self.info is None:
+            self.info = ev["info"]
+
+    def _on_error(self, w: WorkerState, ev: dict[str, Any]) -> None:
+        """The script does not evaluate on this worker: no use starting it again."""
+        w.state = "dead"
+        self.given_up.append(ev["message"])
+        w.handle.kill()
+
+    def _on_exit_start(self, w: WorkerState, ev: dict[str, Any]) -> None:
+        if w.state == "dead":
+            return
+        was = w.state
+        w.state = "dead"
+        if was == "starting":
+            self.start_failures[w.slot] = self.start_failures.get(w.slot, 0) + 1
+            if self.start_failures[w.slot] > self.retries:
+                self.given_up.append(f"a worker {ev['message']}")
+                return
+        if not self.closed:
+            self.notes.append(f"a worker{' on ' + w.host if w.host else ''} {ev['message'].splitlines()[0]}; "
+                              f"starting another")
+            self._start(w.slot)
+
+    def _start_event(self, w: WorkerState, ev: dict[str, Any]) -> None:
+        {"ready": self._on_ready, "error": self._on_error, "exit": self._on_exit_start}[ev["event"]](w, ev)
+
+    def wait_info(self) -> dict[str, Any]:
+        """The clip info of the first worker that evaluated the script (RenderError if none can)."""
+        while self.info is None:
+            if not self._alive():
+                raise RenderError(self.given_up[-1] if self.given_up else "no worker started")
+            try:
+                w, ev = self.events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if ev["event"] in ("ready", "error", "exit"):
+                self._start_event(w, ev)
+            else:
+                self.events.put((w, ev))
+        return self.info
+
+    # ------------------------------------------------------------------------- the run
+
+    def run(self, tasks: Sequence[dict[str, Any]]) -> Iterator[Event]:
+        """Hands ``tasks`` out until each is done or has failed ``retries`` + 1 times."""
+        self.by_index = {t["index"]: t for t in tasks}
+        self.pending: deque[int] = deque(t["index"] for t in tasks)
+        self.attempts: dict[int, int] = {}
+        self.left = set(self.by_index)
+        self._dispatch()
+        last_tick = 0.0
+        while self.left:
+            while self.notes:
+                yield ("note", self.notes.pop(0))
+            if not self._alive():
+                raise RenderError(f"no worker is left to render {len(self.left)} segment(s): "
+                                  f"{self.given_up[-1] if self.given_up else 'every worker died'}")
+            try:
+                w, ev = self.events.get(timeout=1.0)
+            except queue.Empty:
+                w, ev = None, None
+            if w is not None and ev is not None:
+                handler = getattr(self, f"_on_{ev['event']}_run", None)
+                if handler is not None:
+                    yield from handler(w, ev)
+            self._dispatch()
+            if time.monotonic() - last_tick >= 1.0:
+                last_tick = time.monotonic()
+                yield ("tick",)
+        while self.notes:
+            yield ("note", self.notes.pop(0))
+
+    def _dispatch(self) -> None:
+        """Two segments to a worker while there are enough for every worker, so that it renders the
+        next while checking one."""
+        ready = [w for w in self.workers if w.state == "ready"]
+        for depth in (1, 2):
+            for w in ready:
+                if not self.pending:
+                    return
+                if len(w.assigned) < depth and (depth == 1 or len(self.pending) >= len(ready)):
+                    i = self.pending.popleft()
+                    w.assigned.append(i)
+                    w.handle.send(self.by_index[i])
+
+    def _fail(self, i: int, message: str) -> Event:
+        self.attempts[i] = self.attempts.get(i, 0) + 1
+        retrying = self.attempts[i] <= self.retries
+        if retrying:
+            self.pending.appendleft(i)
+        else:
+            self.left.discard(i)
+        return ("failed", self.by_index[i], message, retrying)
+
+    def _on_ready_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        self._start_event(w, ev)
+        yield from ()
+
+    _on_error_run = _on_ready_run
+
+    def _on_exit_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        if w.state != "dead":
+            lost = [i for i in w.assigned if w.began(i, self.job["work_dir"])]
+            queued = [i for i in w.assigned if i not in lost]
+            self.pending.extendleft(reversed(queued))
+            rendered, w.assigned, w.checking = w.checking, [], {}
+            for i in lost:
+                yield self._fail(i, f"{segment_where(self.by_index[i])}: the worker"
+                                    f"{' on ' + w.host if w.host else ''} {ev['message']}")
+            for i, done in rendered.items():  # its files are complete: checked here instead
+                try:
+                    yield ("done", self.by_index[i], self._check_here(done))
+                    self.left.discard(i)
+                except SegmentFailed as e:
+                    yield self._fail(i, str(e))
+        self._start_event(w, ev)
+
+    def _on_started_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        w.started.add(ev["index"])
+        yield from ()
+
+    def _on_rendered_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        i = ev["index"]
+        if i in w.assigned:
+            w.assigned.remove(i)
+        w.checking[i] = ev
+        yield from ()
+
+    def _on_done_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        i = ev["record"]["index"]
+        w.checking.pop(i, None)
+        if i in w.assigned:
+            w.assigned.remove(i)
+        self.left.discard(i)
+        yield ("done", self.by_index[i], ev["record"])
+
+    def _on_failed_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        i = ev["index"]
+        w.checking.pop(i, None)
+        if i in w.assigned:
+            w.assigned.remove(i)
+        if ev.get("fatal"):
+            raise RenderError(ev["message"])
+        yield self._fail(i, ev["message"])
+
+    def _check_here(self, rendered: dict[str, Any]) -> dict[str, Any]:
+        """A dead worker's rendered segment, checked by the driver as the worker would have."""
+        return check_rendered(find_ffmpeg(self.job.get("ffmpeg")), rendered, segment_where(rendered["record"]))
+
+    def close(self, wait: float = 30.0) -> None:
+        self.closed = True
+        for w in self.workers:
+            if w.state != "dead":
+                w.handle.close(wait)
+            else:
+                w.handle.kill()
+
+    def kill(self) -> None:
+        self.closed = True
+        for w in self.workers:
+            w.handle.kill()
+
+
+class Pool:
+    """What LocalPool and RayPool share: start, info, run, close."""
+
+    retries: int
+    _scheduler: Scheduler | None = None
+
+    def _slots(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _make_worker(self, slot: Any, job: Mapping[str, Any]) -> Any:
+        """A handle with WorkerProcess's methods (send, poll, kill, close)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def start(self, job: Mapping[str, Any]) -> None:
+        """Starts every worker on ``job`` (script, args, output_index, work_dir, ffmpeg)."""
+        self._scheduler = Scheduler(self, self._slots(), job, self.retries)
+
+    def info(self) -> dict[str, Any]:
+        """The clip info from the first worker that evaluated the script."""
+        assert self._scheduler is not None, "start() first"
+        return self._scheduler.wait_info()
+
+    def run(self, tasks: Sequence[dict[str, Any]]) -> Iterator[Event]:
+        """Renders ``tasks`` (index, start, end), yielding the scheduler's events."""
+        assert self._scheduler is not None, "start() first"
+        try:
+            yield from self._scheduler.run(tasks)
+        except BaseException:  # an error, or the driver interrupted (KeyboardInterrupt, GeneratorExit)
+            self._scheduler.kill()
+            raise
+
+    def close(self) -> None:
+        """Ends the workers (their checks finish first)."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
+
+    def kill(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.kill()
+            self._scheduler = None
+
+
+class LocalPool(Pool):
+    """Worker processes on this machine, one per slot (an environment: its GPU, its threads)."""
+
+    def __init__(self, slots: Sequence[Mapping[str, str]], retries: int = 2,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.slots = list(slots)
+        self.retries = retries
+        self.env = env
+
+    @property
+    def workers(self) -> int:
+        return len(self.slots)
+
+    def describe(self) -> str:
+        devs = [s.get("CUDA_VISIBLE_DEVICES") for s in self.slots]
+        if any(devs):
+            return f"{len(self.slots)} local workers (GPUs {', '.join(d or 'cpu' for d in devs)})"
+        return f"{len(self.slots)} local worker{'s' if len(self.slots) > 1 else ''}"
+
+    def _slots(self) -> list[Any]:
+        return self.slots
+
+    def _make_worker(self, slot: Any, job: Mapping[str, Any]) -> WorkerProcess:
+        return WorkerProcess(job, merge_env(self.env, slot))
