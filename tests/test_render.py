@@ -8,7 +8,8 @@ Frames are compared with ffmpeg's framemd5 (MD5 of each decoded frame), not with
 hashing. Faults are injected from inside the script through environment variables, which are not
 part of the render plan (so the re-run is the same plan): RENDER_TEST_KILL=FRAME:MARKER[:ray-worker]
 kills the worker process (or the Ray worker above it) when FRAME is first requested;
-RENDER_TEST_SLEEP slows every frame down.
+RENDER_TEST_SLEEP slows every frame down; RENDER_TEST_SLOW_START=MARKER:SECONDS makes every worker
+but the first ready SECONDS later.
 
 The multi-node Ray cluster tests are in tests/test_render_cluster.py.
 """
@@ -30,6 +31,12 @@ VSEDVR = [sys.executable, "-m", "vsedvr"]
 
 FAULTS = '''
 import os, signal, time
+slow_start = os.environ.get("RENDER_TEST_SLOW_START")
+if slow_start:  # every worker but the first to evaluate the script is ready SECONDS later
+    marker, seconds = slow_start.split(":")
+    if os.path.exists(marker):
+        time.sleep(float(seconds))
+    open(marker, "a").close()
 def fault(n):
     kill = os.environ.get("RENDER_TEST_KILL")
     if kill:
@@ -197,6 +204,28 @@ def test_worker_killed_mid_segment_is_retried(fast_script, vs_env, tmp_path):
     work = tmp_path / "out.mkv.parts"
     assert attempts(work) == {0: 1, 1: 1, 2: 2, 3: 1}
     assert not list(work.glob("seg-*.mkv"))  # removed once the result was verified (no --keep)
+
+
+def attempt_pids(work: Path) -> dict[int, list[str]]:
+    """The worker process (pid) of each attempt at each segment."""
+    return {int(p.name): [line.split()[2] for line in p.read_text().splitlines()]
+            for p in sorted((work / "attempts").iterdir())}
+
+
+@pytest.mark.slow(reason="two workers render two 5-second segments side by side")
+def test_no_segment_waits_for_a_busy_worker_while_another_is_idle(fast_script, vs_env, tmp_path):
+    """The second worker becomes ready a second after the first, while the first renders segment
+    0: segment 1 goes to it, not into the first one's queue (issue 36: --workers 2 --segment 48 on
+    96 frames ran serially)."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_SLEEP="0.25", RENDER_TEST_SLOW_START=f"{tmp_path / 'first'}:1")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "20", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pids = attempt_pids(tmp_path / "out.mkv.parts")
+    assert len(pids[0]) == len(pids[1]) == 1
+    assert pids[0] != pids[1], f"both segments rendered by one worker while the other was idle: {pids}"
+    assert framemd5(out) == plain
 
 
 @pytest.mark.slow

@@ -174,17 +174,17 @@ class Scheduler:
             yield ("note", self.notes.pop(0))
 
     def _dispatch(self) -> None:
-        """Two segments to a worker while there are enough for every worker, so that it renders the
-        next while checking one."""
-        ready = [w for w in self.workers if w.state == "ready"]
-        for depth in (1, 2):
-            for w in ready:
-                if not self.pending:
-                    return
-                if len(w.assigned) < depth and (depth == 1 or len(self.pending) >= len(ready)):
-                    i = self.pending.popleft()
-                    w.assigned.append(i)
-                    w.handle.send(self.by_index[i])
+        """The next segment to each worker that renders none. A worker gets no second segment while
+        it renders one (it would wait in its queue while another worker may be idle, or be
+        starting); it gets the next as soon as it has rendered one (``rendered``), and renders it
+        while its thread checks the last one."""
+        for w in self.workers:
+            if not self.pending:
+                return
+            if w.state == "ready" and not w.assigned:
+                i = self.pending.popleft()
+                w.assigned.append(i)
+                w.handle.send(self.by_index[i])
 
     def _fail(self, i: int, message: str) -> Event:
         self.attempts[i] = self.attempts.get(i, 0) + 1
