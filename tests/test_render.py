@@ -9,7 +9,9 @@ hashing. Faults are injected from inside the script through environment variable
 part of the render plan (so the re-run is the same plan): RENDER_TEST_KILL=FRAME:MARKER[:ray-worker]
 kills the worker process (or the Ray worker above it) when FRAME is first requested;
 RENDER_TEST_SLEEP slows every frame down; RENDER_TEST_SLOW_START=MARKER:SECONDS makes every worker
-but the first ready SECONDS later.
+but the first ready SECONDS later; RENDER_TEST_BAD_WORKER=MARKER makes the first worker fail every
+frame; RENDER_TEST_STALL / _STOP / _UNWRITABLE / _BLOCK=FRAME:PATH, when FRAME is first requested,
+hang the frame forever, SIGSTOP the worker, replace the folder PATH by a file, make a folder PATH.
 
 The multi-node Ray cluster tests are in tests/test_render_cluster.py.
 """
@@ -37,7 +39,33 @@ if slow_start:  # every worker but the first to evaluate the script is ready SEC
     if os.path.exists(marker):
         time.sleep(float(seconds))
     open(marker, "a").close()
+bad = os.environ.get("RENDER_TEST_BAD_WORKER")
+if bad and not os.path.exists(bad):  # the first worker to evaluate the script fails every frame
+    with open(bad, "w") as f:
+        f.write(str(os.getpid()))
+def once(name, n):
+    """The PATH of $NAME=FRAME:PATH when frame FRAME is first requested (PATH + '.done' marks it)."""
+    value = os.environ.get(name)
+    if value:
+        frame, path = value.split(":", 1)
+        if n == int(frame) and not os.path.exists(path + ".done"):
+            open(path + ".done", "w").close()
+            return path
 def fault(n):
+    if bad and open(bad).read() == str(os.getpid()):
+        raise RuntimeError(f"this worker cannot render (pid {os.getpid()})")
+    if once("RENDER_TEST_STALL", n):
+        while True:  # a frame that never comes (a hung GPU, an NFS read in D state)
+            time.sleep(60)
+    if once("RENDER_TEST_STOP", n):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    unwritable = once("RENDER_TEST_UNWRITABLE", n)
+    if unwritable:  # the work folder's attempts/ gone, a file in its place: no worker can write there
+        os.rename(unwritable, unwritable + ".moved")
+        open(unwritable, "w").close()
+    blocked = once("RENDER_TEST_BLOCK", n)
+    if blocked:  # a folder where a segment's file must go: its rename fails with an OSError
+        os.mkdir(blocked)
     kill = os.environ.get("RENDER_TEST_KILL")
     if kill:
         frame, marker, *who = kill.split(":")
@@ -226,6 +254,82 @@ def test_no_segment_waits_for_a_busy_worker_while_another_is_idle(fast_script, v
     assert len(pids[0]) == len(pids[1]) == 1
     assert pids[0] != pids[1], f"both segments rendered by one worker while the other was idle: {pids}"
     assert framemd5(out) == plain
+
+
+# ------------------------------------------------------------------ hangs and loops (issue 36)
+
+
+@pytest.mark.slow(reason="two workers stall (one hangs in a frame, one is SIGSTOPped): 2 x the 3-s watchdog")
+def test_stalled_workers_are_killed_and_their_segments_retried(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_STALL=f"15:{tmp_path / 'stall'}", RENDER_TEST_STOP=f"35:{tmp_path / 'stop'}")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--stall-timeout", "3",
+                      env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    stalled = [line for line in proc.stderr.splitlines() if "stalled: no new frame or check result" in line]
+    assert len(stalled) >= 2, proc.stderr
+    assert any("segment 1 (frames 10-19)" in line and "retrying" in line for line in stalled), proc.stderr
+    assert any("segment 3 (frames 30-39)" in line and "retrying" in line for line in stalled), proc.stderr
+    assert all(f"host {os.uname().nodename} (CPU)" in line for line in stalled)
+    assert attempts(tmp_path / "out.mkv.parts") == {0: 1, 1: 2, 2: 1, 3: 2}
+    assert framemd5(out) == plain
+
+
+@pytest.mark.slow(reason="renders 8 segments on two workers, one failing every frame")
+def test_a_failing_worker_gets_no_segment_back_and_is_retired(fast_script, vs_env, tmp_path):
+    """A black hole: one worker fails every segment at once. Its failed segments go to the other
+    worker (never straight back to it), it is retired after 3 failures in a row, and the render
+    ends with the frames of one vspipe, with --retries 1."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    marker = tmp_path / "bad"
+    env = dict(vs_env, RENDER_TEST_SLEEP="0.05", RENDER_TEST_BAD_WORKER=str(marker))
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "5", "--retries", "1",
+                      env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert framemd5(out) == plain
+    bad_pid = marker.read_text()
+    pids = attempt_pids(tmp_path / "out.mkv.parts")
+    assert all(p.count(bad_pid) <= 1 for p in pids.values()), pids  # never the same segment twice
+    assert sum(p.count(bad_pid) for p in pids.values()) == 3, pids  # retired after its third failure
+    retired = [line for line in proc.stderr.splitlines() if "retiring the worker on" in line]
+    assert len(retired) == 1 and f"host {os.uname().nodename} (CPU)" in retired[0], proc.stderr
+    assert "3 segments in a row failed there" in retired[0] and "this worker cannot render" in retired[0]
+
+
+@pytest.mark.slow(reason="a render whose work folder becomes unwritable: every later attempt fails")
+def test_an_unwritable_work_folder_ends_the_render_instead_of_looping(fast_script, vs_env, tmp_path):
+    """Workers that cannot write into the work folder (its attempts/ replaced by a file) used to
+    crash before "started" and be replaced without end; now each attempt fails, naming the folder,
+    the host and the device, and the render ends."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_UNWRITABLE=f"2:{work / 'attempts'}", RENDER_TEST_SLEEP="0.05")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--retries", "1",
+                      env=env, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "segments failed" in proc.stderr and "the others are kept" in proc.stderr
+    assert f"on host {os.uname().nodename} (CPU): NotADirectoryError" in proc.stderr
+    assert f"the work folder {work} must exist and be writable on every worker" in proc.stderr
+    assert proc.stderr.count("starting another") == 0
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow(reason="a segment's check fails with an OSError, 3 attempts")
+def test_an_os_error_in_a_check_fails_the_segment_instead_of_hanging(fast_script, vs_env, tmp_path):
+    """The worker's checking thread used to die on anything but a RenderError (here the rename of a
+    verified segment onto a folder), and the driver waited for it forever."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_BLOCK=f"12:{work / 'seg-00001.mkv'}")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "10", env=env, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 4 segments failed (1)" in proc.stderr
+    assert f"segment 1 on host {os.uname().nodename} (CPU): IsADirectoryError" in proc.stderr
+    assert attempts(work)[1] == 3
 
 
 @pytest.mark.slow

@@ -275,6 +275,8 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("--ray takes its workers from the cluster; drop --workers/--devices")
     if args.workers is not None and args.devices:
         parser.error("give --workers N (CPU workers) or --devices LIST, not both")
+    if args.stall_timeout <= 0:
+        parser.error(f"--stall-timeout must be more than 0 seconds, got {args.stall_timeout:g}")
     bad = [a for a in args.arg if "=" not in a]
     if bad:
         parser.error(f"-a {bad[0]!r}: expected NAME=VALUE")
@@ -289,7 +291,8 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     signal.signal(signal.SIGTERM, stop)  # a scheduler's kill: the same clean stop as Ctrl-C
     try:
         if args.ray is not None:
-            pool = rendering.RayPool(args.ray or None, retries=args.retries, cpus_per_task=args.cpus_per_task)
+            pool = rendering.RayPool(args.ray or None, retries=args.retries, cpus_per_task=args.cpus_per_task,
+                                     stall_timeout=args.stall_timeout)
         else:
             if args.devices:
                 slots = rendering.device_slots(args.devices.split(","), os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -297,7 +300,7 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 slots = rendering.cpu_slots(args.workers)
             else:
                 slots = rendering.default_slots()
-            pool = rendering.LocalPool(slots, retries=args.retries)
+            pool = rendering.LocalPool(slots, retries=args.retries, stall_timeout=args.stall_timeout)
         rendering.render(args.script, args.output, args=args.arg, output_index=args.outputindex,
                          segment=args.segment, work_dir=args.work_dir, pool=pool, encode=encode,
                          audio=args.audio, ffmpeg=args.ffmpeg, vspipe=args.vspipe, keep=args.keep,
@@ -368,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stubs)
 
     from .render import DEFAULT_SEGMENT
+    from .render.scheduler import STALL_TIMEOUT
 
     p = sub.add_parser(
         "render", help="render a script in segments on many workers or a Ray cluster (resumable)",
@@ -398,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ray on a cluster without GPUs: CPUs (torch threads) per task (default 1)")
     g.add_argument("--retries", type=int, default=2, metavar="N",
                    help="attempts after the first for a failed segment (default 2)")
+    g.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT, metavar="SECONDS",
+                   help="a worker that renders no new frame (and finishes no check) for this long, and for at "
+                        "least 20 times the median frame time, is killed and its segment retried elsewhere "
+                        f"(default {STALL_TIMEOUT:g})")
     g = p.add_argument_group("segments and result")
     g.add_argument("--segment", type=int, default=DEFAULT_SEGMENT, metavar="FRAMES",
                    help=f"frames per segment (default {DEFAULT_SEGMENT})")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .process import WorkerProcess
-from .scheduler import Pool
+from .scheduler import STALL_TIMEOUT, Pool
 from .tools import RenderError
 
 __all__ = ["RayHandle", "RayPool", "RayWorkerActor"]
@@ -37,6 +37,10 @@ class RayWorkerActor:
     def close(self, wait: float) -> None:
         self.proc.close(wait)
 
+    def kill(self) -> None:
+        """Kills the worker process and its ffmpeg processes (a stalled or retired worker)."""
+        self.proc.kill()
+
 
 class RayHandle:
     """The driver's side of one actor, with WorkerProcess's methods."""
@@ -46,12 +50,19 @@ class RayHandle:
         self.actor = actor_class.remote(job, env, threads)
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:
-        return self.ray.get(self.actor.poll.remote(timeout))
+        # an actor that does not answer within a minute counts as dead (GetTimeoutError)
+        return self.ray.get(self.actor.poll.remote(timeout), timeout=timeout + 60)
 
     def send(self, message: Mapping[str, Any]) -> None:
         self.actor.send.remote(dict(message))
 
     def kill(self) -> None:
+        """Kills the worker process on its node (the actor's own death would leave it to notice its
+        closed stdin, which a stopped process never does), then the actor."""
+        try:
+            self.ray.get(self.actor.kill.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - the actor is gone or stuck: ray.kill below
+            pass
         try:
             self.ray.kill(self.actor)
         except Exception:  # noqa: BLE001 - already gone
@@ -135,9 +146,10 @@ class RayPool(Pool):
     used as is."""
 
     def __init__(self, address: str | None = None, retries: int = 2, env: Mapping[str, str] | None = None,
-                 cpus_per_task: int = 1) -> None:
+                 cpus_per_task: int = 1, stall_timeout: float = STALL_TIMEOUT) -> None:
         self.address = address
         self.retries = retries
+        self.stall_timeout = stall_timeout
         self.env = dict(env) if env is not None else None
         self.cpus_per_task = cpus_per_task
         self.workers = 0
@@ -187,6 +199,9 @@ class RayPool(Pool):
     def describe(self) -> str:
         kind = "GPU" if self._gpus else f"{self.cpus_per_task}-CPU"
         return f"Ray cluster, {self.workers} {kind} workers"
+
+    def _where(self, slot: Any) -> str:
+        return f"a Ray node not known yet (worker {slot}, {'a GPU' if self._gpus else 'CPUs'})"
 
     def _slots(self) -> list[Any]:
         if not self.workers:

@@ -4,12 +4,23 @@ failed ones and turns the workers' protocol events (:mod:`.protocol`) into the d
 once a second. :class:`Pool` is what :class:`LocalPool` (worker processes on this machine) and
 :class:`~.ray_pool.RayPool` (one actor per slot of a cluster) share.
 
-A worker that dies is replaced; the segments it was rendering count as a failed attempt, those only
-queued go back to the others, and one it had rendered but not yet checked is checked here.
+A worker that dies is replaced; the segment it was rendering counts as a failed attempt, and one it
+had rendered but not yet checked is checked here. What keeps a render from hanging or looping:
+
+- a watchdog: a worker that sends no new frame (or no check result) for ``stall_timeout`` seconds
+  (at least 20 times the median frame time seen) is killed, and its segment retried elsewhere;
+- a segment that failed on a worker is not handed back to that worker while another could take it,
+  and a worker whose segments fail ``RETIRE_AFTER`` times in a row is retired (not replaced) while
+  others are left;
+- a worker that dies before it started any segment counts as a failed start; a slot is given up
+  after ``retries`` + 1 of them in a row.
+
+Every message about a worker names its host and device.
 """
 from __future__ import annotations
 
 import queue
+import statistics
 import threading
 import time
 from collections import deque
@@ -18,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .process import WorkerProcess
+from .protocol import device_of, where_worker
 from .segment import SegmentFailed, check_rendered, segment_where
 from .slots import merge_env
 from .tools import RenderError, find_ffmpeg
@@ -28,19 +40,28 @@ __all__ = ["Event", "LocalPool", "Pool", "Scheduler", "WorkerState"]
 #: ("note", message) or ("tick",).
 Event = tuple
 
+#: Segments failed in a row after which a worker is retired (while other workers are left).
+RETIRE_AFTER = 3
+#: Default seconds without a new frame (or a check result) before a worker counts as stalled.
+STALL_TIMEOUT = 300.0
+
 
 class WorkerState:
     """The scheduler's view of one worker: its slot index, state and the segments handed to it."""
 
-    def __init__(self, slot: int, handle: Any) -> None:
+    def __init__(self, slot: int, handle: Any, where: str) -> None:
         self.slot = slot
         self.handle = handle
         self.state = "starting"  # ready, dead
-        self.assigned: list[int] = []  # handed over, not yet rendered (the first is rendering once started)
+        self.assigned: list[int] = []  # handed over, not yet rendered (rendering once started)
         self.started: set[int] = set()
         self.checking: dict[int, dict[str, Any]] = {}  # rendered, being checked: its "rendered" event
         self.host = ""
         self.pid = ""
+        self.where = where  # "host H (GPU 1)", from the slot until the worker reports it
+        self.last_sign = time.monotonic()  # of life: its last started, progress, rendered or done
+        self.killed_because = ""  # the watchdog's reason, for the message when its exit arrives
+        self.retired = False
 
     def began(self, index: int, work_dir: str) -> bool:
         """True if it started ``index`` (its "started" event, or its line in the attempts file: the
@@ -57,10 +78,15 @@ class WorkerState:
 class Scheduler:
     """One render's workers and queue (see the module's docstring)."""
 
-    def __init__(self, pool: Pool, slots: Sequence[Any], job: Mapping[str, Any], retries: int) -> None:
+    def __init__(self, pool: Pool, slots: Sequence[Any], job: Mapping[str, Any], retries: int,
+                 stall_timeout: float = STALL_TIMEOUT) -> None:
         self.pool = pool
         self.job = dict(job)
         self.retries = retries
+        self.stall_timeout = stall_timeout
+        self.frame_seconds: list[float] = []  # per frame, of each verified segment
+        self.failed_in_a_row: dict[int, int] = {}  # per slot
+        self.failed_on: dict[int, set[int]] = {}  # per segment: the slots where it failed
         self.events: queue.Queue[tuple[WorkerState, dict[str, Any]]] = queue.Queue()
         self.workers: list[WorkerState] = []
         self.start_failures: dict[int, int] = {}
@@ -73,7 +99,7 @@ class Scheduler:
             self._start(i)
 
     def _start(self, slot: int) -> None:
-        w = WorkerState(slot, self.pool._make_worker(self.slots[slot], self.job))
+        w = WorkerState(slot, self.pool._make_worker(self.slots[slot], self.job), self.pool._where(self.slots[slot]))
         self.workers.append(w)
         threading.Thread(target=self._pump, args=(w,), name="vsedvr-worker-pump", daemon=True).start()
 
@@ -92,35 +118,48 @@ class Scheduler:
                     return
 
     def _alive(self) -> list[WorkerState]:
-        return [w for w in self.workers if w.state != "dead"]
+        """Workers starting or ready, not retired."""
+        return [w for w in self.workers if w.state != "dead" and not w.retired]
 
     # ------------------------------------------------------------------- start-up events
 
     def _on_ready(self, w: WorkerState, ev: dict[str, Any]) -> None:
         w.state = "ready"
         w.host, w.pid = ev["info"].get("host", ""), ev["info"].get("pid", "")
-        self.start_failures[w.slot] = 0
+        w.where = where_worker(w.host, ev["info"].get("device"))
+        w.last_sign = time.monotonic()
         if self.info is None:
             self.info = ev["info"]
 
     def _on_error(self, w: WorkerState, ev: dict[str, Any]) -> None:
         """The script does not evaluate on this worker: no use starting it again."""
         w.state = "dead"
-        self.given_up.append(ev["message"])
+        self.given_up.append(f"on {w.where}: {ev['message']}")
+        if self.info is not None and not self.closed:
+            self.notes.append(f"the worker on {w.where} cannot evaluate the script; going on without it: "
+                              f"{ev['message'].splitlines()[0]}")
         w.handle.kill()
 
     def _on_exit_start(self, w: WorkerState, ev: dict[str, Any]) -> None:
         if w.state == "dead":
             return
-        was = w.state
         w.state = "dead"
-        if was == "starting":
+        w.handle.kill()  # a Ray actor that only looks dead must not go on writing segments
+        if w.retired:
+            return
+        if not w.started:  # died before it started any segment: a failed start, counted
             self.start_failures[w.slot] = self.start_failures.get(w.slot, 0) + 1
             if self.start_failures[w.slot] > self.retries:
-                self.given_up.append(f"a worker {ev['message']}")
+                message = (f"the worker on {w.where} {ev['message']}\n(it died before starting any segment, "
+                           f"{self.start_failures[w.slot]} times in a row: not started again)")
+                self.given_up.append(message)
+                if self.info is not None:
+                    self.notes.append(message.splitlines()[0] + "; not started again")
                 return
+        else:
+            self.start_failures[w.slot] = 0
         if not self.closed:
-            self.notes.append(f"a worker{' on ' + w.host if w.host else ''} {ev['message'].splitlines()[0]}; "
+            self.notes.append(f"the worker on {w.where} {(w.killed_because or ev['message']).splitlines()[0]}; "
                               f"starting another")
             self._start(w.slot)
 
@@ -166,6 +205,7 @@ class Scheduler:
                 handler = getattr(self, f"_on_{ev['event']}_run", None)
                 if handler is not None:
                     yield from handler(w, ev)
+            self._watchdog()
             self._dispatch()
             if time.monotonic() - last_tick >= 1.0:
                 last_tick = time.monotonic()
@@ -177,23 +217,63 @@ class Scheduler:
         """The next segment to each worker that renders none. A worker gets no second segment while
         it renders one (it would wait in its queue while another worker may be idle, or be
         starting); it gets the next as soon as it has rendered one (``rendered``), and renders it
-        while its thread checks the last one."""
+        while its thread checks the last one. A segment that failed on a worker's slot goes to
+        another slot while one is alive that has not failed it."""
         for w in self.workers:
             if not self.pending:
                 return
-            if w.state == "ready" and not w.assigned:
-                i = self.pending.popleft()
-                w.assigned.append(i)
-                w.handle.send(self.by_index[i])
+            if w.state != "ready" or w.retired or w.assigned:
+                continue
+            alive = {v.slot for v in self._alive()}
+            for i in self.pending:
+                failed = self.failed_on.get(i, set())
+                if w.slot not in failed or alive <= failed:
+                    self.pending.remove(i)
+                    w.assigned.append(i)
+                    w.last_sign = time.monotonic()
+                    w.handle.send(self.by_index[i])
+                    break
 
-    def _fail(self, i: int, message: str) -> Event:
+    def _stall_limit(self) -> float:
+        if not self.frame_seconds:
+            return self.stall_timeout
+        return max(self.stall_timeout, 20 * statistics.median(self.frame_seconds))
+
+    def _watchdog(self) -> None:
+        """Kills a worker that has shown no sign of life (a new frame, a check result) for the stall
+        limit while it had work; its exit event then retries the segment elsewhere."""
+        limit = self._stall_limit()
+        now = time.monotonic()
+        for w in self._alive():
+            if w.state == "ready" and (w.assigned or w.checking) and not w.killed_because \
+                    and now - w.last_sign > limit:
+                what = (f"{segment_where(self.by_index[w.assigned[0]])}" if w.assigned
+                        else f"the check of {segment_where(self.by_index[next(iter(w.checking))])}")
+                w.killed_because = (f"stalled: no new frame or check result for {now - w.last_sign:.0f} s "
+                                    f"(the limit: {limit:.0f} s, --stall-timeout) in {what}; killed")
+                w.handle.kill()
+
+    def _fail(self, i: int, message: str, w: WorkerState | None = None) -> Iterator[Event]:
+        """A failed attempt at segment ``i`` (on worker ``w``): retried elsewhere, or given up; a
+        worker failing again and again is retired."""
         self.attempts[i] = self.attempts.get(i, 0) + 1
         retrying = self.attempts[i] <= self.retries
         if retrying:
             self.pending.appendleft(i)
         else:
             self.left.discard(i)
-        return ("failed", self.by_index[i], message, retrying)
+        yield ("failed", self.by_index[i], message, retrying)
+        if w is None:
+            return
+        self.failed_on.setdefault(i, set()).add(w.slot)
+        self.failed_in_a_row[w.slot] = self.failed_in_a_row.get(w.slot, 0) + 1
+        others = [v for v in self._alive() if v is not w]
+        if self.failed_in_a_row[w.slot] >= RETIRE_AFTER and others and not w.retired:
+            w.retired = True
+            yield ("note", f"retiring the worker on {w.where}: {self.failed_in_a_row[w.slot]} segments in a row "
+                           f"failed there (last: {message.splitlines()[0]}); going on with {len(others)} other "
+                           f"worker{'s' if len(others) > 1 else ''}")
+            w.handle.kill()
 
     def _on_ready_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
         self._start_event(w, ev)
@@ -207,19 +287,28 @@ class Scheduler:
             queued = [i for i in w.assigned if i not in lost]
             self.pending.extendleft(reversed(queued))
             rendered, w.assigned, w.checking = w.checking, [], {}
-            for i in lost:
-                yield self._fail(i, f"{segment_where(self.by_index[i])}: the worker"
-                                    f"{' on ' + w.host if w.host else ''} {ev['message']}")
+            if not w.retired:
+                for i in lost:
+                    yield from self._fail(i, f"{segment_where(self.by_index[i])}: the worker on {w.where} "
+                                             f"{w.killed_because or ev['message']}", w)
+            else:
+                self.pending.extendleft(reversed(lost))  # cut off by its retirement, not its failure
             for i, done in rendered.items():  # its files are complete: checked here instead
                 try:
-                    yield ("done", self.by_index[i], self._check_here(done))
+                    record = self._check_here(done)
                     self.left.discard(i)
+                    yield ("done", self.by_index[i], record)
                 except SegmentFailed as e:
-                    yield self._fail(i, str(e))
+                    yield from self._fail(i, str(e))
         self._start_event(w, ev)
 
     def _on_started_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
         w.started.add(ev["index"])
+        w.last_sign = time.monotonic()
+        yield from ()
+
+    def _on_progress_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
+        w.last_sign = time.monotonic()
         yield from ()
 
     def _on_rendered_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
@@ -227,24 +316,30 @@ class Scheduler:
         if i in w.assigned:
             w.assigned.remove(i)
         w.checking[i] = ev
+        w.last_sign = time.monotonic()
         yield from ()
 
     def _on_done_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
-        i = ev["record"]["index"]
+        record = ev["record"]
+        i = record["index"]
         w.checking.pop(i, None)
         if i in w.assigned:
             w.assigned.remove(i)
+        w.last_sign = time.monotonic()
+        self.failed_in_a_row[w.slot] = 0
+        self.frame_seconds.append(float(record.get("seconds", 0)) / max(1, record["end"] - record["start"] + 1))
         self.left.discard(i)
-        yield ("done", self.by_index[i], ev["record"])
+        yield ("done", self.by_index[i], record)
 
     def _on_failed_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
         i = ev["index"]
         w.checking.pop(i, None)
         if i in w.assigned:
             w.assigned.remove(i)
+        w.last_sign = time.monotonic()
         if ev.get("fatal"):
             raise RenderError(ev["message"])
-        yield self._fail(i, ev["message"])
+        yield from self._fail(i, ev["message"], w)
 
     def _check_here(self, rendered: dict[str, Any]) -> dict[str, Any]:
         """A dead worker's rendered segment, checked by the driver as the worker would have."""
@@ -268,6 +363,7 @@ class Pool:
     """What LocalPool and RayPool share: start, info, run, close."""
 
     retries: int
+    stall_timeout: float = STALL_TIMEOUT
     _scheduler: Scheduler | None = None
 
     def _slots(self) -> list[Any]:
@@ -280,9 +376,13 @@ class Pool:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def _where(self, slot: Any) -> str:
+        """'host H (GPU 1)' for a worker of ``slot`` that has not reported yet."""
+        raise NotImplementedError
+
     def start(self, job: Mapping[str, Any]) -> None:
         """Starts every worker on ``job`` (script, args, output_index, work_dir, ffmpeg)."""
-        self._scheduler = Scheduler(self, self._slots(), job, self.retries)
+        self._scheduler = Scheduler(self, self._slots(), job, self.retries, self.stall_timeout)
 
     def info(self) -> dict[str, Any]:
         """The clip info from the first worker that evaluated the script."""
@@ -314,10 +414,11 @@ class LocalPool(Pool):
     """Worker processes on this machine, one per slot (an environment: its GPU, its threads)."""
 
     def __init__(self, slots: Sequence[Mapping[str, str]], retries: int = 2,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, stall_timeout: float = STALL_TIMEOUT) -> None:
         self.slots = list(slots)
         self.retries = retries
         self.env = env
+        self.stall_timeout = stall_timeout
 
     @property
     def workers(self) -> int:
@@ -331,6 +432,9 @@ class LocalPool(Pool):
 
     def _slots(self) -> list[Any]:
         return self.slots
+
+    def _where(self, slot: Any) -> str:
+        return where_worker(None, device_of(merge_env(self.env, slot)))
 
     def _make_worker(self, slot: Any, job: Mapping[str, Any]) -> WorkerProcess:
         return WorkerProcess(job, merge_env(self.env, slot))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .protocol import decode, encode
+from .protocol import decode, device_of, encode, where_worker
 from .segment import FFV1_ARGS, SegmentFailed, check_rendered, segment_name, segment_where
 from .tools import (RenderError, StderrFile, Y4MFormat, check_disk_full, colour_filter, ffmpeg_cmd, find_ffmpeg,
                     new_frame_hash, tail)
@@ -193,19 +193,38 @@ class Worker:
         self.ffmpeg = find_ffmpeg(job.get("ffmpeg"))
         self.clip: Any = None
         self.checks: queue.Queue[dict[str, Any] | None] = queue.Queue()  # "rendered" events
-        self.fatal = False
+        self.where = where_worker()  # "host H (GPU 1)": in every message about a segment
 
     def send(self, event: dict[str, Any]) -> None:
         with self.out_lock:
             self.out.write(encode(event))
             self.out.flush()
 
+    def fail(self, index: int, error: BaseException) -> None:
+        """Sends ``failed`` for a segment: a RenderError's own message, or any other error (a work
+        folder that is gone or not writable, ESTALE on NFS) as one line naming this worker."""
+        if isinstance(error, RenderError):
+            message, fatal = str(error), not isinstance(error, SegmentFailed)
+        else:
+            detail = f"{type(error).__name__}: {error}"
+            if isinstance(error, OSError):
+                detail += (f"; the work folder {self.work} must exist and be writable on every worker "
+                           f"(--work-dir: a folder all nodes share, at the same path)")
+            message, fatal = f"segment {index} on {self.where}: {detail}", False
+        self.send({"event": "failed", "index": index, "message": message, "fatal": fatal})
+
     def render(self, task: Mapping[str, Any]) -> None:
         """Renders one segment into a partial file and queues its check; sends failed on an error."""
+        try:
+            self._render(task)
+        except Exception as e:  # noqa: BLE001 - whatever it is, the driver hears of it and goes on
+            self.fail(int(task["index"]), e)
+
+    def _render(self, task: Mapping[str, Any]) -> None:
         import vapoursynth as vs
 
         index, start, end = int(task["index"]), int(task["start"]), int(task["end"])
-        where = segment_where(task)
+        where = f"{segment_where(task)} on {self.where}"
         with open(self.work / "attempts" / f"{index:05d}", "a") as log:  # one line per attempt
             log.write(f"{time.time():.3f} {socket.gethostname()} {os.getpid()}\n")
         self.send({"event": "started", "index": index})
@@ -230,6 +249,7 @@ class Worker:
         def on_frame(n: int) -> None:
             if time.monotonic() - last[0] > PROGRESS_EVERY_S:
                 _write_progress(progress, n)
+                self.send({"event": "progress", "index": index, "frames": n})  # the driver's watchdog
                 last[0] = time.monotonic()
 
         writer = SegmentWriter(open_sink, on_frame)
@@ -238,7 +258,9 @@ class Worker:
         try:
             seg.output(writer, y4m=True)
         except vs.Error as e:
-            problem = f"the script failed: {e}"
+            text = str(e).strip()  # a Python error in the script: its traceback, the error last
+            problem = f"the script failed: {text.splitlines()[-1] if text else '(no message)'}" + \
+                (f"\n{text}" if "\n" in text else "")
         except BrokenPipeError:
             problem = "ffmpeg stopped reading"
         finally:
@@ -265,7 +287,7 @@ class Worker:
                 raise SegmentFailed(f"{where}: VapourSynth wrote {len(writer.hashes)} frames, expected {end - start + 1}")
         except RenderError as e:
             partial.unlink(missing_ok=True)
-            self.send({"event": "failed", "index": index, "message": str(e), "fatal": not isinstance(e, SegmentFailed)})
+            self.fail(index, e)
             return
         assert writer.format is not None
         record = {"index": index, "start": start, "end": end, "frame_size": writer.format.frame_size,
@@ -285,11 +307,10 @@ class Worker:
             if item is None:
                 return
             try:
-                record = check_rendered(self.ffmpeg, item, segment_where(item["record"]))
+                record = check_rendered(self.ffmpeg, item, f"{segment_where(item['record'])} on {self.where}")
                 self.send({"event": "done", "record": record})
-            except RenderError as e:
-                self.send({"event": "failed", "index": item["index"], "message": str(e),
-                           "fatal": not isinstance(e, SegmentFailed)})
+            except Exception as e:  # noqa: BLE001 - an OSError too: this thread must go on checking
+                self.fail(int(item["index"]), e)
             finally:
                 self.checks.task_done()
 
@@ -327,6 +348,7 @@ def main() -> None:
         info = clip_info(worker.clip, f"output {job.get('output_index', 0)} of {job['script']}")
         info["startup_s"] = f"{time.perf_counter() - t0:.3f}"
         info["host"] = socket.gethostname()
+        info["device"] = device_of()
         info["pid"] = str(os.getpid())
     except RenderError as e:
         out.write(encode({"event": "error", "message": str(e)}))
