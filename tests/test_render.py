@@ -450,6 +450,30 @@ def test_errors_are_one_clean_message(fast_script, vs_env, tmp_path):
     assert "RGB, which yuv4mpeg cannot carry" in fails(*_rgb_script(tmp_path), "-o", out)
 
 
+def test_variable_frame_rate_is_refused_at_the_plan(vs_env, tmp_path):
+    """yuv4mpeg cannot carry it and ffmpeg would make it 25 fps: refused before any segment, with a
+    fix that works when pasted."""
+    vfr = tmp_path / "vfr.vpy"
+    vfr.write_text("import vapoursynth as vs\ncore = vs.core\n"
+                   "a = core.std.BlankClip(width=32, height=24, format=vs.YUV420P8, length=4, fpsnum=24)\n"
+                   "b = core.std.BlankClip(width=32, height=24, format=vs.YUV420P8, length=4, fpsnum=30)\n"
+                   "clip = core.std.Splice([a, b], mismatch=True)\n"
+                   "FIX\n"
+                   "clip.set_output()\n")
+    script = vfr.read_text()
+    vfr.write_text(script.replace("FIX\n", ""))
+    out = tmp_path / "vfr.mkv"
+    proc = render_cli(str(vfr), "-o", str(out), "--workers", "1", env=vs_env, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "has a variable frame rate" in proc.stderr and "Traceback" not in proc.stderr
+    fix = next(x for x in proc.stderr.split("e.g. ")[1].split(", or")[0:1])
+    vfr.write_text(script.replace("FIX\n", fix + "\n"))
+    fixed = render_cli(str(vfr), "-o", str(out), "--workers", "1", "--fresh", env=vs_env, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert len(framemd5(out)) == 8
+    assert manifest(tmp_path / "vfr.mkv.parts")["plan"]["info"]["FPS"].startswith("24000/1001")
+
+
 def _rgb_script(tmp_path: Path) -> list[str]:
     rgb = tmp_path / "rgb.vpy"
     rgb.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.RGB24, length=3).set_output()\n")
@@ -478,7 +502,8 @@ def test_device_slots_show_one_gpu_each():
 
 
 @pytest.mark.parametrize("args", [["--ray", "--workers", "2"], ["--workers", "2", "--devices", "cuda:0"],
-                                  ["-a", "novalue"], ["--encode", "-c:v 'libx265"], []])
+                                  ["-a", "novalue"], ["--encode", "-c:v 'libx265"], [],
+                                  ["--vspipe", "vspipe"], ["--stall-timeout", "0"]])
 def test_render_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from vsedvr.cli import main
 
@@ -508,7 +533,8 @@ def test_a_full_disk_is_named(tmp_path):
     from vsedvr.render.tools import check_disk_full
 
     check_disk_full("Error writing trailer: Invalid argument", tmp_path)  # other errors: retried as usual
-    with pytest.raises(DiskFullError, match="is full .* --work-dir on a larger disk"):
+    # the hint must work: a new --work-dir alone would start from nothing, a moved folder resumes
+    with pytest.raises(DiskFullError, match="is full .* move the work folder to a larger disk and pass --work-dir"):
         check_disk_full("[matroska @ 0x1] Error writing packet: No space left on device", tmp_path)
 
 

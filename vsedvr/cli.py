@@ -2,7 +2,7 @@
 
 Subcommands: ``models`` (the zoo table), ``download`` (fill the cache), ``verify`` (re-hash
 cached files), ``info`` (versions, plugin, devices, cache folder), ``stubs`` (editor completion
-of ``core.edvr.Restore``), ``render`` (a script rendered in segments by many vspipe processes,
+of ``core.edvr.Restore``), ``render`` (a script rendered in segments by worker processes,
 locally or on Ray; :mod:`vsedvr.render`). stdout carries only what was
 asked for (tables, paths, results); progress bars, notes and errors go to stderr, an error as
 one line starting ``vsedvr: error:``. Exit status: 0 success, 1 failure, 2 wrong usage.
@@ -269,7 +269,7 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import shlex
     import signal
 
-    from . import render as rendering  # no torch: the workers' vspipe processes load it
+    from . import render as rendering  # no torch: the worker processes load it
 
     if args.ray is not None and (args.workers or args.devices):
         parser.error("--ray takes its workers from the cluster; drop --workers/--devices")
@@ -289,6 +289,12 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a scheduler's kill: the same clean stop as Ctrl-C
+    # stdout stays empty: a Ray driver prints the cluster's error messages (a dead node: kilobytes)
+    # there, choosing sys.stdout when it prints; the command's own stdout goes to stderr meanwhile
+    sys.stdout.flush()
+    saved_stdout, saved_fd = sys.stdout, os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     try:
         if args.ray is not None:
             pool = rendering.RayPool(args.ray or None, retries=args.retries, cpus_per_task=args.cpus_per_task,
@@ -303,7 +309,7 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             pool = rendering.LocalPool(slots, retries=args.retries, stall_timeout=args.stall_timeout)
         rendering.render(args.script, args.output, args=args.arg, output_index=args.outputindex,
                          segment=args.segment, work_dir=args.work_dir, pool=pool, encode=encode,
-                         audio=args.audio, ffmpeg=args.ffmpeg, vspipe=args.vspipe, keep=args.keep,
+                         audio=args.audio, ffmpeg=args.ffmpeg, keep=args.keep,
                          fresh=args.fresh, progress_interval=args.progress_interval)
     except rendering.RenderError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -311,6 +317,10 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except KeyboardInterrupt:
         _error("interrupted; the verified segments are kept: run the same command again to resume")
         return 130
+    finally:
+        sys.stdout = saved_stdout
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
     return 0
 
 
@@ -376,10 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "render", help="render a script in segments on many workers or a Ray cluster (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Render SCRIPT into OUT by cutting it into frame ranges, each rendered by its own "
-                    "`vspipe --start --end` (one worker = one vspipe on one device), written as verified "
-                    "lossless FFV1 and joined. The result is identical, frame by frame, to one plain vspipe "
-                    "render. Re-running the same command resumes. Progress on stderr.",
+        description="Render SCRIPT into OUT by cutting it into frame ranges (segments), rendered by workers "
+                    "(one per GPU or CPU slot, each evaluating the script once, as vspipe does), written as "
+                    "verified lossless FFV1 and joined. The result is identical, frame by frame, to one plain "
+                    "vspipe render. Re-running the same command resumes. Progress on stderr.",
         epilog=f"Examples:\n  {PROG} render film.vpy -o film.mkv --devices cuda:0,cuda:1\n"
                f"  {PROG} render film.vpy -o film.mkv --ray HEAD:6379 -a src=/shared/film.mkv\n"
                f"  {PROG} render film.vpy -o film.mkv --workers 2 --encode \"-c:v libx265 -crf 18\" --audio src.mkv\n\n"
@@ -388,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="the result (FFV1 in MKV unless --encode says otherwise)")
     p.add_argument("-a", "--arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="passed to vspipe as is (repeat for several)")
+                   help="a global of the script, a string, as vspipe's -a (repeat for several)")
     p.add_argument("--outputindex", type=int, default=0, metavar="N", help="the script's output to render (default 0)")
     g = p.add_argument_group("workers")
     g.add_argument("--workers", type=int, metavar="N", help="N CPU workers, the cores divided between them")
@@ -396,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one worker per device, e.g. cuda:0,cuda:1 (each sees its GPU alone, so scripts keep "
                         "device=\"auto\"); default: every GPU nvidia-smi lists, else one CPU worker")
     g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="one Ray task per segment on the cluster at ADDRESS (HOST:PORT or auto); without "
+                   help="one worker per GPU (or CPU slot) of the Ray cluster at ADDRESS (HOST:PORT or auto); without "
                         "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs ray (pip install ray)")
     g.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
                    help="with --ray on a cluster without GPUs: CPUs (torch threads) per task (default 1)")
@@ -419,7 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fresh", action="store_true",
                    help="if the work folder holds another plan (changed script or arguments), delete it first")
     g.add_argument("--ffmpeg", metavar="PATH", help="ffmpeg to use (default: PATH, else imageio-ffmpeg)")
-    g.add_argument("--vspipe", metavar="PATH", help="vspipe to use (default: beside this Python, else PATH)")
     g.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines when stderr is not a terminal (default 10)")
     p.set_defaults(func=cmd_render)

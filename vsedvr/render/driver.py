@@ -17,7 +17,7 @@ from typing import Any
 from ..zoo.cache import sha256_file
 from .ray_pool import RayPool
 from .scheduler import LocalPool
-from .segment import segment_name
+from .segment import FFV1_ARGS, segment_name
 from .tools import RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference, tail
 from .workdir import WorkDir
 
@@ -119,17 +119,24 @@ def _count_frames(ffmpeg: str, path: Path) -> int:
 def _move(src: Path, dst: Path) -> None:
     try:
         os.replace(src, dst)
+        return
     except OSError:  # another file system
-        tmp = dst.with_name(f".{dst.name}.vsedvr-partial")
+        pass
+    tmp = dst.with_name(f".{dst.name}.vsedvr-partial")
+    try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-        src.unlink()
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RenderError(f"cannot copy the verified result {src} to {dst} ({e}); it is kept in the work folder: "
+                          f"free some space there and run the same command again, or copy it yourself") from e
+    src.unlink()
 
 
 def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequence[str] = (),
            output_index: int = 0, segment: int = DEFAULT_SEGMENT, work_dir: str | os.PathLike | None = None,
            pool: LocalPool | RayPool | None = None, encode: Sequence[str] = (), audio: str | None = None,
-           ffmpeg: str | None = None, vspipe: str | None = None, keep: bool = False, fresh: bool = False,
+           ffmpeg: str | None = None, keep: bool = False, fresh: bool = False,
            env: Mapping[str, str] | None = None, log: Callable[[str], None] = _stderr,
            progress_interval: float = 10.0) -> dict[str, Any]:
     """Renders ``script`` into ``output`` segment by segment; returns a summary
@@ -138,10 +145,9 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
 
     ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
     frame by frame). ``env``: environment of the default pool's worker (None: this process's).
-    ``vspipe`` is not used (the workers evaluate the script themselves, as vspipe does); it is
-    accepted for older callers.
+    The caller owns stdout: a Ray cluster's driver prints the cluster's error messages there
+    (``vsedvr render`` points it at stderr).
     """
-    del vspipe
     t_start = time.monotonic()
     script = Path(script).resolve()
     output = Path(output).resolve()
@@ -167,7 +173,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
                                ffmpeg_exe, keep, fresh, log, progress_interval, t_start)
     except BaseException:
         pool.kill()
-        work.remove_partials()  # its workers' attempts in progress
+        work.remove_partials(join=False)  # its workers' attempts in progress
         raise
     return summary
 
@@ -183,7 +189,8 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     plan = {"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
             "output_index": output_index, "frames": frames, "segment": segment, "ranges": ranges,
             "info": {k: info.get(k) for k in ("Width", "Height", "Format Name", "FPS")},
-            "encode": list(encode), "audio": str(Path(audio).resolve()) if audio else None, "output": str(output)}
+            "ffv1": FFV1_ARGS, "encode": list(encode), "audio": str(Path(audio).resolve()) if audio else None,
+            "output": str(output)}
     resumed = work.open(plan, fresh=fresh)
     finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]
     final = work.manifest.get("final")
@@ -269,7 +276,11 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     cmd += list(encode) if encode else ["-c:v", "copy"]
     log(f"joining {_count(len(ranges), 'segment')}{' with audio' if audio else ''}"
         f"{' and encoding: ' + shlex.join(encode) if encode else ' (lossless FFV1)'}")
-    _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
+    try:
+        _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
+    except RenderError:
+        partial.unlink(missing_ok=True)  # on a full disk, the largest file there
+        raise
     if encode:
         got = _count_frames(ffmpeg_exe, partial)
         if got != frames:

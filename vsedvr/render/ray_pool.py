@@ -5,7 +5,6 @@ its node; connecting to the cluster, with the checks that turn Ray's slow or sil
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,21 +117,6 @@ def _check_token(address: str) -> None:
         return
 
 
-def _errors_to_stderr(ray: Any) -> None:
-    """Ray's driver prints the cluster's error messages (a node or worker that died: kilobytes of
-    them) on stdout, which ``vsedvr render`` keeps empty: send them to stderr."""
-    worker_module = sys.modules.get("ray._private.worker")
-    original = getattr(worker_module, "print_to_stdstream", None)
-    if original is None or getattr(original, "_vsedvr", False):
-        return
-
-    def to_stderr(data: dict[str, Any], *args: Any, **kw: Any) -> None:
-        original(dict(data, is_err=True), *args, **kw)
-
-    to_stderr._vsedvr = True  # type: ignore[attr-defined]
-    worker_module.print_to_stdstream = to_stderr  # type: ignore[union-attr]
-
-
 _AUTH_HINT = ("the cluster uses token authentication and this driver has no token or the wrong one: "
               "run with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token (copy it from the "
               "head node: `ray get-auth-token` there), in a file named by RAY_AUTH_TOKEN_PATH, or in "
@@ -183,7 +167,6 @@ class RayPool(Pool):
                                   f"`ray start --head` and pass its address (--ray HOST:6379), or give --ray "
                                   f"without an address for a new local cluster") from e
             self._started_ray = not address
-        _errors_to_stderr(ray)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self._gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
         if self._gpus:

@@ -14,8 +14,12 @@ from .tools import RenderError, decode_hashes, first_difference
 __all__ = ["FFV1_ARGS", "SegmentFailed", "check_rendered", "exit_text", "segment_name", "segment_where",
            "verify_segment"]
 
-#: FFV1 version 3, every frame a keyframe (cuts anywhere, concat with -c copy), CRC per slice.
-FFV1_ARGS = ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slicecrc", "1"]
+#: FFV1 version 3, every frame a keyframe (cuts anywhere, concat with -c copy), CRC per slice. The
+#: slice count, coder and context model are pinned: left to each node's ffmpeg, segments from builds
+#: that choose differently join with -c copy into a file that stops decoding at the first foreign
+#: segment. Part of the render plan (a change refuses an old work folder).
+FFV1_ARGS = ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slicecrc", "1", "-slices", "4", "-coder", "range_tab",
+             "-context", "0"]
 
 
 class SegmentFailed(RenderError):

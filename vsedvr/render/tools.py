@@ -62,8 +62,9 @@ def first_difference(got: list[str], want: list[str]) -> int:
 def check_disk_full(stderr: str, where: Path) -> None:
     """Raises DiskFullError when a program's stderr says the disk is full."""
     if _NO_SPACE in stderr:
-        raise DiskFullError(f"the disk holding {where} is full ({_NO_SPACE}); free some space or pass "
-                            f"--work-dir on a larger disk, then run the same command again to resume")
+        raise DiskFullError(f"the disk holding {where} is full ({_NO_SPACE}); free some space, or move the "
+                            f"work folder to a larger disk and pass --work-dir with its new place, then run the "
+                            f"same command again to resume")
 
 
 def find_ffmpeg(explicit: str | os.PathLike | None = None) -> str:

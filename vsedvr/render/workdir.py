@@ -25,11 +25,11 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = 1
 #: Plan fields whose change makes the segments of a folder useless.
-IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges")
+IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges", "ffv1")
 
 
 def plan_id(plan: dict[str, Any]) -> str:
-    blob = json.dumps({k: plan[k] for k in IDENTITY}, sort_keys=True).encode()
+    blob = json.dumps({k: plan.get(k) for k in IDENTITY}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -45,6 +45,8 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
         changed.append(f"--segment ({old.get('segment')} -> {new['segment']})")
     if old.get("frames") != new["frames"] or old.get("info") != new["info"]:
         changed.append("the clip vspipe reports (frames, size or format)")
+    if old.get("ffv1") != new.get("ffv1"):
+        changed.append("the segments' FFV1 settings (a newer vsedvr)")
     return ", ".join(changed) or "the plan"
 
 
@@ -127,9 +129,10 @@ class WorkDir:
             old.unlink(missing_ok=True)
         self.save()
 
-    def remove_partials(self) -> None:
-        """Deletes the files of attempts in progress or abandoned (segments and the join)."""
-        for pattern in (".*.partial", "final.partial.*"):
+    def remove_partials(self, join: bool = True) -> None:
+        """Deletes the files of attempts in progress or abandoned: segments, and the join's unless
+        ``join`` is False."""
+        for pattern in (".*.partial", "final.partial.*") if join else (".*.partial",):
             for stale in self.path.glob(pattern):
                 stale.unlink(missing_ok=True)
 

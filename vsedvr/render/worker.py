@@ -71,7 +71,7 @@ def evaluate(script: str | os.PathLike, args: Sequence[str] = (), output_index: 
 
 def clip_info(clip: Any, where: str = "the script") -> dict[str, str]:
     """What the plan records about the clip (the keys and values ``vspipe --info`` prints);
-    RenderError for what yuv4mpeg cannot carry."""
+    RenderError for what yuv4mpeg cannot carry, and for a variable frame rate."""
     import vapoursynth as vs
 
     if clip.format is None or clip.width == 0:
@@ -82,8 +82,13 @@ def clip_info(clip: Any, where: str = "the script") -> dict[str, str]:
                           f'e.g. core.resize.Bicubic(clip, format=vs.YUV444P16, matrix_s="709")')
     if clip.format.sample_type == vs.FLOAT and clip.format.bits_per_sample != 32:
         raise RenderError(f"{where} is {clip.format.name}, which yuv4mpeg cannot carry")
-    fps = f"{clip.fps.numerator}/{clip.fps.denominator} ({clip.fps.numerator / clip.fps.denominator:.3f} fps)" \
-        if clip.fps.denominator else "Variable"
+    if not clip.fps.numerator or not clip.fps.denominator:  # VapourSynth: 0/1
+        # yuv4mpeg would say "F0:0", which ffmpeg reads as 25 fps: the duration (and any audio) wrong
+        raise RenderError(f"{where} has a variable frame rate, which vsedvr render does not carry (the result "
+                          f"would play at 25 fps); give it a constant one at the end of the script, e.g. "
+                          f"clip = core.std.AssumeFPS(clip, fpsnum=24000, fpsden=1001), or render it with "
+                          f"vspipe --timecodes")
+    fps = f"{clip.fps.numerator}/{clip.fps.denominator} ({clip.fps.numerator / clip.fps.denominator:.3f} fps)"
     return {"Width": str(clip.width), "Height": str(clip.height), "Frames": str(clip.num_frames),
             "FPS": fps, "Format Name": clip.format.name}
 
