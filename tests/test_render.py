@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -330,6 +331,83 @@ def test_an_os_error_in_a_check_fails_the_segment_instead_of_hanging(fast_script
     assert "1 of 4 segments failed (1)" in proc.stderr
     assert f"segment 1 on host {os.uname().nodename} (CPU): IsADirectoryError" in proc.stderr
     assert attempts(work)[1] == 3
+
+
+def _worker_events(job: dict, env: dict[str, str], prefix: list[str] = ()) -> list[dict]:
+    """Starts a real worker process (under ``prefix``), gives it ``job``, returns its events until
+    it is ready or fails to start."""
+    cmd = [*prefix, sys.executable, "-P", "-m", "vsedvr.render.worker"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(job) + "\n")
+    proc.stdin.flush()
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] in ("ready", "error"):
+            break
+    proc.stdin.close()  # the worker ends itself
+    proc.wait(timeout=60)
+    return events
+
+
+def test_a_worker_that_does_not_see_the_work_folder_refuses_to_start(fast_script, vs_env, tmp_path):
+    """A node with a folder of its own at the work folder's path (here: a worker in a mount
+    namespace with an empty tmpfs there) would verify segments the driver never sees; it must not
+    start. Likewise a node whose script differs from the driver's."""
+    from vsedvr.zoo.cache import sha256_file
+
+    script, _ = fast_script
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".probe-1").write_text("token")
+    job = {"script": str(script), "script_sha256": sha256_file(script), "work_dir": str(work),
+           "probe": {"name": ".probe-1", "token": "token"}}
+    assert _worker_events(job, vs_env)[-1]["event"] == "ready"  # the driver's own view: fine
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespaces here (unshare -m needs CAP_SYS_ADMIN)")
+    own = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{work}" && exec "$@"', "sh"]
+    ev = _worker_events(job, vs_env, own)[-1]
+    assert ev["event"] == "error", ev
+    assert f"the work folder {work} on host {os.uname().nodename}" in ev["message"]
+    assert "is not the folder the driver sees" in ev["message"] and "shared file system" in ev["message"]
+    ev = _worker_events(dict(job, script_sha256="0" * 64), vs_env)[-1]
+    assert ev["event"] == "error" and "is not the driver's" in ev["message"], ev
+
+
+@pytest.mark.slow(reason="renders 40 frames twice and refuses three changed finishes")
+def test_a_changed_finish_is_refused_with_its_cost(fast_script, vs_env, tmp_path):
+    """After a verified result whose segments were deleted, a new --encode or a moved output used to
+    render the whole video again without a word; now it is refused with the cost and what to do."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    assert attempts(work) == {0: 1, 1: 1}
+
+    encoded = render_cli(*args, "--encode", "-c:v ffv1 -level 1", env=vs_env, timeout=120)
+    assert encoded.returncode == 1, encoded.stderr
+    assert "the finish changed: --encode (none -> -c:v ffv1 -level 1)" in encoded.stderr
+    assert "would render all 40 frames again (about " in encoded.stderr and "worker-hours" in encoded.stderr
+    assert "--rerender" in encoded.stderr
+    suggested = encoded.stderr.split("encode the verified lossless result yourself: ")[1].split(";")[0]
+    assert suggested.startswith("ffmpeg -i ")
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", *shlex.split(suggested)[1:]], check=True)  # works pasted
+    assert framemd5(tmp_path / "out.encoded.mkv") == plain  # beside the result (-o is unchanged); FFV1 here
+
+    out.rename(tmp_path / "moved.mkv")
+    moved = render_cli(*args, env=vs_env, timeout=120)
+    assert moved.returncode == 1
+    assert f"the verified result {out} is gone (moved or deleted)" in moved.stderr
+    assert "put the verified result back" in moved.stderr
+    assert attempts(work) == {0: 1, 1: 1}  # nothing rendered by the refused runs
+
+    again = render_cli(*args, "--rerender", env=vs_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert attempts(work) == {0: 2, 1: 2}
+    assert framemd5(out) == plain
 
 
 @pytest.mark.slow

@@ -310,7 +310,7 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         rendering.render(args.script, args.output, args=args.arg, output_index=args.outputindex,
                          segment=args.segment, work_dir=args.work_dir, pool=pool, encode=encode,
                          audio=args.audio, ffmpeg=args.ffmpeg, keep=args.keep,
-                         fresh=args.fresh, progress_interval=args.progress_interval)
+                         fresh=args.fresh, rerender=args.rerender, progress_interval=args.progress_interval)
     except rendering.RenderError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
@@ -426,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: keep the lossless FFV1)")
     g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result")
     g.add_argument("--keep", action="store_true", help="keep the segment files after the result is verified")
+    g.add_argument("--rerender", action="store_true",
+                   help="render again when the finish changed (--encode, --audio, -o, the output moved) after the "
+                        "segments were deleted; without it that is refused, naming the cost")
     g.add_argument("--fresh", action="store_true",
                    help="if the work folder holds another plan (changed script or arguments), delete it first")
     g.add_argument("--ffmpeg", metavar="PATH", help="ffmpeg to use (default: PATH, else imageio-ffmpeg)")

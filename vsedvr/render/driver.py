@@ -133,10 +133,44 @@ def _move(src: Path, dst: Path) -> None:
     src.unlink()
 
 
+def _finish_changed(work: WorkDir, final: Mapping[str, Any], output: Path, encode: list[str], audio: str | None,
+                    frames: int, same_key: bool) -> str:
+    """Why a changed finish is refused: what changed, what rendering again would cost, what to do instead."""
+    old_out = Path(final.get("output") or output)
+    if same_key:
+        what = (f"the verified result {output} is gone (moved or deleted)" if not output.exists()
+                else f"the verified result {output} changed since it was verified (its SHA-256 differs)")
+    else:
+        changes = []
+        if "output" in final and final["output"] != str(output):
+            changes.append(f"-o ({final['output']} -> {output})")
+        if "encode" in final and final["encode"] != encode:
+            changes.append(f"--encode ({shlex.join(final['encode']) or 'none'} -> {shlex.join(encode) or 'none'})")
+        if "audio" in final and final["audio"] != audio:
+            changes.append(f"--audio ({final['audio'] or 'none'} -> {audio or 'none'})")
+        what = f"the finish changed: {', '.join(changes) or '--encode, --audio or -o'}"
+    seconds = sum(float(rec.get("seconds", 0)) for rec in work.manifest.get("segments", {}).values())
+    cost = f"about {seconds / 3600:.2f} worker-hours at the last run's speed" if seconds else "all of its time"
+    instead = []
+    old_there = old_out.is_file() and old_out.stat().st_size == final.get("size")
+    if same_key:
+        instead.append(f"put the verified result back at {output} (the same command then has nothing to do)")
+    elif old_there and "encode" in final and final["encode"] != encode and not final["encode"]:
+        target = output if output != old_out else output.with_name(f"{output.stem}.encoded{output.suffix}")
+        instead.append(f"encode the verified lossless result yourself: ffmpeg -i {shlex.quote(str(old_out))} "
+                       f"{shlex.join(encode)} {shlex.quote(str(target))}")
+    elif old_there and final.get("output") != str(output):
+        instead.append(f"move the verified result: mv {shlex.quote(str(old_out))} {shlex.quote(str(output))}")
+    instead.append("add --rerender to render them again (next time, --keep keeps the segments, and a changed "
+                   "finish is then only a new join)")
+    return (f"{what}, and the segments of that result were deleted once it was verified, so this would render all "
+            f"{frames} frames again ({cost}). Instead: {'; or '.join(instead)}")
+
+
 def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequence[str] = (),
            output_index: int = 0, segment: int = DEFAULT_SEGMENT, work_dir: str | os.PathLike | None = None,
            pool: LocalPool | RayPool | None = None, encode: Sequence[str] = (), audio: str | None = None,
-           ffmpeg: str | None = None, keep: bool = False, fresh: bool = False,
+           ffmpeg: str | None = None, keep: bool = False, fresh: bool = False, rerender: bool = False,
            env: Mapping[str, str] | None = None, log: Callable[[str], None] = _stderr,
            progress_interval: float = 10.0) -> dict[str, Any]:
     """Renders ``script`` into ``output`` segment by segment; returns a summary
@@ -144,7 +178,10 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     worker). Raises RenderError.
 
     ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
-    frame by frame). ``env``: environment of the default pool's worker (None: this process's).
+    frame by frame). ``rerender``: render again when the finish changed (``encode``, ``audio``,
+    ``output``, or the output moved) after the segments were deleted; without it that is refused,
+    naming the cost and the alternatives. ``env``: environment of the default pool's worker (None:
+    this process's).
     The caller owns stdout: a Ray cluster's driver prints the cluster's error messages there
     (``vsedvr render`` points it at stderr).
     """
@@ -165,22 +202,26 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     work.lock()  # before any worker starts: a second driver on the folder is refused at once
     if isinstance(pool, RayPool):
         pool.connect()
-    # the workers start (each evaluates the script once) while this process waits for the first
-    pool.start({"script": str(script), "args": list(args), "output_index": output_index,
-                "work_dir": str(work.path), "ffmpeg": ffmpeg})
+    # the workers start (each checks that it sees this work folder and script, then evaluates the
+    # script once) while this process waits for the first
+    pool.start({"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
+                "output_index": output_index, "work_dir": str(work.path), "ffmpeg": ffmpeg,
+                "probe": work.write_probe()})
     try:
         summary = _render_with(pool, work, script, output, args, output_index, segment, encode, audio,
-                               ffmpeg_exe, keep, fresh, log, progress_interval, t_start)
+                               ffmpeg_exe, keep, fresh, rerender, log, progress_interval, t_start)
     except BaseException:
         pool.kill()
         work.remove_partials(join=False)  # its workers' attempts in progress
         raise
+    finally:
+        work.remove_probes()
     return summary
 
 
 def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output: Path, args: Sequence[str],
                  output_index: int, segment: int, encode: Sequence[str], audio: str | None, ffmpeg_exe: str,
-                 keep: bool, fresh: bool, log: Callable[[str], None], progress_interval: float,
+                 keep: bool, fresh: bool, rerender: bool, log: Callable[[str], None], progress_interval: float,
                  t_start: float) -> dict[str, Any]:
     info = pool.info()
     startup_s = float(info.get("startup_s", 0.0))
@@ -194,12 +235,17 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     resumed = work.open(plan, fresh=fresh)
     finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]
     final = work.manifest.get("final")
-    if final and final.get("key") == finish_key and output.is_file() and work.check_file("final", output):
-        pool.close()
-        log(f"{output} is already rendered and verified (work folder {work.path}); nothing to do")
-        return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
-                "work_dir": str(work.path), "startup_s": startup_s}
-    work.manifest.pop("final", None)
+    if final:
+        intact = work.file_matches("final", output)
+        if final.get("key") == finish_key and intact:
+            pool.close()
+            log(f"{output} is already rendered and verified (work folder {work.path}); nothing to do")
+            return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
+                    "work_dir": str(work.path), "startup_s": startup_s}
+        if final.get("segments_deleted") and not rerender:
+            raise RenderError(_finish_changed(work, final, output, list(encode), plan["audio"], frames,
+                                              same_key=final.get("key") == finish_key))
+        work.manifest.pop("final", None)
 
     todo = []
     for i in range(len(ranges)):
@@ -295,7 +341,8 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
                               f"{first_difference(got_hashes, hashes)} "
                               f"({len(got_hashes)} frames decoded, {frames} expected); the segments are kept")
     _move(partial, output)
-    work.record_file("final", output, key=finish_key, verified="frame hashes" if not encode else "frame count")
+    work.record_file("final", output, key=finish_key, verified="frame hashes" if not encode else "frame count",
+                     output=str(output), encode=list(encode), audio=plan["audio"], segments_deleted=not keep)
     concat.unlink(missing_ok=True)
     if not keep:
         for i in range(len(ranges)):

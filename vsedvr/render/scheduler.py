@@ -132,11 +132,12 @@ class Scheduler:
             self.info = ev["info"]
 
     def _on_error(self, w: WorkerState, ev: dict[str, Any]) -> None:
-        """The script does not evaluate on this worker: no use starting it again."""
+        """The script does not evaluate on this worker (or it does not see the work folder): no use
+        starting it again."""
         w.state = "dead"
-        self.given_up.append(f"on {w.where}: {ev['message']}")
-        if self.info is not None and not self.closed:
-            self.notes.append(f"the worker on {w.where} cannot evaluate the script; going on without it: "
+        self.given_up.append(ev["message"])
+        if not self.closed:
+            self.notes.append(f"the worker on {w.where} is left out: "
                               f"{ev['message'].splitlines()[0]}")
         w.handle.kill()
 
@@ -326,6 +327,16 @@ class Scheduler:
         if i in w.assigned:
             w.assigned.remove(i)
         w.last_sign = time.monotonic()
+        try:  # the worker saw it on its file system; the driver must see it on its own
+            size = (Path(self.job["work_dir"]) / record["file"]).stat().st_size
+        except OSError:
+            size = -1
+        if size != record["size"]:
+            yield from self._fail(i, f"{segment_where(record)} was verified on {w.where}, but the driver "
+                                     f"{'does not see its file' if size < 0 else 'sees another size of its file'} in "
+                                     f"{self.job['work_dir']}: --work-dir must be a folder all nodes share, at the "
+                                     f"same path", w)
+            return
         self.failed_in_a_row[w.slot] = 0
         self.frame_seconds.append(float(record.get("seconds", 0)) / max(1, record["end"] - record["start"] + 1))
         self.left.discard(i)

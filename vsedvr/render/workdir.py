@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ class WorkDir:
         if getattr(self, "_lock_file", None) is not None:
             return
         if not self.manifest_path.is_file() and self.path.exists() and any(
-                p.name != LOCK for p in self.path.iterdir()):
+                p.name != LOCK and not p.name.startswith(".probe-") for p in self.path.iterdir()):
             raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
                               f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
         try:
@@ -117,6 +118,21 @@ class WorkDir:
                               f"(or stop it), or pass --work-dir DIR") from None
         except OSError as e:
             raise RenderError(f"cannot lock the work folder {self.path}: {e}") from e
+
+    def write_probe(self) -> dict[str, str]:
+        """A file with a random token that every worker must read (``check_shared`` in the worker):
+        the proof that it sees this folder. Earlier runs' probes are deleted first."""
+        self.remove_probes()
+        probe = {"name": f".probe-{secrets.token_hex(8)}", "token": secrets.token_hex(16)}
+        try:
+            (self.path / probe["name"]).write_text(probe["token"])
+        except OSError as e:
+            raise RenderError(f"cannot write into the work folder {self.path}: {e}") from e
+        return probe
+
+    def remove_probes(self) -> None:
+        for probe in self.path.glob(".probe-*"):
+            probe.unlink(missing_ok=True)
 
     def _prepare(self) -> None:
         try:
@@ -191,15 +207,11 @@ class WorkDir:
             self.save()
         return problem
 
-    def check_file(self, name: str, path: Path) -> bool:
-        """True if the file recorded under ``name`` (final) is there with its size and hash."""
+    def file_matches(self, name: str, path: Path) -> bool:
+        """True if the file recorded under ``name`` (final) is at ``path`` with its size and hash."""
         rec = self.manifest.get(name)
-        ok = rec is not None and path.is_file() and path.stat().st_size == rec["size"] \
+        return rec is not None and path.is_file() and path.stat().st_size == rec["size"] \
             and sha256_file(path) == rec["sha256"]
-        if rec and not ok:
-            del self.manifest[name]
-            self.save()
-        return ok
 
     def record_file(self, name: str, path: Path, **extra: Any) -> None:
         self.manifest[name] = {"size": path.stat().st_size, "sha256": sha256_file(path), **extra}

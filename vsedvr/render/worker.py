@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..zoo.cache import sha256_file
 from .protocol import decode, device_of, encode, where_worker
 from .segment import FFV1_ARGS, SegmentFailed, check_rendered, segment_name, segment_where
 from .tools import (RenderError, StderrFile, Y4MFormat, check_disk_full, colour_filter, ffmpeg_cmd, find_ffmpeg,
@@ -320,6 +321,36 @@ class Worker:
                 self.checks.task_done()
 
 
+def check_shared(job: Mapping[str, Any]) -> None:
+    """RenderError unless this worker sees the driver's work folder (its probe file, with the
+    driver's token) and the driver's script (the same SHA-256): on a cluster, a node without the
+    shared folder, or with a folder of its own at the same path, would render segments the driver
+    never sees, or from another script."""
+    where = where_worker()
+    work = Path(job["work_dir"])
+    probe = job.get("probe")
+    if probe:
+        try:
+            token = (work / probe["name"]).read_text()
+        except OSError as e:
+            token = f"unreadable ({type(e).__name__})"
+        if token != probe["token"]:
+            raise RenderError(f"the work folder {work} on {where} is not the folder the driver sees (its probe "
+                              f"file {probe['name']} is {'missing' if 'unreadable' in token else 'different'} "
+                              f"there); --work-dir must be a shared file system mounted at the same path on every "
+                              f"node")
+    want = job.get("script_sha256")
+    if want:
+        try:
+            got = sha256_file(Path(job["script"]))
+        except OSError as e:
+            raise RenderError(f"cannot read the script {job['script']} on {where} ({e}); the script and its sources "
+                              f"must be on a folder every node shares, at the same path") from None
+        if got != want:
+            raise RenderError(f"the script {job['script']} on {where} is not the driver's (SHA-256 {got[:12]}, "
+                              f"the driver's {want[:12]}); the script must be on a folder every node shares")
+
+
 def main() -> None:
     """The worker's loop (see the module's docstring)."""
     out = os.fdopen(os.dup(1), "w")  # the protocol; the script's prints go to stderr
@@ -348,6 +379,7 @@ def main() -> None:
         pass  # already a group (session) leader
     t0 = time.perf_counter()
     try:
+        check_shared(job)
         worker = Worker(job, out)
         worker.clip = evaluate(job["script"], job.get("args", ()), int(job.get("output_index", 0)))
         info = clip_info(worker.clip, f"output {job.get('output_index', 0)} of {job['script']}")
