@@ -10,7 +10,8 @@ part of the render plan (so the re-run is the same plan): RENDER_TEST_KILL=FRAME
 kills the worker process (or the Ray worker above it) when FRAME is first requested;
 RENDER_TEST_SLEEP slows every frame down; RENDER_TEST_SLOW_START=MARKER:SECONDS makes every worker
 but the first ready SECONDS later; RENDER_TEST_BAD_WORKER=MARKER makes the first worker fail every
-frame; RENDER_TEST_STALL / _STOP / _UNWRITABLE / _BLOCK=FRAME:PATH, when FRAME is first requested,
+frame after 2 (frame 0, the canary, reads 0-2); RENDER_TEST_OFFSET=N changes the frames (another pipeline), RENDER_TEST_ODD_WORKER=
+MARKER those of the first worker only; RENDER_TEST_STALL / _STOP / _UNWRITABLE / _BLOCK=FRAME:PATH, when FRAME is first requested,
 hang the frame forever, SIGSTOP the worker, replace the folder PATH by a file, make a folder PATH.
 
 The multi-node Ray cluster tests are in tests/test_render_cluster.py.
@@ -34,14 +35,24 @@ VSEDVR = [sys.executable, "-m", "vsedvr"]
 
 FAULTS = '''
 import os, signal, time
+def first(marker):
+    """True in the first process to get here (the marker file created atomically)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 slow_start = os.environ.get("RENDER_TEST_SLOW_START")
 if slow_start:  # every worker but the first to evaluate the script is ready SECONDS later
     marker, seconds = slow_start.split(":")
-    if os.path.exists(marker):
+    if not first(marker):
         time.sleep(float(seconds))
-    open(marker, "a").close()
+OFFSET = int(os.environ.get("RENDER_TEST_OFFSET", "0"))  # added to the frames: another pipeline
+odd = os.environ.get("RENDER_TEST_ODD_WORKER")
+if odd and first(odd):  # the first worker to evaluate the script renders other frames
+    OFFSET += 1
 bad = os.environ.get("RENDER_TEST_BAD_WORKER")
-if bad and not os.path.exists(bad):  # the first worker to evaluate the script fails every frame
+if bad and first(bad + ".lock"):  # the first worker to evaluate the script fails every frame
     with open(bad, "w") as f:
         f.write(str(os.getpid()))
 def once(name, n):
@@ -53,7 +64,7 @@ def once(name, n):
             open(path + ".done", "w").close()
             return path
 def fault(n):
-    if bad and open(bad).read() == str(os.getpid()):
+    if bad and n > 2 and open(bad).read() == str(os.getpid()):  # frame 0 (the canary: 0-2) works
         raise RuntimeError(f"this worker cannot render (pid {os.getpid()})")
     if once("RENDER_TEST_STALL", n):
         while True:  # a frame that never comes (a hung GPU, an NFS read in D state)
@@ -115,7 +126,7 @@ blank = core.std.BlankClip(width=64, height=48, length=40, format=vs.YUV420P8, f
 def fill(n, f):
     fault(n)
     out = f.copy()
-    np.asarray(out[0])[:] = noise[n]
+    np.asarray(out[0])[:] = noise[n] + OFFSET
     return out
 clip = core.std.ModifyFrame(blank, blank, fill)
 core.std.AverageFrames(clip, weights=[1, 2, 3, 2, 1]).set_output()
@@ -307,7 +318,7 @@ def test_an_unwritable_work_folder_ends_the_render_instead_of_looping(fast_scrip
     script, _ = fast_script
     out = tmp_path / "out.mkv"
     work = tmp_path / "out.mkv.parts"
-    env = dict(vs_env, RENDER_TEST_UNWRITABLE=f"2:{work / 'attempts'}", RENDER_TEST_SLEEP="0.05")
+    env = dict(vs_env, RENDER_TEST_UNWRITABLE=f"12:{work / 'attempts'}", RENDER_TEST_SLEEP="0.05")
     proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--retries", "1",
                       env=env, timeout=180)
     assert proc.returncode == 1, proc.stderr
@@ -408,6 +419,43 @@ def test_a_changed_finish_is_refused_with_its_cost(fast_script, vs_env, tmp_path
     assert again.returncode == 0, again.stderr
     assert attempts(work) == {0: 2, 1: 2}
     assert framemd5(out) == plain
+
+
+# ----------------------------------------------------------- pipeline drift (issue 36, item 2)
+
+
+@pytest.mark.slow(reason="two renders of 40 frames")
+def test_a_resume_with_another_pipeline_is_refused(fast_script, vs_env, tmp_path):
+    """An upgrade, another plugin or a re-muxed source between runs (here: frames offset by one, the
+    script file unchanged) used to pass as the same plan: frame 0, rendered by every worker before
+    its first segment, now tells, and the plan is refused."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--keep")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    changed = render_cli(*args, env=dict(vs_env, RENDER_TEST_OFFSET="1"), timeout=120)
+    assert changed.returncode == 1, changed.stderr
+    assert "holds another render plan (changed: the pipeline the segments were rendered with: frame 0 " \
+           "(the canary) renders differently)" in changed.stderr
+    assert "--fresh" in changed.stderr
+    assert framemd5(out) == plain
+
+
+@pytest.mark.slow(reason="a render on two workers, one of them rendering other frames")
+def test_a_worker_with_another_pipeline_is_left_out(fast_script, vs_env, tmp_path):
+    """Two workers whose frame 0 differs (a node with other versions or another GPU model): the
+    second one to report is left out, naming its host and what differs, and every segment comes
+    from the first, so the video is one pipeline's."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_ODD_WORKER=str(tmp_path / "odd"), RENDER_TEST_SLEEP="0.02")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    left_out = [line for line in proc.stderr.splitlines() if "renders with another pipeline than the first" in line]
+    assert len(left_out) == 1 and f"on host {os.uname().nodename} (CPU)" in left_out[0], proc.stderr
+    assert "frame 0 (the canary) renders differently" in left_out[0]
+    pids = attempt_pids(tmp_path / "out.mkv.parts")
+    assert len({p for ps in pids.values() for p in ps}) == 1, pids  # one worker rendered every segment
 
 
 @pytest.mark.slow

@@ -230,7 +230,8 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     plan = {"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
             "output_index": output_index, "frames": frames, "segment": segment, "ranges": ranges,
             "info": {k: info.get(k) for k in ("Width", "Height", "Format Name", "FPS")},
-            "ffv1": FFV1_ARGS, "encode": list(encode), "audio": str(Path(audio).resolve()) if audio else None,
+            "ffv1": FFV1_ARGS, "fingerprint": info.get("fingerprint"), "encode": list(encode),
+            "audio": str(Path(audio).resolve()) if audio else None,
             "output": str(output)}
     resumed = work.open(plan, fresh=fresh)
     finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]

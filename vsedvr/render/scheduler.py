@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .process import WorkerProcess
-from .protocol import device_of, where_worker
+from .protocol import device_of, fingerprint_difference, where_worker
 from .segment import SegmentFailed, check_rendered, segment_where
 from .slots import merge_env
 from .tools import RenderError, find_ffmpeg
@@ -124,9 +124,16 @@ class Scheduler:
     # ------------------------------------------------------------------- start-up events
 
     def _on_ready(self, w: WorkerState, ev: dict[str, Any]) -> None:
-        w.state = "ready"
         w.host, w.pid = ev["info"].get("host", ""), ev["info"].get("pid", "")
         w.where = where_worker(w.host, ev["info"].get("device"))
+        if self.info is not None:
+            differs = fingerprint_difference(self.info.get("fingerprint", {}), ev["info"].get("fingerprint", {}))
+            if differs:  # its frames would not be the first worker's: no segment from it
+                self._on_error(w, {"message": f"the worker on {w.where} renders with another pipeline than the "
+                                              f"first worker ({self.info.get('host')}): {'; '.join(differs)}; give "
+                                              f"every node the same versions and GPU model"})
+                return
+        w.state = "ready"
         w.last_sign = time.monotonic()
         if self.info is None:
             self.info = ev["info"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
+from .protocol import fingerprint_difference
 from .tools import DiskFullError, RenderError
 
 __all__ = ["WorkDir", "plan_id"]
@@ -26,7 +27,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = 1
 #: Plan fields whose change makes the segments of a folder useless.
-IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges", "ffv1")
+IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges", "ffv1", "fingerprint")
 
 
 def plan_id(plan: dict[str, Any]) -> str:
@@ -48,6 +49,11 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
         changed.append("the clip vspipe reports (frames, size or format)")
     if old.get("ffv1") != new.get("ffv1"):
         changed.append("the segments' FFV1 settings (a newer vsedvr)")
+    differs = fingerprint_difference(old.get("fingerprint") or {}, new.get("fingerprint") or {})
+    if changed:  # frame 0 differing follows from a changed script or argument: not news
+        differs = [d for d in differs if "canary" not in d]
+    if differs:
+        changed.append(f"the pipeline the segments were rendered with: {'; '.join(differs)}")
     return ", ".join(changed) or "the plan"
 
 

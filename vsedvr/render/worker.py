@@ -174,6 +174,13 @@ class SegmentWriter:
         pass
 
 
+def _error_text(e: BaseException) -> str:
+    """A VapourSynth error for a message: its last line first (a Python error in the script comes
+    as its traceback, the error last), then the whole text."""
+    text = str(e).strip()
+    return (text.splitlines()[-1] if text else "(no message)") + (f"\n{text}" if "\n" in text else "")
+
+
 def _write_progress(path: Path, frames: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(str(frames))
@@ -264,9 +271,7 @@ class Worker:
         try:
             seg.output(writer, y4m=True)
         except vs.Error as e:
-            text = str(e).strip()  # a Python error in the script: its traceback, the error last
-            problem = f"the script failed: {text.splitlines()[-1] if text else '(no message)'}" + \
-                (f"\n{text}" if "\n" in text else "")
+            problem = f"the script failed: {_error_text(e)}"
         except BrokenPipeError:
             problem = "ffmpeg stopped reading"
         finally:
@@ -319,6 +324,48 @@ class Worker:
                 self.fail(int(item["index"]), e)
             finally:
                 self.checks.task_done()
+
+
+class _Discard:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def canary_hash(clip: Any) -> str:
+    """The hash of frame 0 as a segment would record it (its yuv4mpeg payload): rendered by every
+    worker before its first segment."""
+    writer = SegmentWriter(lambda: _Discard())  # type: ignore[arg-type, return-value]
+    clip[0:1].output(writer, y4m=True)
+    return writer.hashes[0]
+
+
+def fingerprint(clip: Any, ffmpeg: str) -> dict[str, Any]:
+    """What makes this worker's frames what they are, beyond the script: versions (vsedvr,
+    VapourSynth, Python, torch if the script loaded it, ffmpeg), the plugins loaded, the GPU model,
+    and the canary (frame 0's hash). Workers that differ would mix pipelines in one video."""
+    import platform
+
+    import vapoursynth as vs
+
+    from .. import __version__
+
+    canary = canary_hash(clip)  # first: it loads what the script loads lazily (torch, the model, CUDA)
+    try:
+        version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, timeout=30).stdout
+        ffmpeg_version = (version.splitlines() or ["?"])[0]
+    except (OSError, subprocess.SubprocessError):
+        ffmpeg_version = "?"
+    fp: dict[str, Any] = {"vsedvr": __version__, "vapoursynth": str(vs.core.core_version.release_major),
+                          "python": platform.python_version(), "ffmpeg": ffmpeg_version,
+                          "plugins": {p.namespace: f"{p.identifier} {p.version.major}.{p.version.minor}"
+                                      for p in vs.core.plugins()}}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        fp["torch"] = torch.__version__
+        if torch.cuda.is_initialized():
+            fp["gpu"] = torch.cuda.get_device_name()
+    fp["canary"] = canary
+    return fp
 
 
 def check_shared(job: Mapping[str, Any]) -> None:
@@ -378,14 +425,20 @@ def main() -> None:
     except OSError:
         pass  # already a group (session) leader
     t0 = time.perf_counter()
+    import vapoursynth as vs
+
     try:
         check_shared(job)
         worker = Worker(job, out)
         worker.clip = evaluate(job["script"], job.get("args", ()), int(job.get("output_index", 0)))
         info = clip_info(worker.clip, f"output {job.get('output_index', 0)} of {job['script']}")
-        info["startup_s"] = f"{time.perf_counter() - t0:.3f}"
         info["host"] = socket.gethostname()
         info["device"] = device_of()
+        try:
+            info["fingerprint"] = fingerprint(worker.clip, worker.ffmpeg)
+        except vs.Error as e:
+            raise RenderError(f"frame 0 of {job['script']} fails on {where_worker()}: {_error_text(e)}") from None
+        info["startup_s"] = f"{time.perf_counter() - t0:.3f}"  # with the canary: the model is loaded by then
         info["pid"] = str(os.getpid())
     except RenderError as e:
         out.write(encode({"event": "error", "message": str(e)}))
