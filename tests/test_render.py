@@ -451,8 +451,8 @@ def test_a_worker_with_another_pipeline_is_left_out(fast_script, vs_env, tmp_pat
     env = dict(vs_env, RENDER_TEST_ODD_WORKER=str(tmp_path / "odd"), RENDER_TEST_SLEEP="0.02")
     proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    left_out = [line for line in proc.stderr.splitlines() if "renders with another pipeline than the first" in line]
-    assert len(left_out) == 1 and f"on host {os.uname().nodename} (CPU)" in left_out[0], proc.stderr
+    left_out = [line for line in proc.stderr.splitlines() if "its pipeline differs from the first worker's" in line]
+    assert len(left_out) == 1 and f"the worker on host {os.uname().nodename} (CPU) is left out" in left_out[0], proc.stderr
     assert "frame 0 (the canary) renders differently" in left_out[0]
     pids = attempt_pids(tmp_path / "out.mkv.parts")
     assert len({p for ps in pids.values() for p in ps}) == 1, pids  # one worker rendered every segment

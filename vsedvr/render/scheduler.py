@@ -129,9 +129,9 @@ class Scheduler:
         if self.info is not None:
             differs = fingerprint_difference(self.info.get("fingerprint", {}), ev["info"].get("fingerprint", {}))
             if differs:  # its frames would not be the first worker's: no segment from it
-                self._on_error(w, {"message": f"the worker on {w.where} renders with another pipeline than the "
-                                              f"first worker ({self.info.get('host')}): {'; '.join(differs)}; give "
-                                              f"every node the same versions and GPU model"})
+                self._on_error(w, {"message": f"its pipeline differs from the first worker's (on host "
+                                              f"{self.info.get('host')}): {'; '.join(differs)}; give every node the "
+                                              f"same versions and GPU model"})
                 return
         w.state = "ready"
         w.last_sign = time.monotonic()
