@@ -170,7 +170,9 @@ class RayPool(Pool):
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self._gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
         if self._gpus:
-            self.workers = int(sum(n["Resources"].get("GPU", 0.0) // 1 for n in nodes))
+            # each GPU actor also takes a CPU: a node with fewer CPUs than GPUs places only that many
+            self.workers = int(sum(min(n["Resources"].get("GPU", 0.0) // 1, n["Resources"].get("CPU", 0.0) // 1)
+                                   for n in nodes))
         else:
             cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
             self.workers = sum(c // self.cpus_per_task for c in cpus)
