@@ -344,10 +344,14 @@ def fingerprint(clip: Any, ffmpeg: str) -> dict[str, Any]:
     VapourSynth, Python, torch if the script loaded it, ffmpeg), the plugins loaded, the GPU model,
     and the canary (frame 0's hash). Workers that differ would mix pipelines in one video."""
     import platform
+    from importlib import metadata
 
     import vapoursynth as vs
 
-    from .. import __version__
+    try:
+        vsedvr_version = metadata.version("vsedvr")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        vsedvr_version = "not installed"
 
     canary = canary_hash(clip)  # first: it loads what the script loads lazily (torch, the model, CUDA)
     try:
@@ -355,7 +359,7 @@ def fingerprint(clip: Any, ffmpeg: str) -> dict[str, Any]:
         ffmpeg_version = (version.splitlines() or ["?"])[0]
     except (OSError, subprocess.SubprocessError):
         ffmpeg_version = "?"
-    fp: dict[str, Any] = {"vsedvr": __version__, "vapoursynth": str(vs.core.core_version.release_major),
+    fp: dict[str, Any] = {"vsedvr": vsedvr_version, "vapoursynth": str(vs.core.core_version.release_major),
                           "python": platform.python_version(), "ffmpeg": ffmpeg_version,
                           "plugins": {p.namespace: f"{p.identifier} {p.version.major}.{p.version.minor}"
                                       for p in vs.core.plugins()}}
