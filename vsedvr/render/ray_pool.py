@@ -166,7 +166,7 @@ class RayPool(Pool):
                 raise RenderError(f"cannot connect to Ray at {where}: {text[:400]}. Start the head node with "
                                   f"`ray start --head` and pass its address (--ray HOST:6379), or give --ray "
                                   f"without an address for a new local cluster") from e
-            self._started_ray = not address
+            self._started_ray = True  # this driver's connection (and a new local cluster): ended by close()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self._gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
         if self._gpus:
@@ -205,7 +205,16 @@ class RayPool(Pool):
         return RayHandle(ray, actor, job, self.env, threads)
 
     def close(self) -> None:
+        """Ends the workers, then this driver's connection if it made one (a new local cluster with
+        it): no message of the cluster's arrives after the render."""
         super().close()
+        self._disconnect()
+
+    def kill(self) -> None:
+        super().kill()
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         if self._started_ray:
             _import_ray().shutdown()
             self._started_ray = False
