@@ -600,6 +600,30 @@ def test_variable_frame_rate_is_refused_at_the_plan(vs_env, tmp_path):
     assert manifest(tmp_path / "vfr.mkv.parts")["plan"]["info"]["FPS"].startswith("24000/1001")
 
 
+@pytest.mark.slow(reason="a render with an audio file muxed in, and a refused one")
+def test_audio_is_muxed_and_a_file_without_audio_is_refused_at_once(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    sine = tmp_path / "sine.mka"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1.6", "-c:a", "flac",
+                    str(sine)], check=True)
+    out = tmp_path / "out.mkv"
+    proc = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--audio", str(sine),
+                      env=vs_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert framemd5(out) == plain
+    info = subprocess.run([FFMPEG, "-i", str(out)], capture_output=True, text=True).stderr
+    assert "Audio: flac" in info, info
+    # a file without audio used to fail at the join, after every segment was rendered
+    silent = tmp_path / "silent.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=32x24:duration=1", "-c:v", "ffv1",
+                    str(silent)], check=True)
+    refused = render_cli(str(script), "-o", str(tmp_path / "again.mkv"), "--workers", "1", "--audio", str(silent),
+                         env=vs_env, timeout=120)
+    assert refused.returncode == 1
+    assert f"--audio {silent}: its audio cannot be muxed into again.mkv" in refused.stderr
+    assert not (tmp_path / "again.mkv.parts" / "attempts").exists()  # before any segment
+
+
 def _rgb_script(tmp_path: Path) -> list[str]:
     rgb = tmp_path / "rgb.vpy"
     rgb.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.RGB24, length=3).set_output()\n")

@@ -118,6 +118,23 @@ def _count_frames(ffmpeg: str, path: Path) -> int:
     return sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
 
 
+def _check_audio(ffmpeg: str, audio: Path, output: Path, encode: Sequence[str], work: Path) -> None:
+    """A dry mux of 0.1 s of ``audio`` into the output's container, before any segment: a file
+    without audio, or a codec the container refuses, used to fail only at the join."""
+    probe = work / f".audio-check{output.suffix or '.mkv'}"
+    codec = [] if any(opt in encode for opt in _AUDIO_CODEC_OPTS) else ["-c:a", "copy"]
+    cmd = ffmpeg_cmd(ffmpeg, "-y", "-i", str(audio), "-map", "0:a", "-t", "0.1", *codec, str(probe))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        probe.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RenderError(f"--audio {audio}: its audio cannot be muxed into {output.name} "
+                          f"({' '.join(tail(proc.stderr, 3).split()) or 'ffmpeg exit status ' + str(proc.returncode)}); "
+                          f"give a file with an audio stream whose codec the output's container takes "
+                          f"(MKV takes nearly all: -o {output.with_suffix('.mkv').name})")
+
+
 def _move(src: Path, dst: Path) -> None:
     try:
         os.replace(src, dst)
@@ -202,6 +219,8 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     pool = pool if pool is not None else LocalPool([{}], env=env)
     work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
     work.lock()  # before any worker starts: a second driver on the folder is refused at once
+    if audio:
+        _check_audio(ffmpeg_exe, Path(audio), output, encode, work.path)
     if isinstance(pool, RayPool):
         pool.connect()
     # the workers start (each checks that it sees this work folder and script, then evaluates the
