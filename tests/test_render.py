@@ -624,6 +624,34 @@ def test_audio_is_muxed_and_a_file_without_audio_is_refused_at_once(fast_script,
     assert not (tmp_path / "again.mkv.parts" / "attempts").exists()  # before any segment
 
 
+@pytest.mark.slow(reason="a render whose script trims its video and its audio")
+def test_the_scripts_own_audio_follows_its_trim(vs_env, vspipe, tmp_path):
+    """--audio-output N: the script's audio node (here a 2 s sine, cut like the video: its first 12
+    frames, half a second, dropped) is rendered and muxed, sample for sample what the script says."""
+    sine = tmp_path / "sine.wav"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2",
+                    "-c:a", "pcm_s16le", str(sine)], check=True)
+    script = tmp_path / "trimmed.vpy"
+    script.write_text(FAST_SCRIPT.replace("length=40", "length=48").replace("(40, 48, 64)", "(48, 48, 64)") +
+                      "import vapoursynth as vs\n"
+                      "clip = vs.get_output(0)[0]\n"
+                      "vs.clear_outputs()\n"
+                      "clip[12:].set_output(0)\n"
+                      f"vs.core.bs.AudioSource({str(sine)!r})[12 * 2000:].set_output(1)  # 48000 Hz / 24 fps\n")
+    out = tmp_path / "out.mkv"
+    proc = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "18", "--audio-output", "1",
+                      env=vs_env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "the script's audio: 1.500 s, 1 channel(s), 48000 Hz" in proc.stderr
+    assert framemd5(out) == plain_render(script, vspipe, vs_env)
+
+    def pcm_md5(*args: str) -> str:
+        return subprocess.run([FFMPEG, "-v", "error", *args, "-map", "0:a", "-c:a", "pcm_s16le", "-f", "md5", "-"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert pcm_md5("-i", str(out)) == pcm_md5("-i", str(sine), "-af", "atrim=start_sample=24000")
+
+
 def _rgb_script(tmp_path: Path) -> list[str]:
     rgb = tmp_path / "rgb.vpy"
     rgb.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.RGB24, length=3).set_output()\n")
@@ -653,7 +681,8 @@ def test_device_slots_show_one_gpu_each():
 
 @pytest.mark.parametrize("args", [["--ray", "--workers", "2"], ["--workers", "2", "--devices", "cuda:0"],
                                   ["-a", "novalue"], ["--encode", "-c:v 'libx265"], [],
-                                  ["--vspipe", "vspipe"], ["--stall-timeout", "0"]])
+                                  ["--vspipe", "vspipe"], ["--stall-timeout", "0"],
+                                  ["--audio", "a.wav", "--audio-output", "1"]])
 def test_render_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from vsedvr.cli import main
 

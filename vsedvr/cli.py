@@ -275,6 +275,8 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("--ray takes its workers from the cluster; drop --workers/--devices")
     if args.workers is not None and args.devices:
         parser.error("give --workers N (CPU workers) or --devices LIST, not both")
+    if args.audio is not None and args.audio_output is not None:
+        parser.error("give --audio FILE or --audio-output N, not both")
     if args.stall_timeout <= 0:
         parser.error(f"--stall-timeout must be more than 0 seconds, got {args.stall_timeout:g}")
     bad = [a for a in args.arg if "=" not in a]
@@ -310,7 +312,8 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         rendering.render(args.script, args.output, args=args.arg, output_index=args.outputindex,
                          segment=args.segment, work_dir=args.work_dir, pool=pool, encode=encode,
                          audio=args.audio, ffmpeg=args.ffmpeg, keep=args.keep,
-                         fresh=args.fresh, rerender=args.rerender, progress_interval=args.progress_interval)
+                         fresh=args.fresh, rerender=args.rerender, audio_output=args.audio_output,
+                         progress_interval=args.progress_interval)
     except rendering.RenderError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
@@ -424,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--encode", metavar="ARGS",
                    help="ffmpeg arguments of the final encode, one string, e.g. \"-c:v libx265 -crf 18\" "
                         "(default: keep the lossless FFV1)")
-    g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result")
+    g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result as they are")
+    g.add_argument("--audio-output", type=int, metavar="N",
+                   help="the script's own audio output N (audio.set_output(N)), muxed into the result: it follows "
+                        "the script's trims")
     g.add_argument("--keep", action="store_true", help="keep the segment files after the result is verified")
     g.add_argument("--rerender", action="store_true",
                    help="render again when the finish changed (--encode, --audio, -o, the output moved) after the "

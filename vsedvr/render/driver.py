@@ -16,6 +16,7 @@ from typing import Any
 
 from ..zoo.cache import sha256_file
 from .ray_pool import RayPool
+from .process import WorkerProcess
 from .scheduler import LocalPool
 from .segment import FFV1_ARGS, segment_name
 from .tools import RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference, tail
@@ -118,6 +119,23 @@ def _count_frames(ffmpeg: str, path: Path) -> int:
     return sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
 
 
+def _wait_audio(proc: WorkerProcess, ffmpeg: str, path: Path, output: Path, encode: Sequence[str], work: Path,
+                log: Callable[[str], None]) -> None:
+    """Waits for the process rendering the script's audio output; RenderError with its message."""
+    while True:
+        for ev in proc.poll(1.0):
+            if ev["event"] == "done":
+                a = ev["audio"]
+                log(f"the script's audio: {a['samples'] / a['sample_rate']:.3f} s, {a['channels']} channel(s), "
+                    f"{a['sample_rate']} Hz")
+                proc.close(5)
+                _check_audio(ffmpeg, path, output, encode, work)
+                return
+            if ev["event"] in ("error", "exit"):
+                proc.kill()
+                raise RenderError(ev["message"])
+
+
 def _check_audio(ffmpeg: str, audio: Path, output: Path, encode: Sequence[str], work: Path) -> None:
     """A dry mux of 0.1 s of ``audio`` into the output's container, before any segment: a file
     without audio, or a codec the container refuses, used to fail only at the join."""
@@ -190,6 +208,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
            output_index: int = 0, segment: int = DEFAULT_SEGMENT, work_dir: str | os.PathLike | None = None,
            pool: LocalPool | RayPool | None = None, encode: Sequence[str] = (), audio: str | None = None,
            ffmpeg: str | None = None, keep: bool = False, fresh: bool = False, rerender: bool = False,
+           audio_output: int | None = None,
            env: Mapping[str, str] | None = None, log: Callable[[str], None] = _stderr,
            progress_interval: float = 10.0) -> dict[str, Any]:
     """Renders ``script`` into ``output`` segment by segment; returns a summary
@@ -197,7 +216,9 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     worker). Raises RenderError.
 
     ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
-    frame by frame). ``rerender``: render again when the finish changed (``encode``, ``audio``,
+    frame by frame). ``audio``: a file whose audio is muxed in as it is; ``audio_output``: the
+    script's own audio output of that index instead (rendered on this machine, so it follows the
+    script's trims). ``rerender``: render again when the finish changed (``encode``, ``audio``,
     ``output``, or the output moved) after the segments were deleted; without it that is refused,
     naming the cost and the alternatives. ``env``: environment of the default pool's worker (None:
     this process's).
@@ -219,8 +240,15 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     pool = pool if pool is not None else LocalPool([{}], env=env)
     work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
     work.lock()  # before any worker starts: a second driver on the folder is refused at once
+    if audio is not None and audio_output is not None:
+        raise RenderError("give --audio FILE or --audio-output N, not both")
     if audio:
         _check_audio(ffmpeg_exe, Path(audio), output, encode, work.path)
+    audio_proc = None
+    if audio_output is not None:  # evaluated here, while the workers start
+        audio = str(work.path / f"audio-{audio_output}.w64")
+        audio_proc = WorkerProcess({"script": str(script), "args": list(args), "audio_output": audio_output,
+                                    "path": audio}, dict(os.environ if env is None else env))
     if isinstance(pool, RayPool):
         pool.connect()
     # the workers start (each checks that it sees this work folder and script, then evaluates the
@@ -229,10 +257,14 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
                 "output_index": output_index, "work_dir": str(work.path), "ffmpeg": ffmpeg,
                 "probe": work.write_probe()})
     try:
+        if audio_proc is not None:
+            _wait_audio(audio_proc, ffmpeg_exe, Path(audio), output, encode, work.path, log)  # type: ignore[arg-type]
         summary = _render_with(pool, work, script, output, args, output_index, segment, encode, audio,
                                ffmpeg_exe, keep, fresh, rerender, log, progress_interval, t_start)
     except BaseException:
         pool.kill()
+        if audio_proc is not None:
+            audio_proc.kill()
         work.remove_partials(join=False)  # its workers' attempts in progress
         raise
     finally:

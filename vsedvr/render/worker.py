@@ -35,10 +35,10 @@ PROGRESS_EVERY_S = 0.5
 COLOUR_PROPS = ("_Matrix", "_Primaries", "_Transfer", "_Range", "_ColorRange")
 
 
-def evaluate(script: str | os.PathLike, args: Sequence[str] = (), output_index: int = 0) -> Any:
+def evaluate(script: str | os.PathLike, args: Sequence[str] = (), output_index: int = 0, audio: bool = False) -> Any:
     """Runs a .vpy script as vspipe does (globals ``__name__ = "__vapoursynth__"``, ``__file__``,
     ``-a`` values as str, the working directory the script's folder while it runs) and returns
-    its output clip. Raises RenderError with the script's message."""
+    its output clip (``audio``: its audio node). Raises RenderError with the script's message."""
     import vapoursynth as vs
 
     path = os.fspath(script)
@@ -64,6 +64,11 @@ def evaluate(script: str | os.PathLike, args: Sequence[str] = (), output_index: 
         out = vs.get_output(output_index)
     except (KeyError, IndexError):
         raise RenderError(f"{path} sets no output {output_index}") from None
+    if audio:
+        if not isinstance(out, vs.AudioNode):
+            raise RenderError(f"output {output_index} of {path} is not audio: {type(out).__name__}; "
+                              f"--audio-output names the script's audio output (set with audio.set_output(N))")
+        return out
     clip = out[0] if isinstance(out, vs.VideoOutputTuple) else out
     if not isinstance(clip, vs.VideoNode):
         raise RenderError(f"output {output_index} of {path} is not a video clip: {type(clip).__name__}")
@@ -402,8 +407,25 @@ def check_shared(job: Mapping[str, Any]) -> None:
                               f"the driver's {want[:12]}); the script must be on a folder every node shares")
 
 
+def render_audio(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The script's audio output ``job["audio_output"]`` written to ``job["path"]`` (Wave64: no 4 GB
+    limit), as ``vspipe -o N -c w64`` would; its samples and rate."""
+    node = evaluate(job["script"], job.get("args", ()), int(job["audio_output"]), audio=True)
+    path = Path(job["path"])
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with open(partial, "wb") as f:
+            node.output(f, w64=True)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return {"samples": node.num_samples, "sample_rate": node.sample_rate, "channels": node.num_channels}
+
+
 def main() -> None:
-    """The worker's loop (see the module's docstring)."""
+    """The worker's loop (see the module's docstring); a job with ``audio_output`` renders the
+    script's audio instead (:func:`render_audio`) and ends."""
     out = os.fdopen(os.dup(1), "w")  # the protocol; the script's prints go to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -431,6 +453,13 @@ def main() -> None:
     t0 = time.perf_counter()
     import vapoursynth as vs
 
+    if "audio_output" in job:
+        try:
+            out.write(encode({"event": "done", "audio": render_audio(job)}))
+        except (RenderError, vs.Error, OSError) as e:
+            out.write(encode({"event": "error", "message": f"--audio-output {job['audio_output']}: {e}"}))
+        out.flush()
+        os._exit(0)
     try:
         check_shared(job)
         worker = Worker(job, out)
