@@ -652,6 +652,23 @@ def test_the_scripts_own_audio_follows_its_trim(vs_env, vspipe, tmp_path):
     assert pcm_md5("-i", str(out)) == pcm_md5("-i", str(sine), "-af", "atrim=start_sample=24000")
 
 
+@pytest.mark.parametrize("fmt", ["YUV444PS", "GRAYS", "YUV420PH", "YUV440P8"])
+def test_formats_yuv4mpeg_cannot_carry_are_refused_with_a_fix(fmt: str) -> None:
+    """Float YUV (VapourSynth writes C444p32, which ffmpeg's reader refuses) and 4:4:0 (used to be a
+    KeyError) are refused with a conversion that works when pasted."""
+    import vapoursynth as vs
+    from vsedvr.render import RenderError
+    from vsedvr.render.worker import clip_info
+
+    core = vs.core
+    clip = core.std.BlankClip(width=32, height=24, length=2, format=getattr(vs, fmt))
+    with pytest.raises(RenderError) as info:
+        clip_info(clip)
+    fix = str(info.value).split("e.g. ")[1]
+    fixed = eval(fix, {"core": core, "vs": vs, "clip": clip})  # noqa: S307 - the message's own suggestion
+    assert clip_info(fixed)["Frames"] == "2"
+
+
 def _rgb_script(tmp_path: Path) -> list[str]:
     rgb = tmp_path / "rgb.vpy"
     rgb.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.RGB24, length=3).set_output()\n")

@@ -139,6 +139,7 @@ class RayPool(Pool):
         self.workers = 0
         self._gpus = 0.0
         self._started_ray = False
+        self._actor_class: Any = None
 
     def connect(self) -> None:
         """Joins (or starts) the cluster and counts its slots; RenderError with the cause when it cannot."""
@@ -201,7 +202,9 @@ class RayPool(Pool):
         else:
             opts = {"num_cpus": self.cpus_per_task}
             threads = str(self.cpus_per_task)
-        actor = ray.remote(RayWorkerActor).options(max_concurrency=4, max_restarts=0, **opts)
+        if self._actor_class is None:  # wrapped once per pool, not per worker
+            self._actor_class = ray.remote(RayWorkerActor)
+        actor = self._actor_class.options(max_concurrency=4, max_restarts=0, **opts)
         return RayHandle(ray, actor, job, self.env, threads)
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """The work folder of one render: its plan, the manifest (replaced atomically), the segment files.
 
-Layout: ``manifest.json`` (plan, verified segments, joined file, final output), ``seg-NNNNN.mkv``
-(verified segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned),
-``attempts/NNNNN`` (one line per attempt), ``progress/NNNNN`` (frames done by the running attempt),
-``joined.mkv`` (the segments concatenated), ``.lock`` (held by the driver that uses the folder).
+Layout: ``manifest.json`` (plan, verified segments, final output), ``seg-NNNNN.mkv`` (verified
+segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned), ``attempts/NNNNN`` (one
+line per attempt), ``progress/NNNNN`` (frames done by the running attempt), ``final.partial.*``
+(the join, until it is verified and moved), ``.probe-*`` (the probe file workers must read),
+``audio-N.w64`` (the script's audio output N), ``.lock`` (held by the driver that uses the folder).
 """
 from __future__ import annotations
 

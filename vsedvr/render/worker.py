@@ -9,6 +9,7 @@ It speaks :mod:`.protocol` on stdin and stdout; the script's own prints go to st
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import secrets
@@ -26,7 +27,7 @@ from typing import Any, BinaryIO
 from ..zoo.cache import sha256_file
 from .protocol import decode, device_of, encode, where_worker
 from .segment import FFV1_ARGS, SegmentFailed, check_rendered, segment_name, segment_where
-from .tools import (RenderError, StderrFile, Y4MFormat, check_disk_full, colour_filter, ffmpeg_cmd, find_ffmpeg,
+from .tools import (DiskFullError, RenderError, StderrFile, Y4MFormat, check_disk_full, colour_filter, ffmpeg_cmd, find_ffmpeg,
                     new_frame_hash, tail)
 
 __all__ = ["SegmentWriter", "clip_info", "evaluate", "main", "segment_clip"]
@@ -86,8 +87,16 @@ def clip_info(clip: Any, where: str = "the script") -> dict[str, str]:
     if clip.format.color_family == vs.RGB:
         raise RenderError(f"{where} is RGB, which yuv4mpeg cannot carry; convert it at the end of the script, "
                           f'e.g. core.resize.Bicubic(clip, format=vs.YUV444P16, matrix_s="709")')
-    if clip.format.sample_type == vs.FLOAT and clip.format.bits_per_sample != 32:
-        raise RenderError(f"{where} is {clip.format.name}, which yuv4mpeg cannot carry")
+    ss = (clip.format.subsampling_w, clip.format.subsampling_h)
+    if clip.format.sample_type == vs.FLOAT:  # VapourSynth writes C444p32, which ffmpeg cannot read
+        target = "GRAY16" if clip.format.color_family == vs.GRAY else \
+            f"YUV{ {(0, 0): '444', (1, 0): '422', (1, 1): '420'}.get(ss, '444') }P16"
+        raise RenderError(f"{where} is {clip.format.name}, a float format ffmpeg's yuv4mpeg reader does not take; "
+                          f"convert it at the end of the script, e.g. core.resize.Point(clip, format=vs.{target})")
+    if ss not in ((0, 0), (1, 0), (1, 1), (2, 0), (2, 2)):  # 4:4:0 and other rare ones
+        raise RenderError(f"{where} is {clip.format.name}, a chroma subsampling yuv4mpeg does not carry (4:2:0, "
+                          f"4:2:2, 4:4:4, 4:1:1, 4:1:0 only); convert it at the end of the script, e.g. "
+                          f"core.resize.Bicubic(clip, format=vs.YUV444P{16 if clip.format.bits_per_sample > 8 else 8})")
     if not clip.fps.numerator or not clip.fps.denominator:  # VapourSynth: 0/1
         # yuv4mpeg would say "F0:0", which ffmpeg reads as 25 fps: the duration (and any audio) wrong
         raise RenderError(f"{where} has a variable frame rate, which vsedvr render does not carry (the result "
@@ -220,7 +229,12 @@ class Worker:
 
     def fail(self, index: int, error: BaseException) -> None:
         """Sends ``failed`` for a segment: a RenderError's own message, or any other error (a work
-        folder that is gone or not writable, ESTALE on NFS) as one line naming this worker."""
+        folder that is gone or not writable, ESTALE on NFS) as one line naming this worker; a full
+        disk ends the render (fatal)."""
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            error = DiskFullError(f"the disk holding {self.work} is full (on {self.where}: {error}); free some "
+                                  f"space, or move the work folder to a larger disk and pass --work-dir with its new "
+                                  f"place, then run the same command again to resume")
         if isinstance(error, RenderError):
             message, fatal = str(error), not isinstance(error, SegmentFailed)
         else:
