@@ -42,6 +42,8 @@ Event = tuple
 
 #: Segments failed in a row after which a worker is retired (while other workers are left).
 RETIRE_AFTER = 3
+#: Seconds a starting worker counts as one that will take a segment failed elsewhere.
+START_PATIENCE_S = 120.0
 #: Default seconds without a new frame (or a check result) before a worker counts as stalled.
 STALL_TIMEOUT = 300.0
 
@@ -62,6 +64,7 @@ class WorkerState:
         self.last_sign = time.monotonic()  # of life: its last started, progress, rendered or done
         self.killed_because = ""  # the watchdog's reason, for the message when its exit arrives
         self.retired = False
+        self.born = time.monotonic()
 
     def began(self, index: int, work_dir: str) -> bool:
         """True if it started ``index`` (its "started" event, or its line in the attempts file: the
@@ -225,17 +228,22 @@ class Scheduler:
         """The next segment to each worker that renders none. A worker gets no second segment while
         it renders one (it would wait in its queue while another worker may be idle, or be
         starting); it gets the next as soon as it has rendered one (``rendered``), and renders it
-        while its thread checks the last one. A segment that failed on a worker's slot goes to
-        another slot while one is alive that has not failed it."""
+        while its thread checks the last one. A segment that failed on a worker's slot waits for
+        another slot that has not failed it, ready or starting (a start that takes three times the
+        first worker's start-up and at least 2 minutes, such as a Ray actor never placed, does not
+        count)."""
+        first = float((self.info or {}).get("startup_s", 0))
+        now = time.monotonic()
+        others = {v.slot for v in self._alive()
+                  if v.state == "ready" or now - v.born < max(START_PATIENCE_S, 3 * first)}
         for w in self.workers:
             if not self.pending:
                 return
             if w.state != "ready" or w.retired or w.assigned:
                 continue
-            alive = {v.slot for v in self._alive()}
             for i in self.pending:
                 failed = self.failed_on.get(i, set())
-                if w.slot not in failed or alive <= failed:
+                if w.slot not in failed or others <= failed:
                     self.pending.remove(i)
                     w.assigned.append(i)
                     w.last_sign = time.monotonic()
