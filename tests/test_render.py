@@ -576,6 +576,7 @@ def test_errors_are_one_clean_message(fast_script, vs_env, tmp_path):
     assert "RGB, which yuv4mpeg cannot carry" in fails(*_rgb_script(tmp_path), "-o", out)
 
 
+@pytest.mark.slow(reason="two renders (the refused one and the fixed one): about 5 s")
 def test_variable_frame_rate_is_refused_at_the_plan(vs_env, tmp_path):
     """yuv4mpeg cannot carry it and ffmpeg would make it 25 fps: refused before any segment, with a
     fix that works when pasted."""

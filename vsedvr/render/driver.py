@@ -280,11 +280,12 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     startup_s = float(info.get("startup_s", 0.0))
     frames = int(info["Frames"])
     ranges = [(s, min(s + segment, frames) - 1) for s in range(0, frames, segment)]
+    audio_key = str(Path(audio).resolve()) if audio else None
     plan = {"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
             "output_index": output_index, "frames": frames, "segment": segment, "ranges": ranges,
             "info": {k: info.get(k) for k in ("Width", "Height", "Format Name", "FPS")},
             "ffv1": FFV1_ARGS, "fingerprint": info.get("fingerprint"), "encode": list(encode),
-            "audio": str(Path(audio).resolve()) if audio else None,
+            "audio": audio_key,
             "output": str(output)}
     resumed = work.open(plan, fresh=fresh)
     finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]
@@ -297,7 +298,7 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
             return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
                     "work_dir": str(work.path), "startup_s": startup_s}
         if final.get("segments_deleted") and not rerender:
-            raise RenderError(_finish_changed(work, final, output, list(encode), plan["audio"], frames,
+            raise RenderError(_finish_changed(work, final, output, list(encode), audio_key, frames,
                                               same_key=final.get("key") == finish_key))
         work.manifest.pop("final", None)
 

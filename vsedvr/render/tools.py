@@ -142,7 +142,7 @@ def new_frame_hash() -> Any:
     return hashlib.md5()
 
 
-def frame_hash(payload: bytes | memoryview) -> str:
+def frame_hash(payload: bytes | bytearray | memoryview) -> str:
     """The hash recorded for one frame's planes."""
     h = new_frame_hash()
     h.update(payload)

@@ -478,7 +478,7 @@ def main() -> None:
         check_shared(job)
         worker = Worker(job, out)
         worker.clip = evaluate(job["script"], job.get("args", ()), int(job.get("output_index", 0)))
-        info = clip_info(worker.clip, f"output {job.get('output_index', 0)} of {job['script']}")
+        info: dict[str, Any] = dict(clip_info(worker.clip, f"output {job.get('output_index', 0)} of {job['script']}"))
         info["host"] = socket.gethostname()
         info["device"] = device_of()
         try:
