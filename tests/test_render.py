@@ -458,6 +458,43 @@ def test_a_worker_with_another_pipeline_is_left_out(fast_script, vs_env, tmp_pat
     assert len({p for ps in pids.values() for p in ps}) == 1, pids  # one worker rendered every segment
 
 
+@pytest.mark.slow(reason="three renders of 40 frames")
+def test_the_join_is_checked_by_packets_and_a_foreign_ffv1_segment_is_named(fast_script, vs_env, tmp_path):
+    """The lossless join is checked against the segments' recorded packets (no decode). A segment
+    written by an FFV1 encoder that chose other codec parameters (another ffmpeg build on a node;
+    here -slices 9, recorded as such a worker would) joins without an error from ffmpeg and then
+    stops decoding: it is named, with what to do."""
+    from vsedvr.render.tools import packet_hashes
+    from vsedvr.zoo.cache import sha256_file
+
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--keep")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    assert manifest(work)["final"]["verified"] == "packets"
+    out.unlink()
+    seg = work / "seg-00001.mkv"
+    foreign = tmp_path / "foreign.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(seg), "-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "9",
+                    str(foreign)], check=True)
+    foreign.replace(seg)
+    data = manifest(work)
+    extradata, packets = packet_hashes(FFMPEG, seg)
+    data["segments"]["1"].update(size=seg.stat().st_size, sha256=sha256_file(seg), extradata=extradata,
+                                 packets=packets)
+    (work / "manifest.json").write_text(json.dumps(data))
+    refused = render_cli(*args, env=vs_env, timeout=120)
+    assert refused.returncode == 1
+    assert "segment 1 (frames 20-39, rendered on " in refused.stderr
+    assert "has other FFV1 codec parameters than segment 0" in refused.stderr
+    assert not list(work.glob("final.partial.*"))
+    seg.unlink()  # as the message says
+    again = render_cli(*args, env=vs_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert framemd5(out) == plain
+
+
 @pytest.mark.slow
 def test_damaged_segment_files_are_rendered_again(fast_script, vs_env, tmp_path):
     script, plain = fast_script

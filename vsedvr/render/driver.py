@@ -19,7 +19,8 @@ from .ray_pool import RayPool
 from .process import WorkerProcess
 from .scheduler import LocalPool
 from .segment import FFV1_ARGS, segment_name
-from .tools import RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference, tail
+from .tools import (RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference,
+                    packet_hashes, tail)
 from .workdir import WorkDir
 
 __all__ = ["DEFAULT_SEGMENT", "render"]
@@ -117,6 +118,27 @@ def _count_frames(ffmpeg: str, path: Path) -> int:
     if proc.returncode != 0:
         raise RenderError(f"cannot read {path}:\n{tail(proc.stderr)}")
     return sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
+
+
+def _check_join_packets(ffmpeg: str, partial: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """The lossless join holds exactly the verified segments' packets, in order, with the codec
+    parameters of each (a segment of an FFV1 encoder that chose other parameters would be joined
+    without error and stop decoding there): a pass over the packets, no decode."""
+    first = records[0]["extradata"]
+    for rec in records[1:]:
+        if rec["extradata"] != first:
+            partial.unlink(missing_ok=True)
+            raise RenderError(f"segment {rec['index']} (frames {rec['start']}-{rec['end']}, rendered on "
+                              f"{rec.get('host', '?')}) has other FFV1 codec parameters than segment 0, so the "
+                              f"join would stop decoding there (another ffmpeg build on that node?); delete "
+                              f"{rec['file']} in the work folder and run the same command again to render it anew")
+    extradata, packets = packet_hashes(ffmpeg, partial)
+    want = [p for rec in records for p in rec["packets"]]
+    if extradata != first or packets != want:
+        partial.unlink(missing_ok=True)
+        raise RenderError(f"the joined result differs from the verified segments at packet "
+                          f"{first_difference(packets, want)} ({len(packets)} packets, {len(want)} expected"
+                          f"{'; other codec parameters' if extradata != first else ''}); the segments are kept")
 
 
 def _wait_audio(proc: WorkerProcess, ffmpeg: str, path: Path, output: Path, encode: Sequence[str], work: Path,
@@ -388,7 +410,9 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
             partial.unlink(missing_ok=True)
             raise RenderError(f"the encoded result has {got} frames, the script {frames}; "
                               f"check the --encode arguments (frame rate or filters that drop frames)")
-    else:
+    elif all("packets" in rec for rec in records):
+        _check_join_packets(ffmpeg_exe, partial, records)
+    else:  # segments recorded before packet hashes: decode the join and compare every frame
         got_hashes = decode_hashes(ffmpeg_exe, partial, records[0]["frame_size"])
         if got_hashes != hashes:
             partial.unlink(missing_ok=True)
@@ -396,7 +420,7 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
                               f"{first_difference(got_hashes, hashes)} "
                               f"({len(got_hashes)} frames decoded, {frames} expected); the segments are kept")
     _move(partial, output)
-    work.record_file("final", output, key=finish_key, verified="frame hashes" if not encode else "frame count",
+    work.record_file("final", output, key=finish_key, verified="packets" if not encode else "frame count",
                      output=str(output), encode=list(encode), audio=plan["audio"], segments_deleted=not keep)
     concat.unlink(missing_ok=True)
     if not keep:

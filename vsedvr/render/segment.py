@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
-from .tools import RenderError, decode_hashes, first_difference
+from .tools import RenderError, decode_hashes, first_difference, packet_hashes
 
 __all__ = ["FFV1_ARGS", "SegmentFailed", "check_rendered", "exit_text", "segment_name", "segment_where",
            "verify_segment"]
@@ -64,10 +64,13 @@ def verify_segment(ffmpeg: str, partial: Path, index: int, hashes: list[str], fr
 
 def check_rendered(ffmpeg: str, rendered: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A worker's ``rendered`` event checked (:func:`verify_segment`): its manifest record, complete
-    (file name, size, SHA-256, frame hashes). Done by the worker, or by the driver when the worker
-    died before it could."""
+    (file name, size, SHA-256, frame hashes, and its packets' hashes and extradata, which the
+    join is checked against). Done by the worker, or by the driver when the worker died before it
+    could."""
     record = dict(rendered["record"])
     final = verify_segment(ffmpeg, Path(rendered["partial"]), int(record["index"]), rendered["hashes"],
                            int(record["frame_size"]), where)
-    record.update(file=final.name, size=final.stat().st_size, sha256=sha256_file(final), hashes=rendered["hashes"])
+    extradata, packets = packet_hashes(ffmpeg, final)  # what the join is checked against, packet by packet
+    record.update(file=final.name, size=final.stat().st_size, sha256=sha256_file(final), hashes=rendered["hashes"],
+                  extradata=extradata, packets=packets)
     return record

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RenderError", "DiskFullError", "StderrFile", "Y4MFormat", "colour_filter", "decode_hashes",
-           "ffmpeg_cmd", "find_ffmpeg", "first_difference", "frame_hash", "new_frame_hash", "tail"]
+           "ffmpeg_cmd", "find_ffmpeg", "first_difference", "frame_hash", "new_frame_hash", "packet_hashes",
+           "tail"]
 
 _NO_SPACE = "No space left on device"
 
@@ -134,6 +135,24 @@ class Y4MFormat:
         chroma = -(-self.width // cw) * -(-self.height // ch)
         planes = self.width * self.height + 2 * chroma + (self.width * self.height if extra == "alpha" else 0)
         return planes * sample
+
+
+def packet_hashes(ffmpeg: str, path: Path) -> tuple[list[str], list[str]]:
+    """The video stream of ``path`` as its packets are stored, without decoding: its extradata
+    (codec parameters) and one ``size:hash`` per packet (murmur3; timestamps left out, since a
+    segment's shift in the join). RenderError if it cannot be read."""
+    proc = subprocess.run(ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framehash",
+                                     "-hash", "murmur3", "-"), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RenderError(f"cannot read {path}:\n{tail(proc.stderr)}")
+    extradata, packets = [], []
+    for line in proc.stdout.splitlines():
+        if line.startswith("#extradata"):
+            extradata.append(" ".join(line.split(",", 1)[1].split()))
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            packets.append(f"{fields[4]}:{fields[5]}")
+    return extradata, packets
 
 
 def new_frame_hash() -> Any:
