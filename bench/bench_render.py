@@ -16,11 +16,18 @@ Reported: wall time, frames per wall-clock second and the ratio to vspipe (the m
 each worker's start-up (Python, VapourSynth, torch, the model: everything before the first segment)
 from the render's own log.
 
+``--noop``: the pipeline's own ceiling, no model: a 3840x2160 YUV420P10 clip (noise upscaled 4x
+by repetition, 4 frames cycled, copied into each frame) through ``vspipe | ffmpeg -c:v ffv1`` and
+``vsedvr render --workers 1``; besides the wall times it reports the render's tail (from the
+"joining" line to the end: the join, its frame-by-frame verification, the move and the output's
+SHA-256, all on the driver) per frame, and puts it into the paper table.
+
 Examples::
 
     nice python bench/bench_render.py                                    # 96 frames of 96x64, segments of 24
     python bench/bench_render.py --size 64x48 --frames 48 --segment 12 --json render.json
     python bench/bench_render.py --device cuda --model edvrm --size 180x320 --frames 600 --segment 200
+    nice python bench/bench_render.py --noop --frames 24 --segment 12       # the 4K ceiling and the tail
 """
 from __future__ import annotations
 
@@ -52,6 +59,24 @@ core.resize.Bicubic(clip, format=vs.YUV420P10, matrix_s="709").set_output()
 '''
 
 
+NOOP_SCRIPT = '''
+import numpy as np
+import vapoursynth as vs
+core = vs.core
+rng = np.random.default_rng(0)
+def plane(h, w):  # noise at a quarter of the size, each sample repeated 4x4 (a stand-in for an upscale)
+    return np.repeat(np.repeat(rng.integers(64, 940, (h // 4, w // 4), dtype=np.uint16), 4, 0), 4, 1)
+cache = [[plane(2160, 3840), plane(1080, 1920), plane(1080, 1920)] for _ in range(4)]
+blank = core.std.BlankClip(width=3840, height=2160, length={frames}, format=vs.YUV420P10, fpsnum=24, fpsden=1)
+def fill(n, f):
+    out = f.copy()
+    for p in range(3):
+        np.asarray(out[p])[:] = cache[n % 4][p]
+    return out
+core.std.ModifyFrame(blank, blank, fill).set_output()
+'''
+
+
 def ffmpeg_exe() -> str:
     import shutil
 
@@ -63,13 +88,23 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def timed(cmd: list[str] | str, env: dict[str, str]) -> tuple[float, str]:
+def timed(cmd: list[str] | str, env: dict[str, str]) -> tuple[float, str, float]:
+    """Wall time, stderr, and the seconds from the render's "joining" line to the end (its tail)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            shell=isinstance(cmd, str))
+    assert proc.stderr is not None
+    lines, joined = [], float("nan")
+    for line in proc.stderr:
+        lines.append(line)
+        if "joining" in line:
+            joined = time.perf_counter()
+    code = proc.wait()
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"bench_render: {cmd if isinstance(cmd, str) else ' '.join(cmd[:4])}... failed:\n{proc.stderr[-3000:]}")
-    return wall, proc.stderr
+    err = "".join(lines)
+    if code != 0:
+        sys.exit(f"bench_render: {cmd if isinstance(cmd, str) else ' '.join(cmd[:4])}... failed:\n{err[-3000:]}")
+    return wall, err, time.perf_counter() - joined
 
 
 def main() -> None:
@@ -82,6 +117,9 @@ def main() -> None:
     p.add_argument("--segment", type=int, default=24, help="frames per segment (default 24)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each variant, interleaved (default 1)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--noop", action="store_true",
+                   help="the pipeline's ceiling: a 3840x2160 YUV420P10 clip without a model (--size, --model, "
+                        "--device unused), vspipe and --workers 1, and the render's tail per frame")
     p.add_argument("--film-frames", type=int, default=170_000, help="paper table: frames of the film (default 170000)")
     p.add_argument("--gpu-frame-s", type=float, default=0.15,
                    help="paper table: seconds per frame on one GPU (default 0.15, an assumption: EDVR-M "
@@ -97,8 +135,12 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-render-"))
     script = tmp / "bench.vpy"
-    script.write_text(SCRIPT.format(frames=args.frames, width=width, height=height, model=args.model,
-                                    device=args.device))
+    if args.noop:
+        script.write_text(NOOP_SCRIPT.format(frames=args.frames))
+        width, height = 3840, 2160
+    else:
+        script.write_text(SCRIPT.format(frames=args.frames, width=width, height=height, model=args.model,
+                                        device=args.device))
     venv_bin = Path(sys.executable).parent
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"), PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a plain run: the defaults
@@ -108,50 +150,68 @@ def main() -> None:
     ffmpeg = ffmpeg_exe()
     results: dict[str, object] = {"settings": {**vars(args), "json": str(args.json) if args.json else None,
                                                "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}}
-    walls: dict[str, list[float]] = {"vspipe": [], "render_1": [], "render_2": []}
-    startups: dict[str, list[float]] = {"render_1": [], "render_2": []}
+    worker_counts = (1,) if args.noop else (1, 2)
+    walls: dict[str, list[float]] = {"vspipe": [], **{f"render_{w}": [] for w in worker_counts}}
+    startups: dict[str, list[float]] = {f"render_{w}": [] for w in worker_counts}
+    tails: dict[str, list[float]] = {f"render_{w}": [] for w in worker_counts}
+    ffv1 = "-c:v ffv1 -level 3 -g 1 -slicecrc 1 -slices 4 -coder range_tab -context 0"  # the segments' settings
     for run in range(args.repeat):
         plain = tmp / f"plain_{run}.mkv"
-        wall, _ = timed(f"{shlex.quote(vspipe)} -c y4m {shlex.quote(str(script))} - | {shlex.quote(ffmpeg)} -v error "
-                        f"-y -f yuv4mpegpipe -i - -c:v ffv1 -level 3 -g 1 {shlex.quote(str(plain))}", env)
+        wall, _, _ = timed(f"{shlex.quote(vspipe)} -c y4m {shlex.quote(str(script))} - | {shlex.quote(ffmpeg)} -v error "
+                           f"-y -f yuv4mpegpipe -i - {ffv1} {shlex.quote(str(plain))}", env)
+        plain.unlink()
         walls["vspipe"].append(wall)
-        for workers in (1, 2):
+        for workers in worker_counts:
             out = tmp / f"render_{workers}_{run}.mkv"
-            wall, err = timed([sys.executable, "-m", "vsedvr", "render", str(script), "-o", str(out), "--workers",
-                               str(workers), "--segment", str(args.segment), "--ffmpeg", ffmpeg], env)
+            wall, err, tail = timed([sys.executable, "-m", "vsedvr", "render", str(script), "-o", str(out), "--workers",
+                                     str(workers), "--segment", str(args.segment), "--ffmpeg", ffmpeg], env)
+            out.unlink()
             walls[f"render_{workers}"].append(wall)
+            tails[f"render_{workers}"].append(tail)
             m = re.search(r"evaluated the script in ([\d.]+) s", err)
             startups[f"render_{workers}"].append(float(m.group(1)) if m else float("nan"))
     results["settings"]["load_avg_end"] = os.getloadavg()[0]  # type: ignore[index]
     base = statistics.median(walls["vspipe"])
     for name, ws in walls.items():
         results[name] = {"wall_s": ws, "median_s": statistics.median(ws), "fps_wall": args.frames / statistics.median(ws),
-                         "vs_vspipe": base / statistics.median(ws), "startup_s": startups.get(name)}
+                         "vs_vspipe": base / statistics.median(ws), "startup_s": startups.get(name),
+                         "tail_s": tails.get(name)}
 
-    print(f"{args.frames} frames {width}x{height} -> x4, model {args.model} on {args.device}, segments of "
+    what = "3840x2160 YUV420P10, no model" if args.noop else f"{width}x{height} -> x4, model {args.model} on {args.device}"
+    print(f"{args.frames} frames {what}, segments of "
           f"{args.segment}, {os.cpu_count()} cores, load average {results['settings']['load_avg_start']:.1f} -> "  # type: ignore[index]
           f"{results['settings']['load_avg_end']:.1f}, {args.repeat} run(s) each (median)")  # type: ignore[index]
-    print(f"  {'variant':<10} {'wall s':>8} {'fps':>7} {'x vspipe':>9}  worker start-up (s)")
+    print(f"  {'variant':<10} {'wall s':>8} {'fps':>7} {'x vspipe':>9} {'tail s':>7}  worker start-up (s)")
     for name in walls:
         r = results[name]
         ups = ", ".join(f"{x:.1f}" for x in (r["startup_s"] or []))  # type: ignore[index]
-        print(f"  {name:<10} {r['median_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f}  {ups}")  # type: ignore[index]
-    startup = max(startups["render_1"] + startups["render_2"])
-    results["paper"] = paper_table(startup + args.gpu_init, args.segment_cost, args.gpu_frame_s, args.film_frames)
+        tail = f"{statistics.median(r['tail_s']):7.2f}" if r["tail_s"] else " " * 7  # type: ignore[index]
+        print(f"  {name:<10} {r['median_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f} {tail}  {ups}")  # type: ignore[index]
+    startup = max(x for ups in startups.values() for x in ups)
+    # the tail per output frame, measured only at the output size it scales with (--noop: 4K)
+    tail_frame_s = statistics.median(tails["render_1"]) / args.frames if args.noop else 0.0
+    results["paper"] = paper_table(startup + args.gpu_init, args.segment_cost, args.gpu_frame_s, args.film_frames,
+                                   tail_frame_s)
     print(f"\n  on paper: {args.film_frames} frames at {args.gpu_frame_s} s/frame per GPU; a worker starts once: "
-          f"{startup:.1f} s (measured, worst) + {args.gpu_init} s (CUDA init, assumed); {args.segment_cost} s per segment")
-    print(f"  {'GPUs':>5} {'segment':>8} {'segments':>9} {'rounds':>7} {'hours':>7} {'x ideal':>8}")
+          f"{startup:.1f} s (measured, worst) + {args.gpu_init} s (CUDA init, assumed); {args.segment_cost} s per segment"
+          + (f"; then the tail on the driver, {tail_frame_s:.3f} s per 4K frame (measured)" if args.noop else
+             "; the tail (join, verification) not included: see --noop"))
+    print(f"  {'GPUs':>5} {'segment':>8} {'segments':>9} {'rounds':>7} {'GPU h':>7} {'x ideal':>8} {'tail h':>7} "
+          f"{'total h':>8} {'x ideal':>8}")
     for row in results["paper"]:  # type: ignore[attr-defined]
         print(f"  {row['gpus']:5d} {row['segment']:8d} {row['segments']:9d} {row['rounds']:7d} "
-              f"{row['hours']:7.2f} {row['vs_ideal']:8.3f}")
+              f"{row['hours']:7.2f} {row['vs_ideal']:8.3f} {row['tail_hours']:7.2f} {row['total_hours']:8.2f} "
+              f"{row['total_vs_ideal']:8.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
 
-def paper_table(startup_s: float, segment_s: float, frame_s: float, frames: int) -> list[dict[str, float]]:
+def paper_table(startup_s: float, segment_s: float, frame_s: float, frames: int,
+                tail_frame_s: float = 0.0) -> list[dict[str, float]]:
     """Wall time of a film on G GPUs with segments of L frames: each GPU's worker starts once, then
     takes segments as it finishes them (the busiest renders ceil(S/G) of them), paying
-    ``segment_s`` for each. Join and verification (ffmpeg, disk-bound) are not included."""
+    ``segment_s`` for each; then the tail on the driver (join and verification, serial),
+    ``tail_frame_s`` per frame whatever the GPUs."""
     rows = []
     for gpus in (1, 8, 64):
         for segment in sorted({100, 500, 2000, -(-frames // gpus)}):
@@ -159,8 +219,10 @@ def paper_table(startup_s: float, segment_s: float, frame_s: float, frames: int)
             rounds = -(-segments // gpus)
             per_gpu = startup_s + rounds * segment_s + min(rounds * segment, frames) * frame_s
             ideal = frames * frame_s / gpus
+            tail = frames * tail_frame_s
             rows.append({"gpus": gpus, "segment": segment, "segments": segments, "rounds": rounds,
-                         "hours": per_gpu / 3600, "vs_ideal": per_gpu / ideal})
+                         "hours": per_gpu / 3600, "vs_ideal": per_gpu / ideal, "tail_hours": tail / 3600,
+                         "total_hours": (per_gpu + tail) / 3600, "total_vs_ideal": (per_gpu + tail) / ideal})
     return rows
 
 

@@ -8,7 +8,11 @@ Frames are compared with ffmpeg's framemd5 (MD5 of each decoded frame), not with
 hashing. Faults are injected from inside the script through environment variables, which are not
 part of the render plan (so the re-run is the same plan): RENDER_TEST_KILL=FRAME:MARKER[:ray-worker]
 kills the worker process (or the Ray worker above it) when FRAME is first requested;
-RENDER_TEST_SLEEP slows every frame down.
+RENDER_TEST_SLEEP slows every frame down; RENDER_TEST_SLOW_START=MARKER:SECONDS makes every worker
+but the first ready SECONDS later; RENDER_TEST_BAD_WORKER=MARKER makes the first worker fail every
+frame after 2 (frame 0, the canary, reads 0-2); RENDER_TEST_OFFSET=N changes the frames (another pipeline), RENDER_TEST_ODD_WORKER=
+MARKER those of the first worker only; RENDER_TEST_STALL / _STOP / _UNWRITABLE / _BLOCK=FRAME:PATH, when FRAME is first requested,
+hang the frame forever, SIGSTOP the worker, replace the folder PATH by a file, make a folder PATH.
 
 The multi-node Ray cluster tests are in tests/test_render_cluster.py.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,7 +35,49 @@ VSEDVR = [sys.executable, "-m", "vsedvr"]
 
 FAULTS = '''
 import os, signal, time
+def first(marker):
+    """True in the first process to get here (the marker file created atomically)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+slow_start = os.environ.get("RENDER_TEST_SLOW_START")
+if slow_start:  # every worker but the first to evaluate the script is ready SECONDS later
+    marker, seconds = slow_start.split(":")
+    if not first(marker):
+        time.sleep(float(seconds))
+OFFSET = int(os.environ.get("RENDER_TEST_OFFSET", "0"))  # added to the frames: another pipeline
+odd = os.environ.get("RENDER_TEST_ODD_WORKER")
+if odd and first(odd):  # the first worker to evaluate the script renders other frames
+    OFFSET += 1
+bad = os.environ.get("RENDER_TEST_BAD_WORKER")
+if bad and first(bad + ".lock"):  # the first worker to evaluate the script fails every frame
+    with open(bad, "w") as f:
+        f.write(str(os.getpid()))
+def once(name, n):
+    """The PATH of $NAME=FRAME:PATH when frame FRAME is first requested (PATH + '.done' marks it)."""
+    value = os.environ.get(name)
+    if value:
+        frame, path = value.split(":", 1)
+        if n == int(frame) and not os.path.exists(path + ".done"):
+            open(path + ".done", "w").close()
+            return path
 def fault(n):
+    if bad and n > 2 and open(bad).read() == str(os.getpid()):  # frame 0 (the canary: 0-2) works
+        raise RuntimeError(f"this worker cannot render (pid {os.getpid()})")
+    if once("RENDER_TEST_STALL", n):
+        while True:  # a frame that never comes (a hung GPU, an NFS read in D state)
+            time.sleep(60)
+    if once("RENDER_TEST_STOP", n):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    unwritable = once("RENDER_TEST_UNWRITABLE", n)
+    if unwritable:  # the work folder's attempts/ gone, a file in its place: no worker can write there
+        os.rename(unwritable, unwritable + ".moved")
+        open(unwritable, "w").close()
+    blocked = once("RENDER_TEST_BLOCK", n)
+    if blocked:  # a folder where a segment's file must go: its rename fails with an OSError
+        os.mkdir(blocked)
     kill = os.environ.get("RENDER_TEST_KILL")
     if kill:
         frame, marker, *who = kill.split(":")
@@ -79,7 +126,7 @@ blank = core.std.BlankClip(width=64, height=48, length=40, format=vs.YUV420P8, f
 def fill(n, f):
     fault(n)
     out = f.copy()
-    np.asarray(out[0])[:] = noise[n]
+    np.asarray(out[0])[:] = noise[n] + OFFSET
     return out
 clip = core.std.ModifyFrame(blank, blank, fill)
 core.std.AverageFrames(clip, weights=[1, 2, 3, 2, 1]).set_output()
@@ -197,6 +244,255 @@ def test_worker_killed_mid_segment_is_retried(fast_script, vs_env, tmp_path):
     work = tmp_path / "out.mkv.parts"
     assert attempts(work) == {0: 1, 1: 1, 2: 2, 3: 1}
     assert not list(work.glob("seg-*.mkv"))  # removed once the result was verified (no --keep)
+
+
+def attempt_pids(work: Path) -> dict[int, list[str]]:
+    """The worker process (pid) of each attempt at each segment."""
+    return {int(p.name): [line.split()[2] for line in p.read_text().splitlines()]
+            for p in sorted((work / "attempts").iterdir())}
+
+
+@pytest.mark.slow(reason="two workers render two 5-second segments side by side")
+def test_no_segment_waits_for_a_busy_worker_while_another_is_idle(fast_script, vs_env, tmp_path):
+    """The second worker becomes ready a second after the first, while the first renders segment
+    0: segment 1 goes to it, not into the first one's queue (issue 36: --workers 2 --segment 48 on
+    96 frames ran serially)."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_SLEEP="0.25", RENDER_TEST_SLOW_START=f"{tmp_path / 'first'}:1")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "20", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pids = attempt_pids(tmp_path / "out.mkv.parts")
+    assert len(pids[0]) == len(pids[1]) == 1
+    assert pids[0] != pids[1], f"both segments rendered by one worker while the other was idle: {pids}"
+    assert framemd5(out) == plain
+
+
+# ------------------------------------------------------------------ hangs and loops (issue 36)
+
+
+@pytest.mark.slow(reason="two workers stall (one hangs in a frame, one is SIGSTOPped): 2 x the 3-s watchdog")
+def test_stalled_workers_are_killed_and_their_segments_retried(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_STALL=f"15:{tmp_path / 'stall'}", RENDER_TEST_STOP=f"35:{tmp_path / 'stop'}")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--stall-timeout", "3",
+                      env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    stalled = [line for line in proc.stderr.splitlines() if "stalled: no new frame or check result" in line]
+    assert len(stalled) >= 2, proc.stderr
+    assert any("segment 1 (frames 10-19)" in line and "retrying" in line for line in stalled), proc.stderr
+    assert any("segment 3 (frames 30-39)" in line and "retrying" in line for line in stalled), proc.stderr
+    assert all(f"host {os.uname().nodename} (CPU)" in line for line in stalled)
+    assert attempts(tmp_path / "out.mkv.parts") == {0: 1, 1: 2, 2: 1, 3: 2}
+    assert framemd5(out) == plain
+
+
+@pytest.mark.slow(reason="renders 8 segments on two workers, one failing every frame")
+def test_a_failing_worker_gets_no_segment_back_and_is_retired(fast_script, vs_env, tmp_path):
+    """A black hole: one worker fails every segment at once. Its failed segments go to the other
+    worker (never straight back to it), it is retired after 3 failures in a row, and the render
+    ends with the frames of one vspipe, with --retries 1."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    marker = tmp_path / "bad"
+    env = dict(vs_env, RENDER_TEST_SLEEP="0.05", RENDER_TEST_BAD_WORKER=str(marker))
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "5", "--retries", "1",
+                      env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert framemd5(out) == plain
+    bad_pid = marker.read_text()
+    pids = attempt_pids(tmp_path / "out.mkv.parts")
+    assert all(p.count(bad_pid) <= 1 for p in pids.values()), pids  # never the same segment twice
+    assert sum(p.count(bad_pid) for p in pids.values()) == 3, pids  # retired after its third failure
+    retired = [line for line in proc.stderr.splitlines() if "retiring the worker on" in line]
+    assert len(retired) == 1 and f"host {os.uname().nodename} (CPU)" in retired[0], proc.stderr
+    assert "3 segments in a row failed there" in retired[0] and "this worker cannot render" in retired[0]
+
+
+@pytest.mark.slow(reason="a render whose work folder becomes unwritable: every later attempt fails")
+def test_an_unwritable_work_folder_ends_the_render_instead_of_looping(fast_script, vs_env, tmp_path):
+    """Workers that cannot write into the work folder (its attempts/ replaced by a file) used to
+    crash before "started" and be replaced without end; now each attempt fails, naming the folder,
+    the host and the device, and the render ends."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_UNWRITABLE=f"12:{work / 'attempts'}", RENDER_TEST_SLEEP="0.05")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--retries", "1",
+                      env=env, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "segments failed" in proc.stderr and "the others are kept" in proc.stderr
+    assert f"on host {os.uname().nodename} (CPU): NotADirectoryError" in proc.stderr
+    assert f"the work folder {work} must exist and be writable on every worker" in proc.stderr
+    assert proc.stderr.count("starting another") == 0
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow(reason="a segment's check fails with an OSError, 3 attempts")
+def test_an_os_error_in_a_check_fails_the_segment_instead_of_hanging(fast_script, vs_env, tmp_path):
+    """The worker's checking thread used to die on anything but a RenderError (here the rename of a
+    verified segment onto a folder), and the driver waited for it forever."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_BLOCK=f"12:{work / 'seg-00001.mkv'}")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "10", env=env, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 4 segments failed (1)" in proc.stderr
+    assert f"segment 1 on host {os.uname().nodename} (CPU): IsADirectoryError" in proc.stderr
+    assert attempts(work)[1] == 3
+
+
+def _worker_events(job: dict, env: dict[str, str], prefix: list[str] = ()) -> list[dict]:
+    """Starts a real worker process (under ``prefix``), gives it ``job``, returns its events until
+    it is ready or fails to start."""
+    cmd = [*prefix, sys.executable, "-P", "-m", "vsedvr.render.worker"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(job) + "\n")
+    proc.stdin.flush()
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] in ("ready", "error"):
+            break
+    proc.stdin.close()  # the worker ends itself
+    proc.wait(timeout=60)
+    return events
+
+
+def test_a_worker_that_does_not_see_the_work_folder_refuses_to_start(fast_script, vs_env, tmp_path):
+    """A node with a folder of its own at the work folder's path (here: a worker in a mount
+    namespace with an empty tmpfs there) would verify segments the driver never sees; it must not
+    start. Likewise a node whose script differs from the driver's."""
+    from vsedvr.zoo.cache import sha256_file
+
+    script, _ = fast_script
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".probe-1").write_text("token")
+    job = {"script": str(script), "script_sha256": sha256_file(script), "work_dir": str(work),
+           "probe": {"name": ".probe-1", "token": "token"}}
+    assert _worker_events(job, vs_env)[-1]["event"] == "ready"  # the driver's own view: fine
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespaces here (unshare -m needs CAP_SYS_ADMIN)")
+    own = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{work}" && exec "$@"', "sh"]
+    ev = _worker_events(job, vs_env, own)[-1]
+    assert ev["event"] == "error", ev
+    assert f"the work folder {work} on host {os.uname().nodename}" in ev["message"]
+    assert "is not the folder the driver sees" in ev["message"] and "shared file system" in ev["message"]
+    ev = _worker_events(dict(job, script_sha256="0" * 64), vs_env)[-1]
+    assert ev["event"] == "error" and "is not the driver's" in ev["message"], ev
+
+
+@pytest.mark.slow(reason="renders 40 frames twice and refuses three changed finishes")
+def test_a_changed_finish_is_refused_with_its_cost(fast_script, vs_env, tmp_path):
+    """After a verified result whose segments were deleted, a new --encode or a moved output used to
+    render the whole video again without a word; now it is refused with the cost and what to do."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    assert attempts(work) == {0: 1, 1: 1}
+
+    encoded = render_cli(*args, "--encode", "-c:v ffv1 -level 1", env=vs_env, timeout=120)
+    assert encoded.returncode == 1, encoded.stderr
+    assert "the finish changed: --encode (none -> -c:v ffv1 -level 1)" in encoded.stderr
+    assert "would render all 40 frames again (about " in encoded.stderr and "worker-hours" in encoded.stderr
+    assert "--rerender" in encoded.stderr
+    suggested = encoded.stderr.split("encode the verified lossless result yourself: ")[1].split(";")[0]
+    assert suggested.startswith("ffmpeg -i ")
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", *shlex.split(suggested)[1:]], check=True)  # works pasted
+    assert framemd5(tmp_path / "out.encoded.mkv") == plain  # beside the result (-o is unchanged); FFV1 here
+
+    out.rename(tmp_path / "moved.mkv")
+    moved = render_cli(*args, env=vs_env, timeout=120)
+    assert moved.returncode == 1
+    assert f"the verified result {out} is gone (moved or deleted)" in moved.stderr
+    assert "put the verified result back" in moved.stderr
+    assert attempts(work) == {0: 1, 1: 1}  # nothing rendered by the refused runs
+
+    again = render_cli(*args, "--rerender", env=vs_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert attempts(work) == {0: 2, 1: 2}
+    assert framemd5(out) == plain
+
+
+# ----------------------------------------------------------- pipeline drift (issue 36, item 2)
+
+
+@pytest.mark.slow(reason="two renders of 40 frames")
+def test_a_resume_with_another_pipeline_is_refused(fast_script, vs_env, tmp_path):
+    """An upgrade, another plugin or a re-muxed source between runs (here: frames offset by one, the
+    script file unchanged) used to pass as the same plan: frame 0, rendered by every worker before
+    its first segment, now tells, and the plan is refused."""
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--keep")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    changed = render_cli(*args, env=dict(vs_env, RENDER_TEST_OFFSET="1"), timeout=120)
+    assert changed.returncode == 1, changed.stderr
+    assert "holds another render plan (changed: the pipeline the segments were rendered with: frame 0 " \
+           "(the canary) renders differently)" in changed.stderr
+    assert "--fresh" in changed.stderr
+    assert framemd5(out) == plain
+
+
+@pytest.mark.slow(reason="a render on two workers, one of them rendering other frames")
+def test_a_worker_with_another_pipeline_is_left_out(fast_script, vs_env, tmp_path):
+    """Two workers whose frame 0 differs (a node with other versions or another GPU model): the
+    second one to report is left out, naming its host and what differs, and every segment comes
+    from the first, so the video is one pipeline's."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    env = dict(vs_env, RENDER_TEST_ODD_WORKER=str(tmp_path / "odd"), RENDER_TEST_SLEEP="0.02")
+    proc = render_cli(str(script), "-o", str(out), "--workers", "2", "--segment", "10", env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    left_out = [line for line in proc.stderr.splitlines() if "its pipeline differs from the first worker's" in line]
+    assert len(left_out) == 1 and f"the worker on host {os.uname().nodename} (CPU) is left out" in left_out[0], proc.stderr
+    assert "frame 0 (the canary) renders differently" in left_out[0]
+    pids = attempt_pids(tmp_path / "out.mkv.parts")
+    assert len({p for ps in pids.values() for p in ps}) == 1, pids  # one worker rendered every segment
+
+
+@pytest.mark.slow(reason="three renders of 40 frames")
+def test_the_join_is_checked_by_packets_and_a_foreign_ffv1_segment_is_named(fast_script, vs_env, tmp_path):
+    """The lossless join is checked against the segments' recorded packets (no decode). A segment
+    written by an FFV1 encoder that chose other codec parameters (another ffmpeg build on a node;
+    here -slices 9, recorded as such a worker would) joins without an error from ffmpeg and then
+    stops decoding: it is named, with what to do."""
+    from vsedvr.render.tools import packet_hashes
+    from vsedvr.zoo.cache import sha256_file
+
+    script, plain = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--keep")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    assert manifest(work)["final"]["verified"] == "packets"
+    out.unlink()
+    seg = work / "seg-00001.mkv"
+    foreign = tmp_path / "foreign.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(seg), "-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "9",
+                    str(foreign)], check=True)
+    foreign.replace(seg)
+    data = manifest(work)
+    extradata, packets = packet_hashes(FFMPEG, seg)
+    data["segments"]["1"].update(size=seg.stat().st_size, sha256=sha256_file(seg), extradata=extradata,
+                                 packets=packets)
+    (work / "manifest.json").write_text(json.dumps(data))
+    refused = render_cli(*args, env=vs_env, timeout=120)
+    assert refused.returncode == 1
+    assert "segment 1 (frames 20-39, rendered on " in refused.stderr
+    assert "has other FFV1 codec parameters than segment 0" in refused.stderr
+    assert not list(work.glob("final.partial.*"))
+    seg.unlink()  # as the message says
+    again = render_cli(*args, env=vs_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert framemd5(out) == plain
 
 
 @pytest.mark.slow
@@ -317,6 +613,100 @@ def test_errors_are_one_clean_message(fast_script, vs_env, tmp_path):
     assert "RGB, which yuv4mpeg cannot carry" in fails(*_rgb_script(tmp_path), "-o", out)
 
 
+@pytest.mark.slow(reason="two renders (the refused one and the fixed one): about 5 s")
+def test_variable_frame_rate_is_refused_at_the_plan(vs_env, tmp_path):
+    """yuv4mpeg cannot carry it and ffmpeg would make it 25 fps: refused before any segment, with a
+    fix that works when pasted."""
+    vfr = tmp_path / "vfr.vpy"
+    vfr.write_text("import vapoursynth as vs\ncore = vs.core\n"
+                   "a = core.std.BlankClip(width=32, height=24, format=vs.YUV420P8, length=4, fpsnum=24)\n"
+                   "b = core.std.BlankClip(width=32, height=24, format=vs.YUV420P8, length=4, fpsnum=30)\n"
+                   "clip = core.std.Splice([a, b], mismatch=True)\n"
+                   "FIX\n"
+                   "clip.set_output()\n")
+    script = vfr.read_text()
+    vfr.write_text(script.replace("FIX\n", ""))
+    out = tmp_path / "vfr.mkv"
+    proc = render_cli(str(vfr), "-o", str(out), "--workers", "1", env=vs_env, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "has a variable frame rate" in proc.stderr and "Traceback" not in proc.stderr
+    fix = next(x for x in proc.stderr.split("e.g. ")[1].split(", or")[0:1])
+    vfr.write_text(script.replace("FIX\n", fix + "\n"))
+    fixed = render_cli(str(vfr), "-o", str(out), "--workers", "1", "--fresh", env=vs_env, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert len(framemd5(out)) == 8
+    assert manifest(tmp_path / "vfr.mkv.parts")["plan"]["info"]["FPS"].startswith("24000/1001")
+
+
+@pytest.mark.slow(reason="a render with an audio file muxed in, and a refused one")
+def test_audio_is_muxed_and_a_file_without_audio_is_refused_at_once(fast_script, vs_env, tmp_path):
+    script, plain = fast_script
+    sine = tmp_path / "sine.mka"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1.6", "-c:a", "flac",
+                    str(sine)], check=True)
+    out = tmp_path / "out.mkv"
+    proc = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--audio", str(sine),
+                      env=vs_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert framemd5(out) == plain
+    info = subprocess.run([FFMPEG, "-i", str(out)], capture_output=True, text=True).stderr
+    assert "Audio: flac" in info, info
+    # a file without audio used to fail at the join, after every segment was rendered
+    silent = tmp_path / "silent.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=32x24:duration=1", "-c:v", "ffv1",
+                    str(silent)], check=True)
+    refused = render_cli(str(script), "-o", str(tmp_path / "again.mkv"), "--workers", "1", "--audio", str(silent),
+                         env=vs_env, timeout=120)
+    assert refused.returncode == 1
+    assert f"--audio {silent}: its audio cannot be muxed into again.mkv" in refused.stderr
+    assert not (tmp_path / "again.mkv.parts" / "attempts").exists()  # before any segment
+
+
+@pytest.mark.slow(reason="a render whose script trims its video and its audio")
+def test_the_scripts_own_audio_follows_its_trim(vs_env, vspipe, tmp_path):
+    """--audio-output N: the script's audio node (here a 2 s sine, cut like the video: its first 12
+    frames, half a second, dropped) is rendered and muxed, sample for sample what the script says."""
+    sine = tmp_path / "sine.wav"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2",
+                    "-c:a", "pcm_s16le", str(sine)], check=True)
+    script = tmp_path / "trimmed.vpy"
+    script.write_text(FAST_SCRIPT.replace("length=40", "length=48").replace("(40, 48, 64)", "(48, 48, 64)") +
+                      "import vapoursynth as vs\n"
+                      "clip = vs.get_output(0)[0]\n"
+                      "vs.clear_outputs()\n"
+                      "clip[12:].set_output(0)\n"
+                      f"vs.core.bs.AudioSource({str(sine)!r})[12 * 2000:].set_output(1)  # 48000 Hz / 24 fps\n")
+    out = tmp_path / "out.mkv"
+    proc = render_cli(str(script), "-o", str(out), "--workers", "1", "--segment", "18", "--audio-output", "1",
+                      env=vs_env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "the script's audio: 1.500 s, 1 channel(s), 48000 Hz" in proc.stderr
+    assert framemd5(out) == plain_render(script, vspipe, vs_env)
+
+    def pcm_md5(*args: str) -> str:
+        return subprocess.run([FFMPEG, "-v", "error", *args, "-map", "0:a", "-c:a", "pcm_s16le", "-f", "md5", "-"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert pcm_md5("-i", str(out)) == pcm_md5("-i", str(sine), "-af", "atrim=start_sample=24000")
+
+
+@pytest.mark.parametrize("fmt", ["YUV444PS", "GRAYS", "YUV420PH", "YUV440P8"])
+def test_formats_yuv4mpeg_cannot_carry_are_refused_with_a_fix(fmt: str) -> None:
+    """Float YUV (VapourSynth writes C444p32, which ffmpeg's reader refuses) and 4:4:0 (used to be a
+    KeyError) are refused with a conversion that works when pasted."""
+    import vapoursynth as vs
+    from vsedvr.render import RenderError
+    from vsedvr.render.worker import clip_info
+
+    core = vs.core
+    clip = core.std.BlankClip(width=32, height=24, length=2, format=getattr(vs, fmt))
+    with pytest.raises(RenderError) as info:
+        clip_info(clip)
+    fix = str(info.value).split("e.g. ")[1]
+    fixed = eval(fix, {"core": core, "vs": vs, "clip": clip})  # noqa: S307 - the message's own suggestion
+    assert clip_info(fixed)["Frames"] == "2"
+
+
 def _rgb_script(tmp_path: Path) -> list[str]:
     rgb = tmp_path / "rgb.vpy"
     rgb.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.RGB24, length=3).set_output()\n")
@@ -345,7 +735,9 @@ def test_device_slots_show_one_gpu_each():
 
 
 @pytest.mark.parametrize("args", [["--ray", "--workers", "2"], ["--workers", "2", "--devices", "cuda:0"],
-                                  ["-a", "novalue"], ["--encode", "-c:v 'libx265"], []])
+                                  ["-a", "novalue"], ["--encode", "-c:v 'libx265"], [],
+                                  ["--vspipe", "vspipe"], ["--stall-timeout", "0"],
+                                  ["--audio", "a.wav", "--audio-output", "1"]])
 def test_render_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from vsedvr.cli import main
 
@@ -375,7 +767,8 @@ def test_a_full_disk_is_named(tmp_path):
     from vsedvr.render.tools import check_disk_full
 
     check_disk_full("Error writing trailer: Invalid argument", tmp_path)  # other errors: retried as usual
-    with pytest.raises(DiskFullError, match="is full .* --work-dir on a larger disk"):
+    # the hint must work: a new --work-dir alone would start from nothing, a moved folder resumes
+    with pytest.raises(DiskFullError, match="is full .* move the work folder to a larger disk and pass --work-dir"):
         check_disk_full("[matroska @ 0x1] Error writing packet: No space left on device", tmp_path)
 
 

@@ -2,7 +2,7 @@
 
 Subcommands: ``models`` (the zoo table), ``download`` (fill the cache), ``verify`` (re-hash
 cached files), ``info`` (versions, plugin, devices, cache folder), ``stubs`` (editor completion
-of ``core.edvr.Restore``), ``render`` (a script rendered in segments by many vspipe processes,
+of ``core.edvr.Restore``), ``render`` (a script rendered in segments by worker processes,
 locally or on Ray; :mod:`vsedvr.render`). stdout carries only what was
 asked for (tables, paths, results); progress bars, notes and errors go to stderr, an error as
 one line starting ``vsedvr: error:``. Exit status: 0 success, 1 failure, 2 wrong usage.
@@ -269,12 +269,16 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import shlex
     import signal
 
-    from . import render as rendering  # no torch: the workers' vspipe processes load it
+    from . import render as rendering  # no torch: the worker processes load it
 
     if args.ray is not None and (args.workers or args.devices):
         parser.error("--ray takes its workers from the cluster; drop --workers/--devices")
     if args.workers is not None and args.devices:
         parser.error("give --workers N (CPU workers) or --devices LIST, not both")
+    if args.audio is not None and args.audio_output is not None:
+        parser.error("give --audio FILE or --audio-output N, not both")
+    if args.stall_timeout <= 0:
+        parser.error(f"--stall-timeout must be more than 0 seconds, got {args.stall_timeout:g}")
     bad = [a for a in args.arg if "=" not in a]
     if bad:
         parser.error(f"-a {bad[0]!r}: expected NAME=VALUE")
@@ -287,9 +291,16 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a scheduler's kill: the same clean stop as Ctrl-C
+    # stdout stays empty: a Ray driver prints the cluster's error messages (a dead node: kilobytes)
+    # there, choosing sys.stdout when it prints; the command's own stdout goes to stderr meanwhile
+    sys.stdout.flush()
+    saved_stdout, saved_fd = sys.stdout, os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     try:
         if args.ray is not None:
-            pool = rendering.RayPool(args.ray or None, retries=args.retries, cpus_per_task=args.cpus_per_task)
+            pool = rendering.RayPool(args.ray or None, retries=args.retries, cpus_per_task=args.cpus_per_task,
+                                     stall_timeout=args.stall_timeout)
         else:
             if args.devices:
                 slots = rendering.device_slots(args.devices.split(","), os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -297,17 +308,22 @@ def cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 slots = rendering.cpu_slots(args.workers)
             else:
                 slots = rendering.default_slots()
-            pool = rendering.LocalPool(slots, retries=args.retries)
+            pool = rendering.LocalPool(slots, retries=args.retries, stall_timeout=args.stall_timeout)
         rendering.render(args.script, args.output, args=args.arg, output_index=args.outputindex,
                          segment=args.segment, work_dir=args.work_dir, pool=pool, encode=encode,
-                         audio=args.audio, ffmpeg=args.ffmpeg, vspipe=args.vspipe, keep=args.keep,
-                         fresh=args.fresh, progress_interval=args.progress_interval)
+                         audio=args.audio, ffmpeg=args.ffmpeg, keep=args.keep,
+                         fresh=args.fresh, rerender=args.rerender, audio_output=args.audio_output,
+                         progress_interval=args.progress_interval)
     except rendering.RenderError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         _error("interrupted; the verified segments are kept: run the same command again to resume")
         return 130
+    finally:
+        sys.stdout = saved_stdout
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
     return 0
 
 
@@ -368,14 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stubs)
 
     from .render import DEFAULT_SEGMENT
+    from .render.scheduler import STALL_TIMEOUT
 
     p = sub.add_parser(
         "render", help="render a script in segments on many workers or a Ray cluster (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Render SCRIPT into OUT by cutting it into frame ranges, each rendered by its own "
-                    "`vspipe --start --end` (one worker = one vspipe on one device), written as verified "
-                    "lossless FFV1 and joined. The result is identical, frame by frame, to one plain vspipe "
-                    "render. Re-running the same command resumes. Progress on stderr.",
+        description="Render SCRIPT into OUT by cutting it into frame ranges (segments), rendered by workers "
+                    "(one per GPU or CPU slot, each evaluating the script once, as vspipe does), written as "
+                    "verified lossless FFV1 and joined. The result is identical, frame by frame, to one plain "
+                    "vspipe render. Re-running the same command resumes. Progress on stderr.",
         epilog=f"Examples:\n  {PROG} render film.vpy -o film.mkv --devices cuda:0,cuda:1\n"
                f"  {PROG} render film.vpy -o film.mkv --ray HEAD:6379 -a src=/shared/film.mkv\n"
                f"  {PROG} render film.vpy -o film.mkv --workers 2 --encode \"-c:v libx265 -crf 18\" --audio src.mkv\n\n"
@@ -384,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="the result (FFV1 in MKV unless --encode says otherwise)")
     p.add_argument("-a", "--arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="passed to vspipe as is (repeat for several)")
+                   help="a global of the script, a string, as vspipe's -a (repeat for several)")
     p.add_argument("--outputindex", type=int, default=0, metavar="N", help="the script's output to render (default 0)")
     g = p.add_argument_group("workers")
     g.add_argument("--workers", type=int, metavar="N", help="N CPU workers, the cores divided between them")
@@ -392,12 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one worker per device, e.g. cuda:0,cuda:1 (each sees its GPU alone, so scripts keep "
                         "device=\"auto\"); default: every GPU nvidia-smi lists, else one CPU worker")
     g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="one Ray task per segment on the cluster at ADDRESS (HOST:PORT or auto); without "
+                   help="one worker per GPU (or CPU slot) of the Ray cluster at ADDRESS (HOST:PORT or auto); without "
                         "ADDRESS: $RAY_ADDRESS or a new local cluster. Needs ray (pip install ray)")
     g.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
                    help="with --ray on a cluster without GPUs: CPUs (torch threads) per task (default 1)")
     g.add_argument("--retries", type=int, default=2, metavar="N",
                    help="attempts after the first for a failed segment (default 2)")
+    g.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT, metavar="SECONDS",
+                   help="a worker that renders no new frame (and finishes no check) for this long, and for at "
+                        "least 20 times the median frame time, is killed and its segment retried elsewhere "
+                        f"(default {STALL_TIMEOUT:g})")
     g = p.add_argument_group("segments and result")
     g.add_argument("--segment", type=int, default=DEFAULT_SEGMENT, metavar="FRAMES",
                    help=f"frames per segment (default {DEFAULT_SEGMENT})")
@@ -406,12 +427,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--encode", metavar="ARGS",
                    help="ffmpeg arguments of the final encode, one string, e.g. \"-c:v libx265 -crf 18\" "
                         "(default: keep the lossless FFV1)")
-    g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result")
+    g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result as they are")
+    g.add_argument("--audio-output", type=int, metavar="N",
+                   help="the script's own audio output N (audio.set_output(N)), muxed into the result: it follows "
+                        "the script's trims")
     g.add_argument("--keep", action="store_true", help="keep the segment files after the result is verified")
+    g.add_argument("--rerender", action="store_true",
+                   help="render again when the finish changed (--encode, --audio, -o, the output moved) after the "
+                        "segments were deleted; without it that is refused, naming the cost")
     g.add_argument("--fresh", action="store_true",
                    help="if the work folder holds another plan (changed script or arguments), delete it first")
     g.add_argument("--ffmpeg", metavar="PATH", help="ffmpeg to use (default: PATH, else imageio-ffmpeg)")
-    g.add_argument("--vspipe", metavar="PATH", help="vspipe to use (default: beside this Python, else PATH)")
     g.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines when stderr is not a terminal (default 10)")
     p.set_defaults(func=cmd_render)

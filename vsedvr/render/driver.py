@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
-from .pools import LocalPool, RayPool
-from .segment import segment_name
-from .tools import RenderError, check_disk_full, decode_hashes, find_ffmpeg, tail
+from .ray_pool import RayPool
+from .process import WorkerProcess
+from .scheduler import LocalPool
+from .segment import FFV1_ARGS, segment_name
+from .tools import (RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference,
+                    packet_hashes, tail)
 from .workdir import WorkDir
 
 __all__ = ["DEFAULT_SEGMENT", "render"]
@@ -108,27 +111,126 @@ def _ffmpeg_run(cmd: list[str], work: Path, what: str) -> None:
 
 
 def _count_frames(ffmpeg: str, path: Path) -> int:
-    proc = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"],
+    """The video packets of ``path`` (one per frame), counted without decoding them: a line of
+    ``framecrc`` (a cheap checksum of the packet as it is) per packet."""
+    proc = subprocess.run(ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"),
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RenderError(f"cannot decode {path}:\n{tail(proc.stderr)}")
+        raise RenderError(f"cannot read {path}:\n{tail(proc.stderr)}")
     return sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
+
+
+def _check_join_packets(ffmpeg: str, partial: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """The lossless join holds exactly the verified segments' packets, in order, with the codec
+    parameters of each (a segment of an FFV1 encoder that chose other parameters would be joined
+    without error and stop decoding there): a pass over the packets, no decode."""
+    first = records[0]["extradata"]
+    for rec in records[1:]:
+        if rec["extradata"] != first:
+            partial.unlink(missing_ok=True)
+            raise RenderError(f"segment {rec['index']} (frames {rec['start']}-{rec['end']}, rendered on "
+                              f"{rec.get('host', '?')}) has other FFV1 codec parameters than segment 0, so the "
+                              f"join would stop decoding there (another ffmpeg build on that node?); delete "
+                              f"{rec['file']} in the work folder and run the same command again to render it anew")
+    extradata, packets = packet_hashes(ffmpeg, partial)
+    want = [p for rec in records for p in rec["packets"]]
+    if extradata != first or packets != want:
+        partial.unlink(missing_ok=True)
+        raise RenderError(f"the joined result differs from the verified segments at packet "
+                          f"{first_difference(packets, want)} ({len(packets)} packets, {len(want)} expected"
+                          f"{'; other codec parameters' if extradata != first else ''}); the segments are kept")
+
+
+def _wait_audio(proc: WorkerProcess, ffmpeg: str, path: Path, output: Path, encode: Sequence[str], work: Path,
+                log: Callable[[str], None]) -> None:
+    """Waits for the process rendering the script's audio output; RenderError with its message."""
+    while True:
+        for ev in proc.poll(1.0):
+            if ev["event"] == "done":
+                a = ev["audio"]
+                log(f"the script's audio: {a['samples'] / a['sample_rate']:.3f} s, {a['channels']} channel(s), "
+                    f"{a['sample_rate']} Hz")
+                proc.close(5)
+                _check_audio(ffmpeg, path, output, encode, work)
+                return
+            if ev["event"] in ("error", "exit"):
+                proc.kill()
+                raise RenderError(ev["message"])
+
+
+def _check_audio(ffmpeg: str, audio: Path, output: Path, encode: Sequence[str], work: Path) -> None:
+    """A dry mux of 0.1 s of ``audio`` into the output's container, before any segment: a file
+    without audio, or a codec the container refuses, used to fail only at the join."""
+    probe = work / f".audio-check{output.suffix or '.mkv'}"
+    codec = [] if any(opt in encode for opt in _AUDIO_CODEC_OPTS) else ["-c:a", "copy"]
+    cmd = ffmpeg_cmd(ffmpeg, "-y", "-i", str(audio), "-map", "0:a", "-t", "0.1", *codec, str(probe))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        probe.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RenderError(f"--audio {audio}: its audio cannot be muxed into {output.name} "
+                          f"({' '.join(tail(proc.stderr, 3).split()) or 'ffmpeg exit status ' + str(proc.returncode)}); "
+                          f"give a file with an audio stream whose codec the output's container takes "
+                          f"(MKV takes nearly all: -o {output.with_suffix('.mkv').name})")
 
 
 def _move(src: Path, dst: Path) -> None:
     try:
         os.replace(src, dst)
+        return
     except OSError:  # another file system
-        tmp = dst.with_name(f".{dst.name}.vsedvr-partial")
+        pass
+    tmp = dst.with_name(f".{dst.name}.vsedvr-partial")
+    try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-        src.unlink()
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RenderError(f"cannot copy the verified result {src} to {dst} ({e}); it is kept in the work folder: "
+                          f"free some space there and run the same command again, or copy it yourself") from e
+    src.unlink()
+
+
+def _finish_changed(work: WorkDir, final: Mapping[str, Any], output: Path, encode: list[str], audio: str | None,
+                    frames: int, same_key: bool) -> str:
+    """Why a changed finish is refused: what changed, what rendering again would cost, what to do instead."""
+    old_out = Path(final.get("output") or output)
+    if same_key:
+        what = (f"the verified result {output} is gone (moved or deleted)" if not output.exists()
+                else f"the verified result {output} changed since it was verified (its SHA-256 differs)")
+    else:
+        changes = []
+        if "output" in final and final["output"] != str(output):
+            changes.append(f"-o ({final['output']} -> {output})")
+        if "encode" in final and final["encode"] != encode:
+            changes.append(f"--encode ({shlex.join(final['encode']) or 'none'} -> {shlex.join(encode) or 'none'})")
+        if "audio" in final and final["audio"] != audio:
+            changes.append(f"--audio ({final['audio'] or 'none'} -> {audio or 'none'})")
+        what = f"the finish changed: {', '.join(changes) or '--encode, --audio or -o'}"
+    seconds = sum(float(rec.get("seconds", 0)) for rec in work.manifest.get("segments", {}).values())
+    cost = f"about {seconds / 3600:.2f} worker-hours at the last run's speed" if seconds else "all of its time"
+    instead = []
+    old_there = old_out.is_file() and old_out.stat().st_size == final.get("size")
+    if same_key:
+        instead.append(f"put the verified result back at {output} (the same command then has nothing to do)")
+    elif old_there and "encode" in final and final["encode"] != encode and not final["encode"]:
+        target = output if output != old_out else output.with_name(f"{output.stem}.encoded{output.suffix}")
+        instead.append(f"encode the verified lossless result yourself: ffmpeg -i {shlex.quote(str(old_out))} "
+                       f"{shlex.join(encode)} {shlex.quote(str(target))}")
+    elif old_there and final.get("output") != str(output):
+        instead.append(f"move the verified result: mv {shlex.quote(str(old_out))} {shlex.quote(str(output))}")
+    instead.append("add --rerender to render them again (next time, --keep keeps the segments, and a changed "
+                   "finish is then only a new join)")
+    return (f"{what}, and the segments of that result were deleted once it was verified, so this would render all "
+            f"{frames} frames again ({cost}). Instead: {'; or '.join(instead)}")
 
 
 def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequence[str] = (),
            output_index: int = 0, segment: int = DEFAULT_SEGMENT, work_dir: str | os.PathLike | None = None,
            pool: LocalPool | RayPool | None = None, encode: Sequence[str] = (), audio: str | None = None,
-           ffmpeg: str | None = None, vspipe: str | None = None, keep: bool = False, fresh: bool = False,
+           ffmpeg: str | None = None, keep: bool = False, fresh: bool = False, rerender: bool = False,
+           audio_output: int | None = None,
            env: Mapping[str, str] | None = None, log: Callable[[str], None] = _stderr,
            progress_interval: float = 10.0) -> dict[str, Any]:
     """Renders ``script`` into ``output`` segment by segment; returns a summary
@@ -136,11 +238,15 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     worker). Raises RenderError.
 
     ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
-    frame by frame). ``env``: environment of the default pool's worker (None: this process's).
-    ``vspipe`` is not used (the workers evaluate the script themselves, as vspipe does); it is
-    accepted for older callers.
+    frame by frame). ``audio``: a file whose audio is muxed in as it is; ``audio_output``: the
+    script's own audio output of that index instead (rendered on this machine, so it follows the
+    script's trims). ``rerender``: render again when the finish changed (``encode``, ``audio``,
+    ``output``, or the output moved) after the segments were deleted; without it that is refused,
+    naming the cost and the alternatives. ``env``: environment of the default pool's worker (None:
+    this process's).
+    The caller owns stdout: a Ray cluster's driver prints the cluster's error messages there
+    (``vsedvr render`` points it at stderr).
     """
-    del vspipe
     t_start = time.monotonic()
     script = Path(script).resolve()
     output = Path(output).resolve()
@@ -156,43 +262,67 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     pool = pool if pool is not None else LocalPool([{}], env=env)
     work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
     work.lock()  # before any worker starts: a second driver on the folder is refused at once
+    if audio is not None and audio_output is not None:
+        raise RenderError("give --audio FILE or --audio-output N, not both")
+    if audio:
+        _check_audio(ffmpeg_exe, Path(audio), output, encode, work.path)
+    audio_proc = None
+    if audio_output is not None:  # evaluated here, while the workers start
+        audio = str(work.path / f"audio-{audio_output}.w64")
+        audio_proc = WorkerProcess({"script": str(script), "args": list(args), "audio_output": audio_output,
+                                    "path": audio}, dict(os.environ if env is None else env))
     if isinstance(pool, RayPool):
         pool.connect()
-    # the workers start (each evaluates the script once) while this process waits for the first
-    pool.start({"script": str(script), "args": list(args), "output_index": output_index,
-                "work_dir": str(work.path), "ffmpeg": ffmpeg})
+    # the workers start (each checks that it sees this work folder and script, then evaluates the
+    # script once) while this process waits for the first
+    pool.start({"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
+                "output_index": output_index, "work_dir": str(work.path), "ffmpeg": ffmpeg,
+                "probe": work.write_probe()})
     try:
+        if audio_proc is not None:
+            _wait_audio(audio_proc, ffmpeg_exe, Path(audio), output, encode, work.path, log)  # type: ignore[arg-type]
         summary = _render_with(pool, work, script, output, args, output_index, segment, encode, audio,
-                               ffmpeg_exe, keep, fresh, log, progress_interval, t_start)
+                               ffmpeg_exe, keep, fresh, rerender, log, progress_interval, t_start)
     except BaseException:
         pool.kill()
-        for stale in work.path.glob(".seg-*.partial"):  # its workers' attempts in progress
-            stale.unlink(missing_ok=True)
+        if audio_proc is not None:
+            audio_proc.kill()
+        work.remove_partials(join=False)  # its workers' attempts in progress
         raise
+    finally:
+        work.remove_probes()
     return summary
 
 
 def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output: Path, args: Sequence[str],
                  output_index: int, segment: int, encode: Sequence[str], audio: str | None, ffmpeg_exe: str,
-                 keep: bool, fresh: bool, log: Callable[[str], None], progress_interval: float,
+                 keep: bool, fresh: bool, rerender: bool, log: Callable[[str], None], progress_interval: float,
                  t_start: float) -> dict[str, Any]:
     info = pool.info()
     startup_s = float(info.get("startup_s", 0.0))
     frames = int(info["Frames"])
     ranges = [(s, min(s + segment, frames) - 1) for s in range(0, frames, segment)]
+    audio_key = str(Path(audio).resolve()) if audio else None
     plan = {"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
             "output_index": output_index, "frames": frames, "segment": segment, "ranges": ranges,
             "info": {k: info.get(k) for k in ("Width", "Height", "Format Name", "FPS")},
-            "encode": list(encode), "audio": str(Path(audio).resolve()) if audio else None, "output": str(output)}
+            "ffv1": FFV1_ARGS, "fingerprint": info.get("fingerprint"), "encode": list(encode),
+            "audio": audio_key,
+            "output": str(output)}
     resumed = work.open(plan, fresh=fresh)
     finish_key = hashlib.sha256(repr((plan["encode"], plan["audio"], str(output))).encode()).hexdigest()[:16]
     final = work.manifest.get("final")
-    if final and final.get("key") == finish_key and output.is_file() and work.check_file("final", output):
-        pool.close()
-        log(f"{output} is already rendered and verified (work folder {work.path}); nothing to do")
-        return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
-                "work_dir": str(work.path), "startup_s": startup_s}
-    work.manifest.pop("final", None)
+    if final:
+        intact = work.file_matches("final", output)
+        if final.get("key") == finish_key and intact:
+            pool.close()
+            log(f"{output} is already rendered and verified (work folder {work.path}); nothing to do")
+            return {"rendered": [], "reused": list(range(len(ranges))), "frames": frames, "seconds": 0.0,
+                    "work_dir": str(work.path), "startup_s": startup_s}
+        if final.get("segments_deleted") and not rerender:
+            raise RenderError(_finish_changed(work, final, output, list(encode), audio_key, frames,
+                                              same_key=final.get("key") == finish_key))
+        work.manifest.pop("final", None)
 
     todo = []
     for i in range(len(ranges)):
@@ -241,9 +371,7 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     finally:
         progress.end_line()
     pool.close()
-    # attempts that never finished (a worker or node that died mid-segment) leave partial files
-    for stale in work.path.glob(".seg-*.partial"):
-        stale.unlink(missing_ok=True)
+    work.remove_partials()  # of attempts that never finished (a worker or node that died mid-segment)
     if failures:
         raise RenderError(f"{len(failures)} of {_count(len(ranges), 'segment')} failed "
                           f"({', '.join(map(str, sorted(failures)))}); "
@@ -260,7 +388,7 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     concat = work.path / "concat.txt"
     concat.write_text("".join(f"file '{segment_name(i)}'\n" for i in range(len(ranges))))
     partial = work.path / f"final.partial{output.suffix or '.mkv'}"
-    cmd = [ffmpeg_exe, "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(concat)]
+    cmd = ffmpeg_cmd(ffmpeg_exe, "-y", "-f", "concat", "-safe", "0", "-i", str(concat))
     if audio:
         cmd += ["-i", str(audio)]
     cmd += ["-map", "0:v:0"]
@@ -271,22 +399,29 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
     cmd += list(encode) if encode else ["-c:v", "copy"]
     log(f"joining {_count(len(ranges), 'segment')}{' with audio' if audio else ''}"
         f"{' and encoding: ' + shlex.join(encode) if encode else ' (lossless FFV1)'}")
-    _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
+    try:
+        _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
+    except RenderError:
+        partial.unlink(missing_ok=True)  # on a full disk, the largest file there
+        raise
     if encode:
         got = _count_frames(ffmpeg_exe, partial)
         if got != frames:
             partial.unlink(missing_ok=True)
             raise RenderError(f"the encoded result has {got} frames, the script {frames}; "
                               f"check the --encode arguments (frame rate or filters that drop frames)")
-    else:
+    elif all("packets" in rec for rec in records):
+        _check_join_packets(ffmpeg_exe, partial, records)
+    else:  # segments recorded before packet hashes: decode the join and compare every frame
         got_hashes = decode_hashes(ffmpeg_exe, partial, records[0]["frame_size"])
         if got_hashes != hashes:
-            bad = next((i for i, (a, b) in enumerate(zip(got_hashes, hashes)) if a != b), min(len(got_hashes), frames))
             partial.unlink(missing_ok=True)
-            raise RenderError(f"the joined result differs from the verified segments at frame {bad} "
+            raise RenderError(f"the joined result differs from the verified segments at frame "
+                              f"{first_difference(got_hashes, hashes)} "
                               f"({len(got_hashes)} frames decoded, {frames} expected); the segments are kept")
     _move(partial, output)
-    work.record_file("final", output, key=finish_key, verified="frame hashes" if not encode else "frame count")
+    work.record_file("final", output, key=finish_key, verified="packets" if not encode else "frame count",
+                     output=str(output), encode=list(encode), audio=plan["audio"], segments_deleted=not keep)
     concat.unlink(missing_ok=True)
     if not keep:
         for i in range(len(ranges)):

@@ -1,5 +1,6 @@
-"""The external programs a render drives: finding vspipe and ffmpeg, the size of a yuv4mpeg frame,
-colour tags for ffmpeg, decoding a file into per-frame hashes."""
+"""The external programs a render drives: finding ffmpeg and building its command lines, keeping a
+program's stderr for a message, the size of a yuv4mpeg frame, colour tags for ffmpeg, the frame
+hash and decoding a file into per-frame hashes."""
 from __future__ import annotations
 
 import hashlib
@@ -7,15 +8,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RenderError", "DiskFullError", "Y4MFormat", "colour_filter", "decode_hashes", "find_ffmpeg",
-           "find_vspipe", "frame_hash", "tail"]
+__all__ = ["RenderError", "DiskFullError", "StderrFile", "Y4MFormat", "colour_filter", "decode_hashes",
+           "ffmpeg_cmd", "find_ffmpeg", "first_difference", "frame_hash", "new_frame_hash", "packet_hashes",
+           "tail"]
 
 _NO_SPACE = "No space left on device"
 
@@ -35,11 +38,36 @@ def tail(text: str | bytes, lines: int = 12) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+class StderrFile:
+    """A program's stderr, kept in a temporary file (a pipe nobody reads while the program runs
+    would fill and block it); :meth:`text` reads it once and closes it."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in text()
+
+    def text(self) -> str:
+        self.file.seek(0)
+        data = self.file.read().decode("utf-8", "replace")
+        self.file.close()
+        return data
+
+
+def ffmpeg_cmd(ffmpeg: str, *args: str) -> list[str]:
+    """An ffmpeg command line: no stdin, errors only, then ``args``."""
+    return [ffmpeg, "-nostdin", "-v", "error", *args]
+
+
+def first_difference(got: list[str], want: list[str]) -> int:
+    """The first index at which two hash lists differ (the shorter one's length if one is a prefix)."""
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
 def check_disk_full(stderr: str, where: Path) -> None:
     """Raises DiskFullError when a program's stderr says the disk is full."""
     if _NO_SPACE in stderr:
-        raise DiskFullError(f"the disk holding {where} is full ({_NO_SPACE}); free some space or pass "
-                            f"--work-dir on a larger disk, then run the same command again to resume")
+        raise DiskFullError(f"the disk holding {where} is full ({_NO_SPACE}); free some space, or move the "
+                            f"work folder to a larger disk and pass --work-dir with its new place, then run the "
+                            f"same command again to resume")
 
 
 def find_ffmpeg(explicit: str | os.PathLike | None = None) -> str:
@@ -60,23 +88,6 @@ def find_ffmpeg(explicit: str | os.PathLike | None = None) -> str:
         pass
     raise RenderError("no ffmpeg found: install ffmpeg (it must be on PATH), pass --ffmpeg PATH, "
                       "or `pip install imageio-ffmpeg` (ships a static ffmpeg with ffv1)")
-
-
-def find_vspipe(explicit: str | os.PathLike | None = None) -> str:
-    """``explicit``, else vspipe beside this Python, else on PATH; RenderError if none."""
-    if explicit:
-        path = shutil.which(str(explicit))
-        if path is None:
-            raise RenderError(f"--vspipe {explicit}: no such executable")
-        return path
-    beside = Path(sys.executable).parent / "vspipe"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    path = shutil.which("vspipe")
-    if path:
-        return path
-    raise RenderError("no vspipe found beside this Python or on PATH; install VapourSynth "
-                      "(`pip install vapoursynth`) or pass --vspipe PATH")
 
 
 def colour_filter(props: Mapping[str, int]) -> dict[str, Any]:
@@ -126,49 +137,81 @@ class Y4MFormat:
         return planes * sample
 
 
-def frame_hash(payload: bytes | memoryview) -> str:
-    """The hash recorded for one frame (MD5 of its planes, the bytes ffmpeg's framemd5 also hashes)."""
-    return hashlib.md5(payload).hexdigest()
+def packet_hashes(ffmpeg: str, path: Path) -> tuple[list[str], list[str]]:
+    """The video stream of ``path`` as its packets are stored, without decoding: its extradata
+    (codec parameters) and one ``size:hash`` per packet (murmur3; timestamps left out, since a
+    segment's shift in the join). RenderError if it cannot be read."""
+    proc = subprocess.run(ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framehash",
+                                     "-hash", "murmur3", "-"), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RenderError(f"cannot read {path}:\n{tail(proc.stderr)}")
+    extradata, packets = [], []
+    for line in proc.stdout.splitlines():
+        if line.startswith("#extradata"):
+            extradata.append(" ".join(line.split(",", 1)[1].split()))
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            packets.append(f"{fields[4]}:{fields[5]}")
+    return extradata, packets
 
 
-def decode_hashes(ffmpeg: str, path: Path, frame_size: int, pix_fmt: str | None = None) -> list[str]:
+def new_frame_hash() -> Any:
+    """The hash of one frame, fed plane bytes in order (MD5: what ffmpeg's framemd5 computes). The
+    one definition for the hashes recorded while rendering and those of a decoded file."""
+    return hashlib.md5()
+
+
+def frame_hash(payload: bytes | bytearray | memoryview) -> str:
+    """The hash recorded for one frame's planes."""
+    h = new_frame_hash()
+    h.update(payload)
+    return h.hexdigest()
+
+
+def decode_hashes(ffmpeg: str, path: Path, frame_size: int) -> list[str]:
     """Decodes the first video stream of ``path`` to raw frames and hashes each one."""
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo"]
-    if pix_fmt:
-        cmd += ["-pix_fmt", pix_fmt]
+    cmd = ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-")
     # stderr to a file, not a pipe read after stdout: a corrupt file makes ffmpeg print an error per
     # slice and frame, and a full stderr pipe would block it (and this loop) for good
-    with tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen(cmd + ["-"], stdout=subprocess.PIPE, stderr=err_file)
-        try:
-            hashes = _hash_frames(proc, frame_size)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            code = proc.wait()
-        err_file.seek(0)
-        err = err_file.read().decode("utf-8", "replace")
+    err_file = StderrFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file.file)
+    try:
+        hashes = _hash_frames(proc, frame_size)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+    err = err_file.text()
     if code != 0:
         hashes.append(f"decode error: {tail(err, 3)}")
     return hashes
 
 
 def _hash_frames(proc: subprocess.Popen, frame_size: int) -> list[str]:
-    hashes = []
+    """Reads frames of ``frame_size`` bytes from ``proc``'s stdout and hashes them in a thread pool
+    (hashlib lets go of the GIL on large buffers: at 4K one core hashes ~30 frames/s, the decoder
+    delivers more), keeping their order; a few frames in flight per thread bound the memory."""
     assert proc.stdout is not None
-    buf = bytearray(frame_size)
-    view = memoryview(buf)
-    while True:
-        got = 0
-        while got < frame_size:
-            n = proc.stdout.readinto(view[got:])  # type: ignore[attr-defined]
-            if not n:
+    threads = max(1, min(8, os.cpu_count() or 1))
+    hashes: list[str] = []
+    in_flight: deque[Future[str]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="vsedvr-hash") as pool:
+        while True:
+            buf = bytearray(frame_size)
+            view = memoryview(buf)
+            got = 0
+            while got < frame_size:
+                n = proc.stdout.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                got += n
+            if got < frame_size:
+                hashes += [f.result() for f in in_flight]
+                if got:
+                    hashes.append("incomplete")
                 break
-            got += n
-        if got < frame_size:
-            if got:
-                hashes.append("incomplete")
-            break
-        hashes.append(frame_hash(view))
+            in_flight.append(pool.submit(frame_hash, buf))
+            while len(in_flight) > 2 * threads:
+                hashes.append(in_flight.popleft().result())
     proc.stdout.close()
     return hashes

@@ -1,9 +1,10 @@
 """The work folder of one render: its plan, the manifest (replaced atomically), the segment files.
 
-Layout: ``manifest.json`` (plan, verified segments, joined file, final output), ``seg-NNNNN.mkv``
-(verified segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned),
-``attempts/NNNNN`` (one line per attempt), ``progress/NNNNN`` (frames done by the running attempt),
-``joined.mkv`` (the segments concatenated), ``.lock`` (held by the driver that uses the folder).
+Layout: ``manifest.json`` (plan, verified segments, final output), ``seg-NNNNN.mkv`` (verified
+segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned), ``attempts/NNNNN`` (one
+line per attempt), ``progress/NNNNN`` (frames done by the running attempt), ``final.partial.*``
+(the join, until it is verified and moved), ``.probe-*`` (the probe file workers must read),
+``audio-N.w64`` (the script's audio output N), ``.lock`` (held by the driver that uses the folder).
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
+from .protocol import fingerprint_difference
 from .tools import DiskFullError, RenderError
 
 __all__ = ["WorkDir", "plan_id"]
@@ -25,11 +28,11 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = 1
 #: Plan fields whose change makes the segments of a folder useless.
-IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges")
+IDENTITY = ("script_sha256", "args", "output_index", "frames", "info", "segment", "ranges", "ffv1", "fingerprint")
 
 
 def plan_id(plan: dict[str, Any]) -> str:
-    blob = json.dumps({k: plan[k] for k in IDENTITY}, sort_keys=True).encode()
+    blob = json.dumps({k: plan.get(k) for k in IDENTITY}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -45,6 +48,13 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
         changed.append(f"--segment ({old.get('segment')} -> {new['segment']})")
     if old.get("frames") != new["frames"] or old.get("info") != new["info"]:
         changed.append("the clip vspipe reports (frames, size or format)")
+    if old.get("ffv1") != new.get("ffv1"):
+        changed.append("the segments' FFV1 settings (a newer vsedvr)")
+    differs = fingerprint_difference(old.get("fingerprint") or {}, new.get("fingerprint") or {})
+    if changed:  # frame 0 differing follows from a changed script or argument: not news
+        differs = [d for d in differs if "canary" not in d]
+    if differs:
+        changed.append(f"the pipeline the segments were rendered with: {'; '.join(differs)}")
     return ", ".join(changed) or "the plan"
 
 
@@ -98,7 +108,7 @@ class WorkDir:
         if getattr(self, "_lock_file", None) is not None:
             return
         if not self.manifest_path.is_file() and self.path.exists() and any(
-                p.name != LOCK for p in self.path.iterdir()):
+                p.name != LOCK and not p.name.startswith(".probe-") for p in self.path.iterdir()):
             raise RenderError(f"the work folder {self.path} is not empty and is not a vsedvr render folder "
                               f"(no {MANIFEST}); pass --work-dir with a new or empty folder")
         try:
@@ -116,21 +126,43 @@ class WorkDir:
         except OSError as e:
             raise RenderError(f"cannot lock the work folder {self.path}: {e}") from e
 
+    def write_probe(self) -> dict[str, str]:
+        """A file with a random token that every worker must read (``check_shared`` in the worker):
+        the proof that it sees this folder. Earlier runs' probes are deleted first."""
+        self.remove_probes()
+        probe = {"name": f".probe-{secrets.token_hex(8)}", "token": secrets.token_hex(16)}
+        try:
+            (self.path / probe["name"]).write_text(probe["token"])
+        except OSError as e:
+            raise RenderError(f"cannot write into the work folder {self.path}: {e}") from e
+        return probe
+
+    def remove_probes(self) -> None:
+        for probe in self.path.glob(".probe-*"):
+            probe.unlink(missing_ok=True)
+
     def _prepare(self) -> None:
         try:
             for sub in ("", "attempts", "progress"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RenderError(f"cannot create the work folder {self.path}: {e}") from e
-        for stale in self.path.glob(".*.partial"):  # attempts of an earlier run that never finished
-            stale.unlink(missing_ok=True)
+        self.remove_partials()  # attempts of an earlier run that never finished
         for old in (self.path / "progress").iterdir():
             old.unlink(missing_ok=True)
         self.save()
 
+    def remove_partials(self, join: bool = True) -> None:
+        """Deletes the files of attempts in progress or abandoned: segments, and the join's unless
+        ``join`` is False."""
+        for pattern in (".*.partial", "final.partial.*") if join else (".*.partial",):
+            for stale in self.path.glob(pattern):
+                stale.unlink(missing_ok=True)
+
     def clear(self) -> None:
         """Deletes what vsedvr wrote here (and nothing else)."""
-        for pattern in ("seg-*.mkv", ".*.partial", "joined.mkv", "concat.txt", "final.partial.*", MANIFEST):
+        self.remove_partials()
+        for pattern in ("seg-*.mkv", "joined.mkv", "concat.txt", MANIFEST):
             for f in self.path.glob(pattern):
                 f.unlink(missing_ok=True)
         for sub in ("attempts", "progress"):
@@ -182,15 +214,11 @@ class WorkDir:
             self.save()
         return problem
 
-    def check_file(self, name: str, path: Path) -> bool:
-        """True if the file recorded under ``name`` (final) is there with its size and hash."""
+    def file_matches(self, name: str, path: Path) -> bool:
+        """True if the file recorded under ``name`` (final) is at ``path`` with its size and hash."""
         rec = self.manifest.get(name)
-        ok = rec is not None and path.is_file() and path.stat().st_size == rec["size"] \
+        return rec is not None and path.is_file() and path.stat().st_size == rec["size"] \
             and sha256_file(path) == rec["sha256"]
-        if rec and not ok:
-            del self.manifest[name]
-            self.save()
-        return ok
 
     def record_file(self, name: str, path: Path, **extra: Any) -> None:
         self.manifest[name] = {"size": path.stat().st_size, "sha256": sha256_file(path), **extra}
