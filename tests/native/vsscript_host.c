@@ -8,6 +8,14 @@
    host exit-thread SCRIPT N [MS]  the same, but another thread calls exit(0)
    host exit-free SCRIPT N [MS]  the same as exit, but an atexit handler registered first (so run last)
                               frees the script and its core: the core waits for its worker threads
+   host exit-free-late SCRIPT N [MS]  the same as exit-free, but the handler that frees the script is
+                              registered after the first frame has arrived (after the plugin's own
+                              registrations: it runs first), MS ms after that main returns
+   host exit-free-warm SCRIPT N [MS]  the same as exit-free, but MS ms after the first frame arrived (the
+                              exit begins after the process's first frame)
+   Every exit mode registers, before anything else, an atexit handler that prints "host atexit work
+   done" (the host's earlier exit work), and prints 100 lines "line K" after "exiting" without
+   flushing them: exit() must flush them (stdout is fully buffered when it is a pipe).
    host close SCRIPT N MS     closes as vsedit does during playback: N frames in flight, the next one
                               requested as each arrives; after MS ms the frames in flight are marked
                               discarded, the receiver is deleted although they are still in process
@@ -34,10 +42,23 @@
 
 static const VSAPI *vsapi;
 
+static pthread_mutex_t arrivedMutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t arrivedCond = PTHREAD_COND_INITIALIZER;
+static int arrived; /* frames (or errors) handed back so far */
+
 static void VS_CC dropFrame(void *userData, const VSFrame *f, int n, VSNode *node, const char *errorMsg) {
     (void)userData; (void)n; (void)node; (void)errorMsg;
     if (f)
         vsapi->freeFrame(f);
+    pthread_mutex_lock(&arrivedMutex);
+    arrived++;
+    pthread_cond_broadcast(&arrivedCond);
+    pthread_mutex_unlock(&arrivedMutex);
+}
+
+/* The host's own exit work, registered before everything else: it runs last. */
+static void hostExitWork(void) {
+    printf("host atexit work done\n");
 }
 
 /* vsedit's script processor, as far as frames reach it: what is in flight, and whether it is gone. */
@@ -144,7 +165,10 @@ int main(int argc, char **argv) {
     vsapi = vssapi->getVSAPI(VAPOURSYNTH_API_VERSION);
     VSCore *core = vsapi->createCore(0);
     vsapi->addLogHandler(onLog, NULL, NULL, core);
-    if (!strcmp(mode, "exit-free"))
+    int exiting = !strncmp(mode, "exit", 4);
+    if (exiting)
+        atexit(hostExitWork);
+    if (!strcmp(mode, "exit-free") || !strcmp(mode, "exit-free-warm"))
         atexit(freeAtExit);
     script = vssapi->createScript(core);
     if (vssapi->evaluateFile(script, path)) {
@@ -157,14 +181,24 @@ int main(int argc, char **argv) {
         printf("no output 0\n");
         return 1;
     }
-    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread") || !strcmp(mode, "exit-free")) {
+    if (exiting) {
         for (int n = 0; n < frames; n++)
             vsapi->getFrameAsync(n, node, dropFrame, NULL);
         printf("requested %d\n", frames);
         fflush(stdout);
+        if (!strcmp(mode, "exit-free-late") || !strcmp(mode, "exit-free-warm")) {
+            pthread_mutex_lock(&arrivedMutex);
+            while (!arrived)
+                pthread_cond_wait(&arrivedCond, &arrivedMutex);
+            pthread_mutex_unlock(&arrivedMutex);
+            if (!strcmp(mode, "exit-free-late")) /* after the first frame: after the plugin's registrations */
+                atexit(freeAtExit);
+        }
         usleep((argc == 5 ? atoi(argv[4]) : 200) * 1000); /* the first frames are being computed now */
         printf("exiting\n");
         fflush(stdout);
+        for (int k = 0; k < 100; k++)
+            printf("line %d\n", k);
         if (!strcmp(mode, "exit-thread")) {
             pthread_t t;
             pthread_create(&t, NULL, exitNow, NULL);
