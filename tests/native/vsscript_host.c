@@ -11,8 +11,10 @@
    host exit-free-late SCRIPT N [MS]  the same as exit-free, but the handler that frees the script is
                               registered after the first frame has arrived (after the plugin's own
                               registrations: it runs first), MS ms after that main returns
-   host exit-free-warm SCRIPT N [MS]  the same as exit-free, but MS ms after the first frame arrived (the
-                              exit begins after the process's first frame)
+   host exit-wait SCRIPT N [MS]  the same as exit, but an atexit handler registered first asks for frame
+                              N with a synchronous getFrame (a host that waits for a frame while it
+                              exits) and prints what it got; main returns MS ms after the first
+                              frame arrived
    Every exit mode registers, before anything else, an atexit handler that prints "host atexit work
    done" (the host's earlier exit work), and prints 100 lines "line K" after "exiting" without
    flushing them: exit() must flush them (stdout is fully buffered when it is a pipe).
@@ -109,6 +111,15 @@ static void freeAtExit(void) {
     vssapi->freeScript(script);
 }
 
+static int lastFrame; /* exit-wait: the frame asked for at exit */
+
+static void frameAtExit(void) {
+    char error[1024] = "";
+    const VSFrame *f = vsapi->getFrame(lastFrame, outputNode, error, sizeof error);
+    printf("frame %d at exit: %s\n", lastFrame, f ? "a frame" : error);
+    vsapi->freeFrame(f);
+}
+
 static pthread_mutex_t logMutex = PTHREAD_MUTEX_INITIALIZER;
 static int messages;
 static char logged[64][1024];
@@ -156,7 +167,7 @@ int main(int argc, char **argv) {
     if (closing ? argc != 5 : argc != 4 && !(argc == 5 && !strncmp(argv[1], "exit", 4)))
         return 2;
     const char *mode = argv[1], *path = argv[2];
-    int frames = atoi(argv[3]);
+    int frames = lastFrame = atoi(argv[3]);
     vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
     if (!vssapi) {
         printf("no VSScript (is Python configured? vapoursynth config)\n");
@@ -168,8 +179,10 @@ int main(int argc, char **argv) {
     int exiting = !strncmp(mode, "exit", 4);
     if (exiting)
         atexit(hostExitWork);
-    if (!strcmp(mode, "exit-free") || !strcmp(mode, "exit-free-warm"))
+    if (!strcmp(mode, "exit-free"))
         atexit(freeAtExit);
+    if (!strcmp(mode, "exit-wait"))
+        atexit(frameAtExit);
     script = vssapi->createScript(core);
     if (vssapi->evaluateFile(script, path)) {
         printf("script error: %s\n", vssapi->getError(script));
@@ -186,7 +199,7 @@ int main(int argc, char **argv) {
             vsapi->getFrameAsync(n, node, dropFrame, NULL);
         printf("requested %d\n", frames);
         fflush(stdout);
-        if (!strcmp(mode, "exit-free-late") || !strcmp(mode, "exit-free-warm")) {
+        if (!strcmp(mode, "exit-free-late") || !strcmp(mode, "exit-wait")) {
             pthread_mutex_lock(&arrivedMutex);
             while (!arrived)
                 pthread_cond_wait(&arrivedCond, &arrivedMutex);
