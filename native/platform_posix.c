@@ -30,8 +30,6 @@ void plCondInit(PlCond *c) {
 #endif
 }
 
-static void initFlushDone(void);
-
 uint64_t plMonotonicMs(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -67,9 +65,13 @@ static void *flushAll(void *unused) {
     return NULL;
 }
 
+static void initFlushDone(void) {
+    plCondInit(&flushDone);
+}
+
 void plFlushStdio(uint64_t waitMs) {
     static PlOnce initOnce = PL_ONCE_INIT;
-    pthread_once(&initOnce, initFlushDone);
+    plOnce(&initOnce, initFlushDone);
     pthread_t flusher;
     if (pthread_create(&flusher, NULL, flushAll, NULL) != 0)
         return;
@@ -79,10 +81,6 @@ void plFlushStdio(uint64_t waitMs) {
     while (!flushed && plCondWaitUntil(&flushDone, &flushMutex, until))
         ;
     plMutexUnlock(&flushMutex);
-}
-
-static void initFlushDone(void) {
-    plCondInit(&flushDone);
 }
 
 void *plPythonSymbol(const char *name) {
