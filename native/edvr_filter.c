@@ -45,11 +45,20 @@ static PyObject *planeViews(const VSFrame *f, int writable, const VSAPI *vsapi) 
     const VSVideoFormat *fmt = vsapi->getVideoFrameFormat(f);
     ptrdiff_t stride = vsapi->getStride(f, 0);
     Py_ssize_t size = (Py_ssize_t)stride * vsapi->getFrameHeight(f, 0);
+    /* a NULL item (out of memory) must not reach Python: the error is set, the tuple dropped */
     for (int p = 0; p < fmt->numPlanes; p++) {
         char *ptr = writable ? (char *)vsapi->getWritePtr((VSFrame *)f, p) : (char *)vsapi->getReadPtr(f, p);
-        py.Tuple_SetItem(tuple, p, py.MemoryView_FromMemory(ptr, size, writable ? PYBUF_WRITE : PYBUF_READ));
+        PyObject *view = py.MemoryView_FromMemory(ptr, size, writable ? PYBUF_WRITE : PYBUF_READ);
+        if (!view || py.Tuple_SetItem(tuple, p, view) != 0) {
+            pyDecRef(tuple);
+            return NULL;
+        }
     }
-    py.Tuple_SetItem(tuple, 3, py.Long_FromLongLong(stride));
+    PyObject *strideObject = py.Long_FromLongLong(stride);
+    if (!strideObject || py.Tuple_SetItem(tuple, 3, strideObject) != 0) {
+        pyDecRef(tuple);
+        return NULL;
+    }
     return tuple;
 }
 
@@ -98,11 +107,7 @@ static int runPython(RestoreData *d, int n, const int *window, const VSFrame *co
     pyDecRef(output);
     py.GILState_Release(gil);
     leavePython();
-    static int firstFrame = 1; /* a benign race: at worst registered twice */
-    if (firstFrame) {
-        firstFrame = 0;
-        guardExit();
-    }
+    guardExitAfterFirstFrame();
     return ok;
 }
 
@@ -110,7 +115,10 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
                                             VSFrameContext *frameCtx, VSCore *core, const VSAPI *vsapi) {
     (void)frameData;
     RestoreData *d = (RestoreData *)instanceData;
-    parkIfExiting(); /* no frame, and no error, goes back to a host that is exiting */
+    if (parkIfExiting()) { /* nothing goes back to a host that is exiting, until its exit outlives the bound */
+        vsapi->setFilterError(FILTER_NAME ": the process is exiting; frame not computed", frameCtx);
+        return NULL;
+    }
     /* Frames up to t-1 away: reflection_circle reaches that far, and scene props are read there. */
     const int reach = d->t - 1;
     int lo = n - reach < 0 ? 0 : n - reach;
@@ -146,7 +154,10 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
     VSFrame *dst = vsapi->newVideoFrame(&d->vi.format, d->vi.width, d->vi.height, centre, core);
     char err[16384];
     int ok = runPython(d, n, window, frames, lo, dst, err, sizeof err, vsapi);
-    parkIfExiting(); /* the frame was stopped, or finished while the process began to exit */
+    if (parkIfExiting()) { /* the frame was stopped, or finished while the process began to exit */
+        ok = 0;
+        snprintf(err, sizeof err, "the process is exiting; frame %d was not computed", n);
+    }
     for (int k = lo; k <= hi; k++)
         vsapi->freeFrame(frames[k - lo]);
     if (!ok) {
@@ -162,8 +173,10 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
 static void VS_CC restoreFree(void *instanceData, VSCore *core, const VSAPI *vsapi) {
     (void)core;
     RestoreData *d = (RestoreData *)instanceData;
-    /* While Python shuts down its objects must not be touched (releasing then crashes): leak. */
-    if (d->restorer && pyUsable()) {
+    /* While Python shuts down, or the process exits (a host freeing its core at exit, after
+       PyTorch's own teardown may have run), its objects must not be touched (releasing then
+       crashes): leak. */
+    if (d->restorer && pyUsable() && !*exitFlag()) {
         PyGILState_STATE gil = py.GILState_Ensure();
         pyDecRef(d->process);
         pyDecRef(d->restorer);

@@ -1,6 +1,7 @@
 /* The platform layer on Windows x64 (MinGW-w64 or MSVC): SRW locks, condition variables, and the
    loaded python3XY.dll found through the module list. Only kernel32 is used. */
 #ifdef _WIN32
+#include <stdio.h>
 #include <string.h>
 #include <wchar.h>
 #include <wctype.h>
@@ -24,16 +25,28 @@ int plCondWaitUntil(PlCond *c, PlMutex *m, uint64_t deadlineMs) {
     return GetTickCount64() < deadlineMs;
 }
 
-static INIT_ONCE onceFlag = INIT_ONCE_STATIC_INIT;
-
 static BOOL CALLBACK runOnce(PINIT_ONCE once, PVOID init, PVOID *context) {
     (void)once; (void)context;
     ((void (*)(void))init)();
     return TRUE;
 }
 
-void plOnce(void (*init)(void)) {
-    InitOnceExecuteOnce(&onceFlag, runOnce, (PVOID)init, NULL);
+void plOnce(PlOnce *flag, void (*init)(void)) {
+    InitOnceExecuteOnce(flag, runOnce, (PVOID)init, NULL);
+}
+
+static DWORD WINAPI flushAll(LPVOID unused) {
+    (void)unused;
+    fflush(NULL);
+    return 0;
+}
+
+void plFlushStdio(uint64_t waitMs) {
+    HANDLE flusher = CreateThread(NULL, 0, flushAll, NULL, 0, NULL);
+    if (!flusher)
+        return;
+    WaitForSingleObject(flusher, waitMs > 0xFFFFFFFEu ? 0xFFFFFFFEu : (DWORD)waitMs);
+    CloseHandle(flusher);
 }
 
 /* python3XY.dll (or python3XY_d.dll), not python3.dll: the stable-ABI forwarder lacks some of
@@ -92,7 +105,10 @@ static int atProcessExit(void (*handler)(void)) {
 }
 
 PlExitHooks plExitHooks(void) {
-    PlExitHooks hooks = { NULL, NULL, NULL };
+    /* the handler only sets the flag: the executable's exit table runs with every thread alive,
+       but PyTorch's teardown comes at DLL detach, after ExitProcess has ended the frames' threads;
+       a wait there would hold the CRT's exit lock, which a frame's first-use static needs */
+    PlExitHooks hooks = { NULL, NULL, NULL, 1 };
     HMODULE ucrt = GetModuleHandleA("ucrtbase.dll");
     HMODULE self = NULL;
     FARPROC found = ucrt ? GetProcAddress(ucrt, "_crt_atexit") : NULL;

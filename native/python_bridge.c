@@ -13,6 +13,7 @@ int pyResolve(void) {
     RESOLVE(IsInitialized, "Py_IsInitialized");
     RESOLVE(GILState_Ensure, "PyGILState_Ensure");
     RESOLVE(GILState_Release, "PyGILState_Release");
+    RESOLVE(GILState_Check, "PyGILState_Check");
     RESOLVE(Import_ImportModule, "PyImport_ImportModule");
     RESOLVE(Object_GetAttrString, "PyObject_GetAttrString");
     RESOLVE(Object_CallObject, "PyObject_CallObject");

@@ -20,6 +20,7 @@ typedef struct {
     int (*IsFinalizing)(void);
     PyGILState_STATE (*GILState_Ensure)(void);
     void (*GILState_Release)(PyGILState_STATE);
+    int (*GILState_Check)(void);
     PyObject *(*Import_ImportModule)(const char *);
     PyObject *(*Object_GetAttrString)(PyObject *, const char *);
     PyObject *(*Object_CallObject)(PyObject *, PyObject *);

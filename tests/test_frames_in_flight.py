@@ -167,3 +167,27 @@ def test_exit_waits_for_frames_being_written(tmp_path: Path, tiny_checkpoint: Pa
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "leaving main" in done.stderr and "written" in done.stderr.split("leaving main")[1], done.stderr
+
+
+def test_a_trace_hook_that_raises_gives_the_in_flight_slot_back(tiny_checkpoint: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The debug hook raising at "write" fails that frame only: the frame's in-flight slot is given
+    back. It was kept (write() never ran), and after FRAMES_IN_FLIGHT such frames every later frame
+    waited for a slot for good (and an exit for its full bound)."""
+    def raising(event: str, n: int) -> None:
+        if event == "write" and n < FRAMES_IN_FLIGHT:
+            raise RuntimeError(f"trace hook failed at frame {n}")
+
+    monkeypatch.setattr(plugin, "trace", raising)
+    clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 8, seed=4), model=str(tiny_checkpoint))
+    monkeypatch.setattr(plugin, "trace", None)
+    failed = []
+    for n in range(FRAMES_IN_FLIGHT + 2):
+        try:
+            clip.get_frame_async(n).result(timeout=120)
+        except vs.Error as e:
+            failed.append(n)
+            assert "trace hook failed" in str(e)
+        except TimeoutError:
+            pytest.fail(f"frame {n} still waits for an in-flight slot after 120 s")
+    assert failed == list(range(FRAMES_IN_FLIGHT))

@@ -8,6 +8,16 @@
    host exit-thread SCRIPT N [MS]  the same, but another thread calls exit(0)
    host exit-free SCRIPT N [MS]  the same as exit, but an atexit handler registered first (so run last)
                               frees the script and its core: the core waits for its worker threads
+   host exit-free-late SCRIPT N [MS]  the same as exit-free, but the handler that frees the script is
+                              registered after the first frame has arrived (after the plugin's own
+                              registrations: it runs first), MS ms after that main returns
+   host exit-wait SCRIPT N [MS]  the same as exit, but an atexit handler registered first asks for frame
+                              N with a synchronous getFrame (a host that waits for a frame while it
+                              exits) and prints what it got; main returns MS ms after the first
+                              frame arrived
+   Every exit mode registers, before anything else, an atexit handler that prints "host atexit work
+   done" (the host's earlier exit work), and prints 100 lines "line K" after "exiting" without
+   flushing them: exit() must flush them (stdout is fully buffered when it is a pipe).
    host close SCRIPT N MS     closes as vsedit does during playback: N frames in flight, the next one
                               requested as each arrives; after MS ms the frames in flight are marked
                               discarded, the receiver is deleted although they are still in process
@@ -34,10 +44,23 @@
 
 static const VSAPI *vsapi;
 
+static pthread_mutex_t arrivedMutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t arrivedCond = PTHREAD_COND_INITIALIZER;
+static int arrived; /* frames (or errors) handed back so far */
+
 static void VS_CC dropFrame(void *userData, const VSFrame *f, int n, VSNode *node, const char *errorMsg) {
     (void)userData; (void)n; (void)node; (void)errorMsg;
     if (f)
         vsapi->freeFrame(f);
+    pthread_mutex_lock(&arrivedMutex);
+    arrived++;
+    pthread_cond_broadcast(&arrivedCond);
+    pthread_mutex_unlock(&arrivedMutex);
+}
+
+/* The host's own exit work, registered before everything else: it runs last. */
+static void hostExitWork(void) {
+    printf("host atexit work done\n");
 }
 
 /* vsedit's script processor, as far as frames reach it: what is in flight, and whether it is gone. */
@@ -88,6 +111,15 @@ static void freeAtExit(void) {
     vssapi->freeScript(script);
 }
 
+static int lastFrame; /* exit-wait: the frame asked for at exit */
+
+static void frameAtExit(void) {
+    char error[1024] = "";
+    const VSFrame *f = vsapi->getFrame(lastFrame, outputNode, error, sizeof error);
+    printf("frame %d at exit: %s\n", lastFrame, f ? "a frame" : error);
+    vsapi->freeFrame(f);
+}
+
 static pthread_mutex_t logMutex = PTHREAD_MUTEX_INITIALIZER;
 static int messages;
 static char logged[64][1024];
@@ -135,7 +167,7 @@ int main(int argc, char **argv) {
     if (closing ? argc != 5 : argc != 4 && !(argc == 5 && !strncmp(argv[1], "exit", 4)))
         return 2;
     const char *mode = argv[1], *path = argv[2];
-    int frames = atoi(argv[3]);
+    int frames = lastFrame = atoi(argv[3]);
     vssapi = getVSScriptAPI(VSSCRIPT_API_VERSION);
     if (!vssapi) {
         printf("no VSScript (is Python configured? vapoursynth config)\n");
@@ -144,8 +176,13 @@ int main(int argc, char **argv) {
     vsapi = vssapi->getVSAPI(VAPOURSYNTH_API_VERSION);
     VSCore *core = vsapi->createCore(0);
     vsapi->addLogHandler(onLog, NULL, NULL, core);
+    int exiting = !strncmp(mode, "exit", 4);
+    if (exiting)
+        atexit(hostExitWork);
     if (!strcmp(mode, "exit-free"))
         atexit(freeAtExit);
+    if (!strcmp(mode, "exit-wait"))
+        atexit(frameAtExit);
     script = vssapi->createScript(core);
     if (vssapi->evaluateFile(script, path)) {
         printf("script error: %s\n", vssapi->getError(script));
@@ -157,14 +194,24 @@ int main(int argc, char **argv) {
         printf("no output 0\n");
         return 1;
     }
-    if (!strcmp(mode, "exit") || !strcmp(mode, "exit-thread") || !strcmp(mode, "exit-free")) {
+    if (exiting) {
         for (int n = 0; n < frames; n++)
             vsapi->getFrameAsync(n, node, dropFrame, NULL);
         printf("requested %d\n", frames);
         fflush(stdout);
+        if (!strcmp(mode, "exit-free-late") || !strcmp(mode, "exit-wait")) {
+            pthread_mutex_lock(&arrivedMutex);
+            while (!arrived)
+                pthread_cond_wait(&arrivedCond, &arrivedMutex);
+            pthread_mutex_unlock(&arrivedMutex);
+            if (!strcmp(mode, "exit-free-late")) /* after the first frame: after the plugin's registrations */
+                atexit(freeAtExit);
+        }
         usleep((argc == 5 ? atoi(argv[4]) : 200) * 1000); /* the first frames are being computed now */
         printf("exiting\n");
         fflush(stdout);
+        for (int k = 0; k < 100; k++)
+            printf("line %d\n", k);
         if (!strcmp(mode, "exit-thread")) {
             pthread_t t;
             pthread_create(&t, NULL, exitNow, NULL);

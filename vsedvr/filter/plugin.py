@@ -68,8 +68,10 @@ class Restorer:
                     self.engine.write(self.engine.restore(window, sources), output)
                 else:
                     pending = self.engine.restore(window, sources)
-                    self._trace("write", n)
-                    self.engine.write(pending, output)
+                    try:
+                        self._trace("write", n)
+                    finally:  # write() gives the frame's in-flight slot back, also when the hook raised
+                        self.engine.write(pending, output)
                     self._trace("written", n)
             return None
         except Exception:  # noqa: BLE001 - every error must reach VapourSynth as a frame error

@@ -1,10 +1,12 @@
 """What the filter does when its process exits with frames still being computed.
 
-Two ways in: Python's ``atexit`` (:func:`_finish_at_exit`, when the interpreter finalises: vspipe,
-plain Python scripts) and the plugin's own C exit handler (native/exit_guard.c, for hosts that embed
-Python and never finalise it: vsedit and other VSScript previewers), which sets a flag that
-:func:`watch_native_exit` reads. Either way new frames stop (:func:`stop_if_exiting` raises) and the
-ones in flight may finish within one deadline.
+Two ways in: Python's ``atexit`` (:func:`_finish_at_exit`, when the interpreter finalises: plain
+Python scripts) and the plugin's own C exit handler (native/exit_guard.c, for hosts that embed
+Python through libvsscript and never finalise it: vsedit and other VSScript previewers; vspipe too,
+which has no frame in flight at its exit), which sets a flag that :func:`watch_native_exit` reads.
+Either way new frames stop (:func:`stop_if_exiting` raises) and the ones in flight may finish within
+one deadline. In a Python host VapourSynth's own ``atexit`` runs after this one and frees the core,
+waiting for the frames left without a bound (docs/hosts.md, the exit bound per host class).
 """
 from __future__ import annotations
 
