@@ -88,6 +88,12 @@ LABELS = {
     "a_cudnnsearch": "a'' vsedvr Restore with cuDNN's per-shape search (cudnn.benchmark, not deterministic)",
 }
 
+#: Warm-up frames of b_naive at most: it runs on one thread, one window at a time, so its first
+#: frames warm everything it uses (the other variants' warm-up warms each VapourSynth thread).
+NAIVE_WARMUP = 3
+#: Frames the profile covers (``--profile``).
+PROFILE_FRAMES = 3
+
 #: Dense tensor-core peaks in TFLOP/s (vendor data sheets) by precision, for the MFU column.
 #: fp32 counts TF32: PyTorch runs fp32 convolutions on cuDNN with TF32 allowed by default.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -213,6 +219,8 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
     compiled = variant == "a_compile"
     warmup = setup.warmup or int(compiled)  # a_compile's first frame compiles: never timed
+    if variant == "b_naive":  # one thread, one window at a time: warm after its first frames
+        warmup = min(warmup, NAIVE_WARMUP)
     frames = make_frames(warmup + setup.count, setup.height, setup.width)
     if variant == "a_globalthreads":
         _use_global_band_threads()
@@ -268,6 +276,69 @@ def _percentile(values: list[float], q: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def profile_restore(checkpoint: str, setup: Setup, path: Path, frames: int = PROFILE_FRAMES) -> None:
+    """``frames`` steady frames of a_python under ``torch.profiler``, written to ``path``: the top 25
+    CUDA kernels by time, kernels and copies per frame, the GPU's busy and idle time over the
+    profiled span (on the CPU: the top 25 operators of this thread instead)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    from vapoursynth import core
+
+    torch.set_num_threads(setup.threads)
+    cuda = setup.device == "cuda"
+    clip = source_clip(make_frames(setup.warmup + frames, setup.height, setup.width))
+    out = core.edvr.Restore(clip, model=checkpoint, device=setup.device, precision=setup.precision)
+    delivered = out.frames()
+    for _ in range(setup.warmup):
+        next(delivered)
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(frames):
+            next(delivered)
+        if cuda:
+            torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    lines = [f"{frames} steady frames of Restore ({setup.precision}, {setup.height}x{setup.width}, after "
+             f"{setup.warmup} warm-up frames) under torch.profiler: {wall_us / 1e3:.1f} ms"]
+    device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if device_events:
+        copies = [e for e in device_events if e.name.startswith(("Memcpy", "Memset"))]
+        kernels = [e for e in device_events if not e.name.startswith(("Memcpy", "Memset"))]
+        spans = sorted((e.time_range.start, e.time_range.end) for e in device_events)
+        busy, end = 0.0, float("-inf")
+        for a, b in spans:  # the union of every kernel's and copy's interval, all streams
+            if b > end:
+                busy += b - max(a, end)
+                end = b
+        first, last = spans[0][0], max(b for _, b in spans)
+        lines += [f"kernels per frame: {len(kernels) / frames:.0f}; copies and memsets per frame: "
+                  f"{len(copies) / frames:.0f}",
+                  f"GPU busy (any kernel or copy running) {busy / 1e3:.1f} ms of the {wall_us / 1e3:.1f} ms "
+                  f"profiled: idle {100 * (1 - busy / wall_us):.1f} % (within the first to the last device "
+                  f"event, {(last - first) / 1e3:.1f} ms: idle {100 * (1 - busy / max(last - first, 1e-9)):.1f} %)",
+                  "", f"top 25 CUDA kernels by total time ({frames} frames):",
+                  f"{'total ms':>9s} {'share':>6s} {'calls':>6s} {'mean us':>8s}  kernel"]
+        totals: dict[str, list[float]] = {}
+        for e in kernels:
+            entry = totals.setdefault(e.name, [0.0, 0])
+            entry[0] += e.time_range.end - e.time_range.start
+            entry[1] += 1
+        kernel_time = sum(t for t, _ in totals.values())
+        for name, (total, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:25]:
+            lines.append(f"{total / 1e3:9.2f} {100 * total / kernel_time:5.1f}% {calls:6d} {total / calls:8.1f}  "
+                         f"{name[:160]}")
+    else:
+        lines += ["no CUDA events (a CPU run); the top 25 operators of this thread by CPU time (the network "
+                  "runs on the Restore's compute thread, which this thread's profiler does not see)", "",
+                  prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:3]), flush=True)
 
 
 def _use_global_band_threads() -> None:
@@ -446,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
                              "busy processes otherwise stalls torch ops by milliseconds each); '' keeps "
                              "the environment's")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help=f"instead of timing: {PROFILE_FRAMES} steady frames of a_python (the first model "
+                             "and precision) under torch.profiler, summarised to FILE (top 25 CUDA kernels, "
+                             "kernels per frame, GPU idle time)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
@@ -502,6 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = dict(machine=info, setup=asdict(Setup(height, width, args.frames, args.threads,
                                                                    args.device, args.precision, warmup)),
                                   repeats=args.repeats, peak_tflops=peaks, models={})
+
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
+            checkpoint = Path(tmp) / f"{models[0]}_random.pth"
+            make_checkpoint(models[0], checkpoint)
+            profile_restore(str(checkpoint), Setup(height, width, PROFILE_FRAMES, args.threads, args.device,
+                                                   precisions[0], warmup), args.profile)
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
         for model in models:
