@@ -309,16 +309,26 @@ def test_a_frame_reads_nothing_back_while_it_computes(monkeypatch: pytest.Monkey
     frames = random_frames(24, 16, 5)
     frames[1][0, 3, 4] = np.nan
     reads: list[str] = []
+    computing = threading.local()  # set on the thread that runs a frame's network, while it does
+    run_network = WindowEngine._run_network
+
+    def network(self: WindowEngine, window: Any, sources: Any) -> Any:
+        computing.on = True
+        try:
+            return run_network(self, window, sources)
+        finally:
+            computing.on = False
 
     def guarded(name: str) -> Callable[..., Any]:
         original = getattr(torch.Tensor, name)
 
         def read(self: torch.Tensor, *args: Any) -> Any:
-            if threading.current_thread().name == "vsedvr-compute":
+            if getattr(computing, "on", False):
                 reads.append(name)
             return original(self, *args)
         return read
 
+    monkeypatch.setattr(WindowEngine, "_run_network", network)
     for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, guarded(name))
     with caplog.at_level(logging.WARNING, logger="vsedvr"):
