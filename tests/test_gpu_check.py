@@ -66,7 +66,7 @@ def test_prepare_and_run_end_to_end_in_cpu_mode(tmp_path: Path) -> None:
                               timeout=300, env=env)
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     done = subprocess.run(["bash", str(SCRIPT), "run"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1200, env=env)
+                          timeout=2400, env=env)
     summary = (tmp_path / "out" / "01-summary.txt").read_text()
     assert done.returncode == 0, summary
     steps = re.findall(r"=== (\S+): (?:exit (\d+)|skipped)", summary)
