@@ -10,8 +10,8 @@ the Restore's :class:`ComputeThread` and waits for it: one set of plans, handles
 OpenMP team, and one thread on which a captured CUDA graph can later replay.
 
 The order of frames, the frames in flight and the exit wait stay where they were (the engine's
-:class:`~vsedvr.filter.gate.FrameGate`\\ s, taken on the worker thread): the compute thread runs one
-frame at a time, in the order the lock admits them.
+gates, taken on the worker thread): the compute thread runs one frame at a time, in the order the
+lock admits them.
 
 The thread is a daemon and holds no reference to the engine (a job's callable is dropped before its
 result is handed back): it never keeps a process alive, and it ends when its ``ComputeThread`` is
@@ -77,7 +77,7 @@ def _close(jobs: deque, ready: threading.Condition) -> None:
 class ComputeThread:
     """A thread that runs the calls given to :meth:`run`, one at a time, in the order given.
 
-    Started at the first call; ended when this object is freed or :meth:`close` d.
+    Started at the first call; ended when this object is freed or closed (:meth:`close`).
     """
 
     def __init__(self, name: str = "vsedvr-compute") -> None:
