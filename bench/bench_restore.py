@@ -33,9 +33,9 @@ their cuDNN plans and handles; on the CPU 0, as the documented CPU runs were mea
 the median and the 90th percentile are reported with the fps over the timed frames (a_vspipe: its
 frames' completion times, read from a pass-through filter). ``--device cuda`` runs every variant on
 the GPU; ``--precision`` (one or a comma-separated list, each measured apart) applies to every
-variant: vsedvr's parameter for a, ``net.half()`` / ``net.bfloat16()`` for b and c (their deformable
-convolutions then also run in fp32 on CUDA, as vsedvr runs them: nets/deform.py), so that precision
-and design are never mixed in one ratio. On CUDA the model-FLOP utilisation (achieved FLOP/s over
+variant: vsedvr's parameter for a, the network converted (``net.half()``, ``net.bfloat16()``) for b
+and c, which load it through vsedvr and so run the same deformable-convolution kernel per device and
+type as a (nets/deform.py), so that precision and design are never mixed in one ratio. On CUDA the model-FLOP utilisation (achieved FLOP/s over
 the GPU's dense tensor-core peak for the precision; fp32 convolutions run as TF32 by PyTorch's
 default, but torchvision's deformable-conv GEMMs do not (matmul TF32 is off by default): fp32 MFU
 reads low) is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also
