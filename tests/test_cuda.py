@@ -200,7 +200,6 @@ print("RESULT", json.dumps(result))
 """
 
 
-@pytest.mark.slow(reason="two processes of EDVR-M at 540x960, one with every launch synchronous")
 def test_frames_are_right_at_540x960(tmp_path: Path) -> None:
     """Issue 31, item 1: torchvision's deformable convolution (up to 0.26) launches its im2col on the
     legacy default stream while the network runs on the engine's own: nothing orders them, and at a
