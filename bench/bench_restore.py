@@ -23,22 +23,30 @@ thread count for every variant:
              baseline for its per-thread replacement (issue 16): ratio a_python/a_globalthreads.
 
 Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``; on CUDA also
-peak VRAM, ``torch.cuda.max_memory_allocated``); variants are interleaved when ``--repeats`` > 1
-and the median is reported. ``--device cuda`` runs every variant on the GPU, each after one
-untimed warm-up frame (CUDA context, cuDNN's algorithm search) and with cuDNN's autotuner on;
-``--precision`` applies to the a variants (vsedvr's parameter), b and c always compute in fp32 (as
-the reference scripts do). On CUDA the model-FLOP utilisation (achieved FLOP/s over the GPU's dense
-tensor-core peak for the variant's precision; fp32 convolutions run as TF32 by PyTorch's default,
-but torchvision's deformable-conv GEMMs do not (matmul TF32 is off by default): fp32 MFU reads low)
-is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also the FLOPs
-per output frame (bench_flops.py) with the achieved GFLOP/s of each variant. The deformable conv
-alone, fast path vs torchvision: bench_dcn.py.
+peak VRAM, ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``); variants are
+interleaved when ``--repeats`` > 1 and the median is reported.
+
+Steady state: each variant first computes ``--warmup`` frames of the same clip, untimed (default on
+CUDA: 2 x ``core.num_threads``, so that every VapourSynth thread and the compute thread have built
+their cuDNN plans and handles; on the CPU 0, as the documented CPU runs were measured), then
+``--frames`` timed frames. The time of each timed frame's arrival gives the per-frame intervals:
+the median and the 90th percentile are reported with the fps over the timed frames (a_vspipe: its
+frames' completion times, read from a pass-through filter). ``--device cuda`` runs every variant on
+the GPU; ``--precision`` (one or a comma-separated list, each measured apart) applies to every
+variant: vsedvr's parameter for a, the network converted (``net.half()``, ``net.bfloat16()``) for b
+and c, which load it through vsedvr and so run the same deformable-convolution kernel per device and
+type as a (nets/deform.py), so that precision and design are never mixed in one ratio. On CUDA the model-FLOP utilisation (achieved FLOP/s over
+the GPU's dense tensor-core peak for the precision; fp32 convolutions run as TF32 by PyTorch's
+default, but torchvision's deformable-conv GEMMs do not (matmul TF32 is off by default): fp32 MFU
+reads low) is printed too; ``--peak-tflops`` gives the peak for GPUs the table does not know. Also
+the FLOPs per output frame (bench_flops.py) with the achieved GFLOP/s of each variant. The
+deformable conv alone, fast path vs torchvision: bench_dcn.py.
 
 Examples::
 
     python bench/bench_restore.py                      # EDVR-M and EDVR-L, 64x112, 8 frames
     python bench/bench_restore.py --models edvrm --size 180x320 --frames 6 --json m180.json
-    python bench/bench_restore.py --device cuda --precision fp16 --models edvrm --size 540x960 --frames 30
+    python bench/bench_restore.py --device cuda --precision fp16,fp32 --models edvrm --size 540x960 --frames 30
 """
 from __future__ import annotations
 
@@ -80,6 +88,12 @@ LABELS = {
     "a_cudnnsearch": "a'' vsedvr Restore with cuDNN's per-shape search (cudnn.benchmark, not deterministic)",
 }
 
+#: Warm-up frames of b_naive at most: it runs on one thread, one window at a time, so its first
+#: frames warm everything it uses (the other variants' warm-up warms each VapourSynth thread).
+NAIVE_WARMUP = 3
+#: Frames the profile covers (``--profile``).
+PROFILE_FRAMES = 3
+
 #: Dense tensor-core peaks in TFLOP/s (vendor data sheets) by precision, for the MFU column.
 #: fp32 counts TF32: PyTorch runs fp32 convolutions on cuDNN with TF32 allowed by default.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -103,11 +117,13 @@ class Setup:
     count: int  # frames of the clip = output frames timed
     threads: int
     device: str = "cpu"  # "cpu" or "cuda"
-    precision: str = "fp32"  # of the a variants; b and c compute in fp32
+    precision: str = "fp32"  # of every variant
+    warmup: int = 0  # untimed frames before the timed ones, of the same clip
 
     def flags(self) -> list[str]:
         return ["--size", f"{self.height}x{self.width}", "--frames", str(self.count), "--threads",
-                str(self.threads), "--device", self.device, "--precision", self.precision]
+                str(self.threads), "--device", self.device, "--precision", self.precision,
+                "--warmup", str(self.warmup)]
 
 
 def gpu_peak_tflops(name: str, precision: str) -> float | None:
@@ -153,51 +169,37 @@ from vapoursynth import core
 torch.set_num_threads(int(threads))
 clip = C.source_clip(C.make_frames(int(frames), int(height), int(width)))
 out = core.edvr.Restore(clip, model=checkpoint, device=device, precision=precision)
-B.warm_up_restore(clip, checkpoint, device, precision)
-B.record_vram(out, vram_file).set_output()
+B.record_frames(out, record_file).set_output()
 """
 
 
-def warm_up_restore(clip, checkpoint: str, device: str, precision: str) -> None:  # (vs.VideoNode, ...)
-    """On CUDA, one frame of another Restore of the same size before the timing starts.
-
-    The CUDA context, cuDNN's algorithm search (one per shape and process) and the pinned-memory
-    pool then cost the timed frames nothing; b and c get the same (:func:`_warm_up_network`).
-    """
-    if device == "cuda":
-        from vapoursynth import core
-
-        core.edvr.Restore(clip, model=checkpoint, device=device, precision=precision).get_frame(0)
-
-
-def _warm_up_network(net: Any, height: int, width: int, device: str) -> None:
-    """The b and c counterpart of :func:`warm_up_restore`: one forward of a window, on CUDA."""
-    import torch
-
-    if device == "cuda":
-        with torch.inference_mode():
-            net(torch.zeros(1, NUM_FRAMES_T, 3, height, width, device=device))
-        torch.cuda.synchronize()
-
-
-def record_vram(clip, path: str):  # (vs.VideoNode, str) -> vs.VideoNode
-    """On CUDA, the clip with a pass-through that writes the peak VRAM so far to ``path`` at each frame."""
+def record_frames(clip, path: str):  # (vs.VideoNode, str) -> vs.VideoNode
+    """The clip with a pass-through that appends, as each frame is done, a line to ``path``: frame
+    number, ``time.perf_counter()``, and on CUDA the peak VRAM allocated and reserved so far (MiB)."""
     import torch
     import vapoursynth as vs
 
-    if not torch.cuda.is_available() or not path:
-        return clip
-
-    lock = threading.Lock()  # frames arrive on several threads; one writer at a time, whole files
+    lock = threading.Lock()  # frames arrive on several threads; one writer at a time, whole lines
+    cuda = torch.cuda.is_available()
 
     def passthrough(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
-        with lock:
-            partial = Path(f"{path}.part")
-            partial.write_text(str(torch.cuda.max_memory_allocated() / 2**20))
-            os.replace(partial, path)
+        now = time.perf_counter()
+        memory = (torch.cuda.max_memory_allocated() / 2**20, torch.cuda.max_memory_reserved() / 2**20) if cuda else ()
+        with lock, open(path, "a") as out:
+            out.write(" ".join(str(v) for v in (n, now, *memory)) + "\n")
         return f
 
     return vs.core.std.ModifyFrame(clip, clip, passthrough)
+
+
+def default_warmup(device: str) -> int:
+    """Untimed frames before the timed ones: on CUDA 2 x ``core.num_threads`` (each VapourSynth thread's
+    first frames build its own cuDNN plans and handles, and a frame waits on others'), on the CPU 0."""
+    if device != "cuda":
+        return 0
+    from vapoursynth import core
+
+    return 2 * core.num_threads
 
 
 #: OMP_WAIT_POLICY for every subprocess, None: the caller's environment (see --omp-wait-policy).
@@ -205,7 +207,8 @@ _WAIT_POLICY: str | None = None
 
 
 def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
-    """Runs one variant in this process; returns seconds for ``setup.count`` output frames and more."""
+    """Runs one variant in this process: per-frame times of ``setup.warmup`` untimed and
+    ``setup.count`` timed output frames, and more."""
     if variant == "a_vspipe":
         return _worker_vspipe(checkpoint, setup)
 
@@ -214,11 +217,15 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     torch.set_num_threads(setup.threads)
     if variant == "a_cudnnsearch":  # what the engine did before its algorithms were made deterministic
         torch.backends.cudnn.benchmark = True
-    frames = make_frames(setup.count, setup.height, setup.width)
-    start = time.perf_counter()
     compiled = variant == "a_compile"
+    warmup = setup.warmup or int(compiled)  # a_compile's first frame compiles: never timed
+    if variant == "b_naive":  # one thread, one window at a time: warm after its first frames
+        warmup = min(warmup, NAIVE_WARMUP)
+    frames = make_frames(warmup + setup.count, setup.height, setup.width)
     if variant == "a_globalthreads":
         _use_global_band_threads()
+    start = time.perf_counter()
+    times = [start]  # the start, then each output frame's arrival
     if variant in RESTORE_VARIANTS:
         from vapoursynth import core
 
@@ -226,37 +233,112 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
         out = core.edvr.Restore(clip, model=checkpoint, device=setup.device,
                                 precision=setup.precision, compile=int(compiled))
         load = time.perf_counter() - start
-        if not compiled:  # a_compile reports its first frame apart instead
-            warm_up_restore(clip, checkpoint, setup.device, setup.precision)
-        start = time.perf_counter()
-        frames_out = out.frames()
-        next(frames_out)
-        first = time.perf_counter() - start
-        for _ in frames_out:
-            pass
-        after_first = time.perf_counter() - start - first
-        if compiled:  # the first frame compiles the network: reported apart, not timed
-            start += first
+        times = [time.perf_counter()]
+        for _ in out.frames():  # prefetching core.num_threads frames, like vspipe
+            times.append(time.perf_counter())
     else:
         import vsedvr
         from vsedvr.nets.deform import fast_path
 
-        net = vsedvr.load_model(checkpoint, device=setup.device)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[setup.precision]
+        net = vsedvr.load_model(checkpoint, device=setup.device).to(dtype)
         load = time.perf_counter() - start
-        _warm_up_network(net, setup.height, setup.width, setup.device)
         with fast_path(variant == "c_fastdcn"):
-            start = time.perf_counter()
+            times = [time.perf_counter()]
             if variant == "b_naive":
-                _naive(net, frames, setup.device)
+                _naive(net, frames, setup.device, times)
             else:
-                _modify_frame(net, frames, setup.device)
-    seconds = time.perf_counter() - start
-    vram = torch.cuda.max_memory_allocated() / 2**20 if setup.device == "cuda" else None
-    timed = setup.count - 1 if compiled else setup.count
-    return dict(seconds=seconds, frames_timed=timed, load_seconds=load,
-                first_frame_seconds=first if compiled else None,
-                seconds_after_first=after_first if variant in RESTORE_VARIANTS else None,
-                peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF), peak_vram_mib=vram)
+                _modify_frame(net, frames, setup.device, times)
+    result = _timing(times[1:], times[0], warmup)
+    if compiled:  # the first frame compiles the network
+        result["first_frame_seconds"] = times[1] - times[0]
+    result.update(load_seconds=load, peak_rss_mib=_peak_rss_mib(resource.RUSAGE_SELF))
+    if setup.device == "cuda":
+        result.update(peak_vram_mib=torch.cuda.max_memory_allocated() / 2**20,
+                      peak_reserved_mib=torch.cuda.max_memory_reserved() / 2**20)
+    return result
+
+
+def _timing(times: list[float], start: float, warmup: int) -> dict[str, Any]:
+    """Seconds of the timed frames and their intervals, from the arrival times of all frames: the
+    first timed frame's interval starts at the last warm-up frame's arrival (without warm-up, at
+    ``start``)."""
+    arrivals = [start] + times
+    spans = [b - a for a, b in zip(arrivals[warmup:], arrivals[warmup + 1:])]
+    return dict(seconds=arrivals[-1] - arrivals[warmup], frames_timed=len(spans), warmup_frames=warmup,
+                warmup_seconds=arrivals[warmup] - start, interval_median_s=statistics.median(spans),
+                interval_p90_s=_percentile(spans, 90), intervals_s=spans)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def profile_restore(checkpoint: str, setup: Setup, path: Path, frames: int = PROFILE_FRAMES) -> None:
+    """``frames`` steady frames of a_python under ``torch.profiler``, written to ``path``: the top 25
+    CUDA kernels by time, kernels and copies per frame, the GPU's busy and idle time over the
+    profiled span (on the CPU: the top 25 operators of this thread instead)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    from vapoursynth import core
+
+    torch.set_num_threads(setup.threads)
+    cuda = setup.device == "cuda"
+    clip = source_clip(make_frames(setup.warmup + frames, setup.height, setup.width))
+    out = core.edvr.Restore(clip, model=checkpoint, device=setup.device, precision=setup.precision)
+    delivered = out.frames()
+    for _ in range(setup.warmup):
+        next(delivered)
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(frames):
+            next(delivered)
+        if cuda:
+            torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    lines = [f"{frames} steady frames of Restore ({setup.precision}, {setup.height}x{setup.width}, after "
+             f"{setup.warmup} warm-up frames) under torch.profiler: {wall_us / 1e3:.1f} ms"]
+    device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if device_events:
+        copies = [e for e in device_events if e.name.startswith(("Memcpy", "Memset"))]
+        kernels = [e for e in device_events if not e.name.startswith(("Memcpy", "Memset"))]
+        spans = sorted((e.time_range.start, e.time_range.end) for e in device_events)
+        busy, end = 0.0, float("-inf")
+        for a, b in spans:  # the union of every kernel's and copy's interval, all streams
+            if b > end:
+                busy += b - max(a, end)
+                end = b
+        first, last = spans[0][0], max(b for _, b in spans)
+        lines += [f"kernels per frame: {len(kernels) / frames:.0f}; copies and memsets per frame: "
+                  f"{len(copies) / frames:.0f}",
+                  f"GPU busy (any kernel or copy running) {busy / 1e3:.1f} ms of the {wall_us / 1e3:.1f} ms "
+                  f"profiled: idle {100 * (1 - busy / wall_us):.1f} % (within the first to the last device "
+                  f"event, {(last - first) / 1e3:.1f} ms: idle {100 * (1 - busy / max(last - first, 1e-9)):.1f} %)",
+                  "", f"top 25 CUDA kernels by total time ({frames} frames):",
+                  f"{'total ms':>9s} {'share':>6s} {'calls':>6s} {'mean us':>8s}  kernel"]
+        totals: dict[str, list[float]] = {}
+        for e in kernels:
+            entry = totals.setdefault(e.name, [0.0, 0])
+            entry[0] += e.time_range.end - e.time_range.start
+            entry[1] += 1
+        kernel_time = sum(t for t, _ in totals.values())
+        for name, (total, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:25]:
+            lines.append(f"{total / 1e3:9.2f} {100 * total / kernel_time:5.1f}% {calls:6d} {total / calls:8.1f}  "
+                         f"{name[:160]}")
+    else:
+        lines += ["no CUDA events (a CPU run); the top 25 operators of this thread by CPU time (the network "
+                  "runs on the Restore's compute thread, which this thread's profiler does not see)", "",
+                  prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:3]), flush=True)
 
 
 def _use_global_band_threads() -> None:
@@ -297,28 +379,31 @@ def _use_global_band_threads() -> None:
     deform._band_threads = band_threads
 
 
-def _naive(net: Any, frames: np.ndarray, device: str) -> None:
-    """Reference test script: per output frame, read its window's images again, run net(x)."""
+def _naive(net: Any, frames: np.ndarray, device: str, times: list[float]) -> None:
+    """Reference test script: per output frame, read its window's images again, run net(x) (in the
+    network's type); appends each frame's arrival time to ``times``."""
     import torch
 
+    dtype = next(net.parameters()).dtype
     # What cv2.imread would have returned for each frame: uint8, BGR, HWC.
     images = [np.ascontiguousarray((f[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8)) for f in frames]
-    results = []
     for n in range(len(frames)):
         # img2tensor(bgr2rgb=True, float32) / 255 for each frame of the window, stacked on T.
         window_images = [images[i].astype(np.float32) / 255.0 for i in window(n, len(frames))]
         x = torch.stack([torch.from_numpy(img[:, :, ::-1].transpose(2, 0, 1).copy()) for img in window_images])
         with torch.inference_mode():
-            out = net(x[None].to(device)).cpu()
+            out = net(x[None].to(device, dtype)).float().cpu()
         # tensor2img: clamp, RGB -> BGR, HWC, uint8
-        results.append((out[0].clamp(0, 1).numpy()[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8))
+        (out[0].clamp(0, 1).numpy()[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        times.append(time.perf_counter())
 
 
-def _modify_frame(net: Any, frames: np.ndarray, device: str) -> None:
+def _modify_frame(net: Any, frames: np.ndarray, device: str, times: list[float]) -> None:
     """std.ModifyFrame, neighbours fetched with get_frame inside the callback, one global lock."""
     import torch
     import vapoursynth as vs
 
+    dtype = next(net.parameters()).dtype
     clip = source_clip(frames)
     lock = threading.Lock()
     scale = net.scale
@@ -328,7 +413,7 @@ def _modify_frame(net: Any, frames: np.ndarray, device: str) -> None:
             planes = [np.stack([np.asarray(clip.get_frame(i)[p]) for p in range(3)])
                       for i in window(n, clip.num_frames)]
             with torch.inference_mode():
-                out = net(torch.from_numpy(np.stack(planes))[None].to(device))[0].cpu().numpy()
+                out = net(torch.from_numpy(np.stack(planes))[None].to(device, dtype))[0].float().cpu().numpy()
             dst = f.copy()
             for p in range(3):
                 np.asarray(dst[p])[:] = out[p]
@@ -336,10 +421,11 @@ def _modify_frame(net: Any, frames: np.ndarray, device: str) -> None:
 
     blank = vs.core.std.BlankClip(clip, width=clip.width * scale, height=clip.height * scale)
     for _ in vs.core.std.ModifyFrame(blank, blank, restore).frames():
-        pass
+        times.append(time.perf_counter())
 
 
 def _worker_vspipe(checkpoint: str, setup: Setup) -> dict[str, Any]:
+    total = setup.warmup + setup.count
     with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
         env = thread_env(setup.threads, _WAIT_POLICY)
         env["XDG_CONFIG_HOME"] = str(Path(tmp) / "xdg-config")
@@ -348,10 +434,10 @@ def _worker_vspipe(checkpoint: str, setup: Setup) -> dict[str, Any]:
         subprocess.run([str(VENV_BIN / "vapoursynth"), "config"], env=env, check=True, capture_output=True)
         script = Path(tmp) / "bench.vpy"
         script.write_text(VPY)
-        vram_file = Path(tmp) / "vram" if setup.device == "cuda" else None
-        args = dict(checkpoint=checkpoint, frames=setup.count, height=setup.height,
+        record_file = Path(tmp) / "frames"
+        args = dict(checkpoint=checkpoint, frames=total, height=setup.height,
                     width=setup.width, threads=setup.threads, device=setup.device, precision=setup.precision,
-                    vram_file=vram_file or "")
+                    record_file=record_file)
         cmd = [str(VENV_BIN / "vspipe"), "--progress"]
         for key, value in args.items():
             cmd += ["-a", f"{key}={value}"]
@@ -359,15 +445,22 @@ def _worker_vspipe(checkpoint: str, setup: Setup) -> dict[str, Any]:
         start = time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
-        vram = float(vram_file.read_text()) if vram_file and vram_file.exists() else None
+        lines = [line.split() for line in record_file.read_text().splitlines()] if record_file.exists() else []
     if done.returncode:
         raise RuntimeError(f"vspipe failed ({done.returncode}):\n{done.stderr[-3000:]}")
     found = re.search(r"Output (\d+) frames in ([\d.]+) seconds", done.stderr)
-    if not found or int(found.group(1)) != setup.count:
-        raise RuntimeError(f"no 'Output {setup.count} frames in ... seconds' from vspipe:\n{done.stderr[-3000:]}")
-    seconds = float(found.group(2))
-    return dict(seconds=seconds, frames_timed=setup.count, load_seconds=wall - seconds,
-                peak_rss_mib=_peak_rss_mib(resource.RUSAGE_CHILDREN), peak_vram_mib=vram)
+    if not found or int(found.group(1)) != total or len(lines) != total:
+        raise RuntimeError(f"no 'Output {total} frames in ... seconds' from vspipe, or {len(lines)} frames "
+                           f"recorded:\n{done.stderr[-3000:]}")
+    # frames complete in any order; their completion times, in time order, after vspipe's own start
+    times = sorted(float(line[1]) for line in lines)
+    begin = times[-1] - float(found.group(2))  # vspipe's "Output ... in S seconds" ends at its last frame
+    result = _timing(times, min(begin, times[0]), setup.warmup)
+    result.update(load_seconds=wall - float(found.group(2)), peak_rss_mib=_peak_rss_mib(resource.RUSAGE_CHILDREN))
+    if len(lines[-1]) > 2:
+        result.update(peak_vram_mib=max(float(line[2]) for line in lines),
+                      peak_reserved_mib=max(float(line[3]) for line in lines))
+    return result
 
 
 def _peak_rss_mib(who: int) -> float:
@@ -407,12 +500,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default: {','.join(VARIANTS)})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where every variant computes (default cpu)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                        help="precision of the a variants (Restore's parameter; fp16/bf16 need --device cuda); "
-                             "b and c compute in fp32 (default fp32)")
+    parser.add_argument("--precision", default="fp32", metavar="P[,P...]",
+                        help="fp32, fp16 or bf16, or several comma-separated (each measured apart): every "
+                             "variant computes in it (fp16/bf16 need --device cuda; default fp32)")
+    parser.add_argument("--warmup", type=int, metavar="N",
+                        help="untimed frames of the same clip before the timed ones, in every variant "
+                             "(default: 2 x core.num_threads on CUDA, 0 on the CPU)")
     parser.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
-                        help="the device's peak at --precision, for the a variants' MFU (default: looked "
-                             "up for known GPUs; none on the CPU)")
+                        help="the device's peak, for MFU, with one --precision (default: looked up for "
+                             "known GPUs; none on the CPU)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved repetitions; medians are reported (default 1)")
     parser.add_argument("--omp-wait-policy", default="passive", metavar="POLICY",
@@ -421,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
                              "busy processes otherwise stalls torch ops by milliseconds each); '' keeps "
                              "the environment's")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help=f"instead of timing: {PROFILE_FRAMES} steady frames of a_python (the first model "
+                             "and precision) under torch.profiler, summarised to FILE (top 25 CUDA kernels, "
+                             "kernels per frame, GPU idle time)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
@@ -429,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     global _WAIT_POLICY
     _WAIT_POLICY = args.omp_wait_policy or None
 
-    setup = Setup(height, width, args.frames, args.threads, args.device, args.precision)
+    precisions = [p for p in args.precision.split(",") if p]
     if args.worker:
+        setup = Setup(height, width, args.frames, args.threads, args.device, args.precision, args.warmup or 0)
         result = worker(args.worker, args.checkpoint, setup)
         args.result_file.write_text(json.dumps(result))
         return 0
@@ -443,12 +544,17 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         if v not in LABELS:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(LABELS)}")
+    for p in precisions:
+        if p not in ("fp32", "fp16", "bf16"):
+            parser.error(f"unknown precision {p!r}; choose from fp32, fp16, bf16")
+        if p != "fp32" and args.device != "cuda":
+            parser.error(f"--precision {p} needs --device cuda (Restore computes fp32 on the CPU)")
+    if not precisions or (args.peak_tflops and len(precisions) > 1):
+        parser.error("--precision: one or more of fp32, fp16, bf16 (with --peak-tflops, one)")
     if height % 4 or width % 4:
         parser.error("--size must be multiples of 4")
     if args.frames < NUM_FRAMES_T:
         parser.error(f"--frames must be at least {NUM_FRAMES_T} (the reference windows need it)")
-    if args.precision != "fp32" and args.device != "cuda":
-        parser.error(f"--precision {args.precision} needs --device cuda (Restore computes fp32 on the CPU)")
 
     import torch
 
@@ -456,58 +562,43 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: PyTorch sees no CUDA device here")
 
     torch.set_num_threads(args.threads)
+    warmup = default_warmup(args.device) if args.warmup is None else args.warmup
     info = machine_info(args.threads)
     info["omp_wait_policy"] = _WAIT_POLICY or os.environ.get("OMP_WAIT_POLICY", "(unset)")
     print(machine_line(info), flush=True)
-    print(f"# input {height}x{width}, {args.frames} frames, repeats {args.repeats}; "
+    print(f"# input {height}x{width}, {warmup} warm-up + {args.frames} timed frames, repeats {args.repeats}; "
           f"command: {' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}",
           flush=True)
-    # the a variants compute in --precision, b and c in fp32: each is measured against its own peak
-    peaks: dict[str, float | None] = {"a": None, "bc": None}
+    peaks: dict[str, float | None] = {p: None for p in precisions}
     if args.device == "cuda":
-        peaks["a"] = args.peak_tflops or gpu_peak_tflops(info["gpu"], args.precision)
-        peaks["bc"] = peaks["a"] if args.precision == "fp32" else gpu_peak_tflops(info["gpu"], "fp32")
-        shown = {k: f"{v:g} TFLOP/s" if v else "unknown (--peak-tflops)" for k, v in peaks.items()}
-        print(f"# {info['gpu']}; a: {args.precision}, peak for MFU {shown['a']}; b and c: fp32, "
-              f"peak {shown['bc']}", flush=True)
-    report: dict[str, Any] = dict(machine=info, setup=asdict(setup), repeats=args.repeats, peak_tflops=peaks,
-                                  models={})
+        peaks = {p: args.peak_tflops or gpu_peak_tflops(info["gpu"], p) for p in precisions}
+        shown = ", ".join(f"{p} {v:g} TFLOP/s" if v else f"{p} unknown (--peak-tflops)" for p, v in peaks.items())
+        print(f"# {info['gpu']}; peak for MFU: {shown}", flush=True)
+    report: dict[str, Any] = dict(machine=info, setup=asdict(Setup(height, width, args.frames, args.threads,
+                                                                   args.device, args.precision, warmup)),
+                                  repeats=args.repeats, peak_tflops=peaks, models={})
+
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
+            checkpoint = Path(tmp) / f"{models[0]}_random.pth"
+            make_checkpoint(models[0], checkpoint)
+            profile_restore(str(checkpoint), Setup(height, width, PROFILE_FRAMES, args.threads, args.device,
+                                                   precisions[0], warmup), args.profile)
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="vsedvr-bench-") as tmp:
         for model in models:
             checkpoint = Path(tmp) / f"{model}_random.pth"
             make_checkpoint(model, checkpoint)
             flops = count_flops(model, height, width)
-            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-            for _ in range(args.repeats):
-                for v in variants:
-                    runs[v].append(run_worker(v, checkpoint, setup))
-                    print(f"  {model} {v}: {runs[v][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
-            rows = {}
-            for v in variants:
-                timed = runs[v][0]["frames_timed"]
-                seconds = statistics.median(r["seconds"] for r in runs[v])
-                gflop = flops["plugin"] if v.startswith("a_") else flops["full"]
-                peak = peaks["a"] if v.startswith("a_") else peaks["bc"]
-                vram = [r["peak_vram_mib"] for r in runs[v] if r.get("peak_vram_mib") is not None]
-                firsts = [r["first_frame_seconds"] for r in runs[v] if r.get("first_frame_seconds") is not None]
-                rows[v] = dict(seconds=seconds, frames_timed=timed, fps=timed / seconds, s_per_frame=seconds / timed,
-                               gflop_per_frame=gflop, gflops=gflop * timed / seconds,
-                               mfu=gflop * timed / seconds / (peak * 1e3) if peak else None,
-                               peak_rss_mib=max(r["peak_rss_mib"] for r in runs[v]),
-                               peak_vram_mib=max(vram) if vram else None,
-                               first_frame_seconds=statistics.median(firsts) if firsts else None,
-                               load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
-            ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
-                      for a in ("a_vspipe", "a_python", "a_compile")
-                      for b in ("b_naive", "c_modify", "c_fastdcn", "a_python", "a_globalthreads", "a_cudnnsearch")
-                      if a in rows and b in rows and a != b}
-            if "a_compile" in rows and "a_python" in rows:  # both without their first frame
-                ratios["a_compile/a_python"] = (statistics.median(r["seconds_after_first"] for r in runs["a_python"])
-                                                / statistics.median(r["seconds_after_first"]
-                                                                    for r in runs["a_compile"]))
-            report["models"][model] = dict(flops_gflop=flops, variants=rows, speed_ratios=ratios)
-            _print_model(model, height, width, args.frames, flops, rows, ratios)
+            report["models"][model] = dict(flops_gflop=flops, precisions={})
+            for precision in precisions:
+                setup = Setup(height, width, args.frames, args.threads, args.device, precision, warmup)
+                rows, ratios = _measure(model, checkpoint, setup, variants, args.repeats, flops, peaks[precision])
+                report["models"][model]["precisions"][precision] = dict(variants=rows, speed_ratios=ratios)
+                _print_model(model, setup, flops, rows, ratios)
+                if args.json:  # after each part: a run killed later keeps what it measured
+                    args.json.write_text(json.dumps(report, indent=2))
 
     report["machine"]["loadavg_end"] = os.getloadavg()
     if args.json:
@@ -516,19 +607,55 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_model(model: str, height: int, width: int, count: int, flops: dict[str, float],
-                 rows: dict[str, dict[str, Any]], ratios: dict[str, float]) -> None:
-    print(f"\n{model} at {height}x{width} -> {4 * height}x{4 * width}, {count} output frames; GFLOP per output "
-          f"frame: whole network {flops['full']:.1f}, "
-          f"vsedvr (features of 1 frame + 1 window) {flops['plugin']:.1f}")
-    print(f"  {'variant':52s} {'fps':>7s} {'s/frame':>8s} {'GFLOP/s':>8s} {'MFU':>6s} {'peak RSS':>9s} "
-          f"{'peak VRAM':>10s}")
+def _measure(model: str, checkpoint: Path, setup: Setup, variants: list[str], repeats: int,
+             flops: dict[str, float], peak: float | None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Every variant at one precision, ``repeats`` times interleaved: their rows and speed ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            runs[v].append(run_worker(v, checkpoint, setup))
+            print(f"  {model} {setup.precision} {v}: {runs[v][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+    rows = {}
+    for v in variants:
+        timed = runs[v][0]["frames_timed"]
+        seconds = statistics.median(r["seconds"] for r in runs[v])
+        gflop = flops["plugin"] if v.startswith("a_") else flops["full"]
+        fps = timed / seconds
+
+        def most(key: str) -> float | None:
+            values = [r[key] for r in runs[v] if r.get(key) is not None]
+            return max(values) if values else None
+
+        firsts = [r["first_frame_seconds"] for r in runs[v] if r.get("first_frame_seconds") is not None]
+        rows[v] = dict(seconds=seconds, frames_timed=timed, warmup_frames=runs[v][0]["warmup_frames"], fps=fps,
+                       interval_median_s=statistics.median(r["interval_median_s"] for r in runs[v]),
+                       interval_p90_s=statistics.median(r["interval_p90_s"] for r in runs[v]),
+                       gflop_per_frame=gflop, gflops=gflop * fps, mfu=gflop * fps / (peak * 1e3) if peak else None,
+                       peak_rss_mib=most("peak_rss_mib"), peak_vram_mib=most("peak_vram_mib"),
+                       peak_reserved_mib=most("peak_reserved_mib"),
+                       first_frame_seconds=statistics.median(firsts) if firsts else None,
+                       load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
+    ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
+              for a in ("a_vspipe", "a_python", "a_compile")
+              for b in ("b_naive", "c_modify", "c_fastdcn", "a_python", "a_globalthreads", "a_cudnnsearch")
+              if a in rows and b in rows and a != b}
+    return rows, ratios
+
+
+def _print_model(model: str, setup: Setup, flops: dict[str, float], rows: dict[str, dict[str, Any]],
+                 ratios: dict[str, float]) -> None:
+    print(f"\n{model} {setup.precision} at {setup.height}x{setup.width} -> {4 * setup.height}x{4 * setup.width}, "
+          f"{setup.warmup} warm-up + {setup.count} timed output frames; GFLOP per output frame: whole network "
+          f"{flops['full']:.1f}, vsedvr (features of 1 frame + 1 window) {flops['plugin']:.1f}")
+    print(f"  {'variant':52s} {'fps':>7s} {'median s':>8s} {'p90 s':>7s} {'GFLOP/s':>8s} {'MFU':>6s} "
+          f"{'peak RSS':>9s} {'VRAM alloc/reserved':>20s}")
     for v, r in rows.items():
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "     -"
-        vram = f"{r['peak_vram_mib']:6.0f} MiB" if r["peak_vram_mib"] is not None else "         -"
+        vram = (f"{r['peak_vram_mib']:7.0f}/{r['peak_reserved_mib']:.0f} MiB" if r["peak_vram_mib"] is not None
+                else f"{'-':>20s}")
         first = f"  (first frame, compiling: {r['first_frame_seconds']:.1f} s)" if r["first_frame_seconds"] else ""
-        print(f"  {LABELS[v]:52s} {r['fps']:7.3f} {r['s_per_frame']:8.2f} {r['gflops']:8.1f} {mfu} "
-              f"{r['peak_rss_mib']:6.0f} MiB {vram}{first}")
+        print(f"  {LABELS[v]:52s} {r['fps']:7.3f} {r['interval_median_s']:8.3f} {r['interval_p90_s']:7.3f} "
+              f"{r['gflops']:8.1f} {mfu} {r['peak_rss_mib']:6.0f} MiB {vram:>20s}{first}")
     if ratios:
         print("  speed ratios (fps / fps): " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
 

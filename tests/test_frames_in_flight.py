@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import vapoursynth as vs
@@ -191,3 +192,102 @@ def test_a_trace_hook_that_raises_gives_the_in_flight_slot_back(tiny_checkpoint:
         except TimeoutError:
             pytest.fail(f"frame {n} still waits for an in-flight slot after 120 s")
     assert failed == list(range(FRAMES_IN_FLIGHT))
+
+
+# --------------------------------------------------------------------------- issue 31, item 2: one compute thread
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_the_network_runs_on_one_thread_at_any_thread_count(tiny_checkpoint: Path, threads: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call of the network (features and windows) runs on the Restore's compute thread, whatever
+    core.num_threads is, and the frames equal those of one thread. Before, whichever VapourSynth
+    thread held the lock ran it: each built its own cuDNN plans, cuBLAS handles and workspace."""
+    from vsedvr.nets import EDVR
+
+    callers: set[tuple[int, str]] = set()
+    frame_features, restore_window = EDVR.frame_features, EDVR.restore_window
+
+    def recorded(method):
+        def call(self, *args):
+            callers.add((threading.get_ident(), threading.current_thread().name))
+            return method(self, *args)
+        return call
+
+    monkeypatch.setattr(EDVR, "frame_features", recorded(frame_features))
+    monkeypatch.setattr(EDVR, "restore_window", recorded(restore_window))
+    core = vs.core
+    old = core.num_threads
+    source = clips.moving_pattern(32, 24, 24, seed=6)
+    try:
+        core.num_threads = 1
+        one = [np.stack([np.asarray(f[p]) for p in range(3)])
+               for f in vs.core.edvr.Restore(source, model=str(tiny_checkpoint)).frames()]
+        callers.clear()  # creating the Restore ran a tiny window on this thread: not a frame
+        core.num_threads = threads
+        clip = vs.core.edvr.Restore(source, model=str(tiny_checkpoint))
+        callers.clear()
+        got = [np.stack([np.asarray(fut.result()[p]) for p in range(3)])
+               for fut in [clip.get_frame_async(n) for n in range(24)]]
+    finally:
+        core.num_threads = old
+    assert len(callers) == 1 and next(iter(callers))[1] == "vsedvr-compute", callers
+    assert next(iter(callers))[0] != threading.get_ident()
+    for n in range(24):
+        assert np.array_equal(got[n], one[n]), n
+
+
+def test_an_error_in_the_network_reaches_the_frame_that_asked(tiny_checkpoint: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception raised on the compute thread is that frame's vs.Error (with the compute thread's
+    traceback); the other frames in flight come out right, and the filter keeps working."""
+    source = clips.moving_pattern(32, 24, 12, seed=7)
+    clean = vs.core.edvr.Restore(source, model=str(tiny_checkpoint))
+    expected = [np.stack([np.asarray(f[p]) for p in range(3)]) for f in clean.frames()]
+    run_network = WindowEngine._run_network
+
+    def faulty(self, window, sources):
+        if window[2] == 5:
+            raise RuntimeError(f"injected fault in frame {window[2]} on {threading.current_thread().name}")
+        return run_network(self, window, sources)
+
+    monkeypatch.setattr(WindowEngine, "_run_network", faulty)
+    core = vs.core
+    old = core.num_threads
+    core.num_threads = 8
+    try:
+        clip = vs.core.edvr.Restore(source, model=str(tiny_checkpoint))
+        futures = [clip.get_frame_async(n) for n in range(12)]
+        for n, fut in enumerate(futures):
+            if n == 5:
+                with pytest.raises(vs.Error) as err:
+                    fut.result()
+                text = str(err.value)
+                assert "Restore: frame 5" in text and "RuntimeError: injected fault in frame 5 on vsedvr-compute" in text
+                assert "faulty" in text, text  # the traceback from the compute thread
+            else:
+                assert np.array_equal(np.stack([np.asarray(fut.result()[p]) for p in range(3)]), expected[n]), n
+        monkeypatch.setattr(WindowEngine, "_run_network", run_network)
+        assert np.array_equal(np.stack([np.asarray(clip.get_frame(5)[p]) for p in range(3)]), expected[5])
+    finally:
+        core.num_threads = old
+
+
+def test_the_compute_thread_is_a_daemon_and_ends_with_its_engine(tiny_checkpoint: Path) -> None:
+    """It never keeps a process alive, and a freed Restore leaves no thread behind (none for the
+    cycle collector to find either: the thread holds no reference to the engine)."""
+    import gc
+
+    from test_cuda_path import random_frames, render, tiny_model
+
+    gc.collect()
+    gc.disable()
+    try:
+        engine = WindowEngine(tiny_model(), torch.device("cpu"), 24, 16, np.float32, torch.float32)
+        render(engine, random_frames(24, 16, 3))
+        thread = next(t for t in threading.enumerate() if t.ident == engine.compute_thread.ident)
+        assert thread.daemon and thread.name == "vsedvr-compute"
+        del engine
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        gc.enable()

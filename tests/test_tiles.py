@@ -99,3 +99,35 @@ def test_out_of_memory_retry_halves_tiles_down_to_the_smallest() -> None:
     assert smaller_tiles((MIN_TILE, MIN_TILE), 1920, 1080) is None
     assert smaller_tiles(None, 64, 48) is None  # tiles of MIN_TILE would cover the whole frame
     assert len(plan_tiles(200, 100, smaller_tiles(None, 200, 100), 16)) == 4
+
+
+@pytest.mark.parametrize(("width", "height", "tile", "overlap"), [
+    (1920, 1080, (768, 512), 16), (3840, 2160, (768, 2160), 16), (200, 100, (64, 64), 16), (64, 48, (32, 24), 32),
+    (130, 70, (64, 64), 0)])
+def test_every_tile_reads_a_region_of_one_size(width: int, height: int, tile: tuple[int, int], overlap: int) -> None:
+    """Issue 31, item 5: at the frame's edges the read region slides inward instead of being clipped,
+    so every tile reads the same shape (one set of cuDNN plans, one compile, one CUDA graph per clip),
+    and each reads its output region with at least ``overlap`` pixels around it where the frame has them."""
+    tiles = plan_tiles(width, height, tile, overlap)
+    shapes = {(t.rx1 - t.rx0, t.ry1 - t.ry0) for t in tiles}
+    assert shapes == {(min(tile[0] + 2 * overlap, width), min(tile[1] + 2 * overlap, height))}, shapes
+    assert sum((t.x1 - t.x0) * (t.y1 - t.y0) for t in tiles) == width * height
+    for t in tiles:
+        assert 0 <= t.rx0 and t.rx1 <= width and 0 <= t.ry0 and t.ry1 <= height
+        assert t.rx0 <= max(t.x0 - overlap, 0) and t.rx1 >= min(t.x1 + overlap, width), t
+        assert t.ry0 <= max(t.y0 - overlap, 0) and t.ry1 >= min(t.y1 + overlap, height), t
+
+
+def test_a_restore_given_tiles_reserves_its_share() -> None:
+    """Issue 31, item 5: a Restore given ``tile=`` reserved nothing, so the next planned Restore on the
+    device planned as if alone. Its reservation is the estimate for its tiles, less its weights."""
+    import torch
+
+    from vsedvr.filter.tiles import tiled_reservation
+
+    model = EDVR()
+    reservation = tiled_reservation(model, 1920, 1080, (960, 544), 16, torch.float16)
+    weights = EDVR_M.parameters * 2
+    assert reservation == frame_peak_bytes(EDVR_M, 1920, 1080, (992, 576), 4, 2, 2) - weights
+    whole = frame_peak_bytes(EDVR_M, 1920, 1080, (1920, 1080), 1, 2, 2) - weights
+    assert 2 * GiB < reservation < whole

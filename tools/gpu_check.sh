@@ -7,6 +7,7 @@
 #   bash tools/gpu_check.sh plan        here: the steps, their time limits and the files, nothing run
 #   bash tools/gpu_check.sh run         there, through the device tool:
 #                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=360)
+#                                       (the lease's files come back even if a step is cut short)
 #
 # GPU_CHECK_CPU=1 runs the same steps here on the CPU with tiny sizes and this checkout's .venv
 # (no install: the .whl set is only checked), so that `prepare` and `run` are exercised end to end by
@@ -15,35 +16,54 @@
 # The machine it is written for returns at most 8 files from $OUT and runs one command for at most
 # 600 s, out of about 15 minutes of device time in all (its start included, a minute or more). So
 # `run` works to a budget of BUDGET seconds from its start, installs included, leaving time for a
-# second try: each step gets at most its own limit and never more than what is left, the most
-# important first (tests/test_cuda.py, torch.compile's correctness included). Each pytest test has its
-# own timeout, so a stuck test prints its traceback instead of eating the step. It leaves 6 files in
-# $OUT, numbered in that order; what a killed run has written comes back all the same.
+# second try: each step gets at most its own limit and never more than what is left, in the order
+# of the questions (docs/cuda.md#the-gpu-check):
+#   1. are the frames right at a real size (Restore at 540x960 against net(x) on the default stream,
+#      fp32 and fp16, and the same bytes with CUDA_LAUNCH_BLOCKING=1; the Triton DCN against
+#      torchvision fp32 at 540x960 and the fenced torchvision op: tests/test_deform_triton.py -k test_gpu_)
+#   2. does every CUDA test pass (tests/test_cuda.py, the rest)
+#   3. the steady throughput of vsedvr and the naive loop, fp16 and fp32, at 180x320 and 540x960
+#   4. where the time goes: a torch.profiler view of three steady 540x960 fp16 frames
+#   5. precision against fp32; 6. the deformable convolution alone (bench/bench_dcn.py)
+#   7. compile=True's first frame and steady speed, with what is left of the budget (limit "left")
+# Each pytest test has its own timeout (thread method: a test stuck inside VapourSynth's C code
+# prints every thread's stack), and the benchmarks write their JSON after each part, so a step killed
+# by its limit still leaves what it measured. It leaves 8 files in $OUT, numbered in that order.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET=300
-INSTALL_LIMIT=30
+INSTALL_LIMIT=25
 CPU_MODE=${GPU_CHECK_CPU:-0}
 if [ "$CPU_MODE" = 1 ]; then
-    PY=.venv/bin/python DEVICE=cpu PRECISION=fp32 SMALL=32x48 LARGE=48x64 FRAMES=5 LARGE_FRAMES=5
-    LIMIT_SCALE=3  # a loaded 2-core machine starts Python and torch far slower than the GPU machine
+    PY=.venv/bin/python DEVICE=cpu PRECISIONS=fp32 PROFILED=fp32 SMALL=32x48 LARGE=48x64 FRAMES=5 WARMUP=1
+    # a loaded 2-core machine runs far slower than the GPU machine, and unevenly: every step may take
+    # what is left of a budget 6x the GPU's, but compile (inductor's C++ on 2 cores) at most LEFT_CAP
+    LIMIT_SCALE=6 LEFT_CAP=180
     PRECISION_CHECK="--models edvr_demo --size 16x16"  # half precision on the CPU is slow
+    DCN_ARGS="--device cpu --triton --size 8x12 --channels 16 --repeats 1"  # the Triton kernel interpreted
 else
-    PY=python3 DEVICE=cuda PRECISION=fp16 SMALL=180x320 LARGE=540x960 FRAMES=30 LARGE_FRAMES=20
-    LIMIT_SCALE=1
+    PY=python3 DEVICE=cuda PRECISIONS=fp16,fp32 PROFILED=fp16 SMALL=180x320 LARGE=540x960 FRAMES=10 WARMUP=
+    LIMIT_SCALE=1 LEFT_CAP=600
     PRECISION_CHECK="--size 64x112"  # the held-out pictures hold HR clips up to 256x448
+    DCN_ARGS="--device cuda --size 540x960 --repeats 20"  # Triton kernel against torchvision, per shape
 fi
-PYTEST="$PY -P -m pytest -v --tb=short -p no:cacheprovider -rs --timeout=60"
-BENCH="$PY bench/bench_restore.py --device $DEVICE --precision $PRECISION --models edvrm"
-# NAME|LIMIT (s)|OUTPUT|COMMAND (run with "$OUT" expanded)
+PYTEST="$PY -P -m pytest -v --tb=short -p no:cacheprovider -rs --timeout=60 --timeout-method=thread"
+# warm-up: 2 x core.num_threads frames of the same clip on CUDA (bench_restore.py's default)
+BENCH="$PY bench/bench_restore.py --device $DEVICE --models edvrm --frames $FRAMES ${WARMUP:+--warmup $WARMUP}"
+# NAME|LIMIT (s, or "left": what is left of the budget)|OUTPUT|COMMAND (run with "$OUT" expanded)
 STEPS=(
-    "test_cuda|150|02-test_cuda.log|$PYTEST -s --durations=8 tests/test_cuda.py"
-    "bench_small|50|06-steps.log|$BENCH --size $SMALL --frames $FRAMES --variants a_python,a_cudnnsearch,b_naive --json \$OUT/03-bench_small.json"
-    "bench_large|45|06-steps.log|$BENCH --size $LARGE --frames $LARGE_FRAMES --variants a_python,b_naive --json \$OUT/04-bench_large.json"
-    "precision|25|05-precision.log|$PY bench/precision_error.py --device $DEVICE $PRECISION_CHECK"
+    "correctness|95|02-correctness.log|$PYTEST --timeout=70 -s tests/test_cuda.py tests/test_deform_triton.py -k 'frames_are_right_at_540x960 or test_gpu_'"
+    "test_cuda|65|03-test_cuda.log|$PYTEST -s --durations=8 tests/test_cuda.py -k 'not frames_are_right_at_540x960'"
+    "bench_small|25|08-steps.log|$BENCH --precision $PRECISIONS --size $SMALL --variants a_python,b_naive --json \$OUT/04-bench_small.json"
+    "bench_large|45|08-steps.log|$BENCH --precision $PRECISIONS --size $LARGE --variants a_python,b_naive --json \$OUT/05-bench_large.json"
+    "profile|15|08-steps.log|$BENCH --precision $PROFILED --size $LARGE --profile \$OUT/06-profile.txt"
+    "precision|10|07-precision.log|$PY bench/precision_error.py --device $DEVICE $PRECISION_CHECK"
+    "dcn|15|08-steps.log|$PY bench/bench_dcn.py $DCN_ARGS"
+    "compile|left|08-steps.log|$BENCH --precision $PROFILED --size $SMALL --variants a_compile"
 )
-FILES=(01-summary.txt 02-test_cuda.log 03-bench_small.json 04-bench_large.json 05-precision.log 06-steps.log)
+FILES=(01-summary.txt 02-correctness.log 03-test_cuda.log 04-bench_small.json 05-bench_large.json 06-profile.txt
+       07-precision.log 08-steps.log)
 
 plan() {
     local total=$INSTALL_LIMIT entry name limit output command
@@ -51,8 +71,12 @@ plan() {
     echo "step install limit ${INSTALL_LIMIT}s -> 01-summary.txt"
     for entry in "${STEPS[@]}"; do
         IFS='|' read -r name limit output command <<< "$entry"
-        total=$((total + limit))
-        echo "step $name limit ${limit}s -> $output: $command"
+        if [ "$limit" = left ]; then
+            echo "step $name limit left -> $output: $command"
+        else
+            total=$((total + limit))
+            echo "step $name limit ${limit}s -> $output: $command"
+        fi
     done
     echo "total of the limits ${total}s"
     echo "files ${#FILES[@]}: ${FILES[*]}"
@@ -109,7 +133,9 @@ run() {
     for entry in "${STEPS[@]}"; do
         IFS='|' read -r name limit output command <<< "$entry"
         left=$((budget - (SECONDS - start)))
-        limit=$((limit * LIMIT_SCALE))
+        if [ "$limit" = left ]; then limit=$((left < LEFT_CAP ? left : LEFT_CAP))
+        elif [ "$CPU_MODE" = 1 ]; then limit=$left
+        else limit=$((limit * LIMIT_SCALE)); fi
         if [ "$left" -lt 10 ]; then
             echo "=== $name: skipped (${left}s of the budget left)" | tee -a "$summary"; continue
         fi
@@ -118,7 +144,9 @@ run() {
         local t0=$SECONDS
         timeout "$limit" bash -c "$command" >> "$OUT/$output" 2>&1
         local rc=$?
-        echo "=== $name: exit $rc after $((SECONDS - t0))s ($(tail -n 1 "$OUT/$output"))" | tee -a "$summary"
+        local note=""
+        [ "$rc" = 124 ] && note=" (cut at its limit)"
+        echo "=== $name: exit $rc$note after $((SECONDS - t0))s ($(tail -n 1 "$OUT/$output"))" | tee -a "$summary"
     done
     echo "total $((SECONDS - start))s of ${budget}s" | tee -a "$summary"
 }

@@ -6,13 +6,22 @@ those frames. Each input frame (each tile of it, when tiling) is converted and e
 share it (typically five) reuse it. Every frame is encoded alone (batch of one) whether it comes
 from the cache or not, so results do not depend on request order.
 
-One frame computes at a time (a lock per engine). On CUDA the transfers leave that critical
-section: :meth:`WindowEngine.restore` uploads new input frames through pinned buffers on an
-upload stream and queues the result's download (to a pinned buffer, on a download stream) without
+One frame computes at a time (a lock per engine, taken by the VapourSynth thread that asks for
+the frame), and always on the engine's own compute thread (:mod:`vsedvr.filter.compute`): the
+thread that holds the lock hands the frame's work over and waits for it, so PyTorch's per-thread
+state (cuDNN plans, cuBLAS handles and workspace, an OpenMP team) exists once. What that thread
+runs for a tile is the :class:`TileNetwork` of the tile's read shape, one per shape: the place
+where a captured CUDA graph can replace the eager calls.
+
+On CUDA the transfers leave that critical section: :meth:`WindowEngine.restore` uploads new input
+frames through pinned buffers on an upload stream and queues the result's download (to a pinned
+buffer, on a download stream, in the narrower of the network's and the clip's types) without
 waiting; :meth:`WindowEngine.write`, called after the lock is released, waits for that download
-alone. So while one VapourSynth thread waits for frame n's result to arrive, another is already
-queueing frame n+1's computation, and the copy engines overlap it. Nothing in between synchronises
-with the GPU (the offset check reads its value after the download too).
+alone and converts while it copies into the output frame. So while one VapourSynth thread waits
+for frame n's result to arrive, another is already queueing frame n+1's computation, and the copy
+engines overlap it. Nothing in between synchronises with the GPU: the checks of a frame (the
+largest deformable offset, whether an input had NaN or infinite samples) are computed on the
+device and read after the download.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,6 +38,7 @@ import torch
 from ..nets import EDVR, pad_to_multiple
 from . import shutdown
 from .cache import FeatureCache
+from .compute import ComputeThread
 from .gate import FrameGate
 from .gpu import device_scope, host_buffer, out_of_gpu_memory
 from .offsets import OffsetWatch
@@ -44,9 +55,22 @@ class PendingFrame:
     """A restored frame on its way to the host (see :meth:`WindowEngine.write`)."""
 
     frame: int
-    host: torch.Tensor  # (3, h, w) on the CPU, in the clip's sample type
+    host: torch.Tensor  # (3, h, w) on the CPU, in the transfer type (the clip's, or narrower)
     ready: Any  # torch.cuda.Event recorded after the download, or None when computed on the CPU
-    offset_peak: torch.Tensor | None  # largest mean |offset| of the frame's DCNs (0-d, host)
+    checks: torch.Tensor  # (2,) float32 on the host: largest mean |offset| (-1: not watched), NaN/inf seen
+
+
+@dataclass(frozen=True)
+class TileNetwork:
+    """What the compute thread calls for the tiles of one read shape.
+
+    ``encode(crop)`` is one input frame's feature pyramid, ``restore(features, centre)`` one window's
+    result. The eager form calls the model (its compiled regions under ``compile=True``); a CUDA
+    graph captured for the shape can replace both, with the same calls (static buffers inside).
+    """
+
+    encode: Callable[[torch.Tensor], Any]
+    restore: Callable[[Sequence[Any], torch.Tensor], torch.Tensor]
 
 
 class WindowEngine:
@@ -93,8 +117,15 @@ class WindowEngine:
         #: frames between the start of their network and the end of write(): taken under the network's
         #: lock (so the lock alone decides the order of frames), given back by write()
         self.in_flight = FrameGate(frames_in_flight)
+        #: the only thread that runs the network (and uploads and queues the download)
+        self.compute_thread = ComputeThread()
+        self._tile_networks: dict[tuple[int, ...], TileNetwork] = {}
         self._warned_nonfinite = False
         self._offsets = OffsetWatch(model, device)
+        #: whether an input frame of the current output frame had NaN or infinite samples (0-d, device)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        #: the type results are downloaded in: the clip's, or the network's half type where narrower
+        self.transfer_dtype = compute_dtype if compute_dtype.itemsize < self.host_dtype.itemsize else self.host_dtype
         shutdown.track(self.in_flight)
         self._frame_features: Callable[..., Any] = model.frame_features
         self._compile_errors: tuple[type[Exception], ...] = ()
@@ -112,14 +143,14 @@ class WindowEngine:
             self._frame_features = torch.compile(model.frame_features, dynamic=False, backend=compile_backend)
             model.compile_regions(dynamic=False, backend=compile_backend)
             self._compile_errors = (TorchDynamoException,)
-        self._upload = self._download = self._compute = None
+        self._upload = self._download = self._compute_stream = None
         if device.type == "cuda":
             with torch.cuda.device(device):
                 self._upload, self._download = torch.cuda.Stream(), torch.cuda.Stream()
-                # the network's own stream: another filter may set a worker thread's current stream,
-                # and the cache and the offset watch rely on one stream for every frame
-                self._compute = torch.cuda.Stream()
-                self._compute.wait_stream(torch.cuda.current_stream())  # the weights, uploaded there
+                # the network's own stream: another filter may set a thread's current stream, and the
+                # cache and the offset watch rely on one stream for every frame
+                self._compute_stream = torch.cuda.Stream()
+                self._compute_stream.wait_stream(torch.cuda.current_stream())  # the weights, uploaded there
         # cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) is left as the process has
         # it: it is process-wide (every PyTorch filter of the script) and each process may time its way
         # to other algorithms, other rounding: frames would differ between vspipe runs (docs/cuda.md)
@@ -136,7 +167,12 @@ class WindowEngine:
             self.cache = FeatureCache(self.model.num_frames)
 
     def frame_tensor(self, views: PlaneViews) -> torch.Tensor:
-        """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype."""
+        """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype.
+
+        NaN and infinite samples are replaced on the device (NaN, -inf by 0, +inf by 1: one would
+        spread through the convolutions into every output frame whose window holds it), and noted
+        in a flag read back with the result (:meth:`write` warns): no check on the host, no sync.
+        """
         *planes, stride = views
         row = stride // self.sample_dtype.itemsize
         # VapourSynth's frame memory is pageable: for CUDA the planes go straight into pinned memory,
@@ -144,21 +180,24 @@ class WindowEngine:
         chw = host_buffer((3, self.height, self.width), self.host_dtype, pinned=self._upload is not None)
         np.stack([np.frombuffer(p, dtype=self.sample_dtype).reshape(self.height, row)[:, :self.width]
                   for p in planes], out=chw.numpy())
-        if not torch.isfinite(chw).all():
-            # one NaN would spread through the convolutions into every output frame whose window holds it
-            if not self._warned_nonfinite:
-                log.warning("Restore: the clip has NaN or infinite samples; they are replaced by 0 (NaN, -inf) "
-                            "and 1 (+inf) before restoration (reported once per filter)")
-                self._warned_nonfinite = True
-            torch.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=0.0, out=chw)
         if self._upload is None:
-            return chw.to(self.device, self.compute_dtype)[None]
-        compute = self._compute
-        with torch.cuda.stream(self._upload):
-            on_device = chw.to(self.device, non_blocking=True)
-        compute.wait_stream(self._upload)
-        on_device.record_stream(compute)  # allocated on the upload stream, used on the compute one
+            on_device = chw
+        else:
+            with torch.cuda.stream(self._upload):
+                on_device = chw.to(self.device, non_blocking=True)
+            self._compute_stream.wait_stream(self._upload)
+            on_device.record_stream(self._compute_stream)  # allocated on the upload stream, used on the compute one
+        self._nonfinite.logical_or_(~torch.isfinite(on_device).all())
+        torch.nan_to_num_(on_device, nan=0.0, posinf=1.0, neginf=0.0)
         return on_device.to(self.compute_dtype)[None]
+
+    def _network_for(self, crop: torch.Tensor) -> TileNetwork:
+        """The tile network for crops of this shape (made at its first crop)."""
+        shape = tuple(crop.shape)
+        network = self._tile_networks.get(shape)
+        if network is None:
+            network = self._tile_networks[shape] = TileNetwork(self._frame_features, self.model.restore_window)
+        return network
 
     def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
         """(padded input of tile t, its features) for input frame n, from the cache when present."""
@@ -168,7 +207,7 @@ class WindowEngine:
             tile = self.tiles[t]
             crop = load_frame()[..., tile.ry0:tile.ry1, tile.rx0:tile.rx1]
             crop = pad_to_multiple(crop, self.model.size_multiple)
-            item = (crop, self._frame_features(crop))
+            item = (crop, self._network_for(crop).encode(crop))
             self.cache.put((n, t), item)
         return item
 
@@ -186,7 +225,8 @@ class WindowEngine:
         out = None
         for t, tile in enumerate(self.tiles):
             encoded = [self._encode(n, t, loader(i)) for i, n in enumerate(window)]
-            result = self.model.restore_window([features for _, features in encoded], encoded[self.model.center][0])
+            centre = encoded[self.model.center][0]
+            result = self._network_for(centre).restore([features for _, features in encoded], centre)
             ox, oy = tile.x0 - tile.rx0, tile.y0 - tile.ry0
             part = result[..., s * oy:s * (oy + tile.y1 - tile.y0), s * ox:s * (ox + tile.x1 - tile.x0)]
             if len(self.tiles) == 1:
@@ -199,12 +239,13 @@ class WindowEngine:
     def restore(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
         """Restores the centre frame of the window, (3, s*H, s*W); pass the result to :meth:`write`.
 
-        On CUDA this returns once the work is queued, without waiting for it.
+        Called on any thread; the network runs on the engine's compute thread, and an exception
+        raised there is raised here. On CUDA this returns once the work is queued, without waiting
+        for it.
         """
         n = window[self.model.center]
         self._network.next_frame(n)
-        stream = torch.cuda.stream(self._compute) if self._compute is not None else nullcontext()
-        with self._network, torch.inference_mode(), device_scope(self.device), stream:  # any worker thread
+        with self._network:  # the lowest waiting frame next; the compute thread runs one at a time
             if self.trace is not None:
                 self.trace("compute", n)
             try:
@@ -213,7 +254,7 @@ class WindowEngine:
                 # wait for a frame in flight to be written (the lock holder alone waits here)
                 self.in_flight.acquire()
                 try:
-                    return self._restore_in_flight(window, sources)
+                    return self.compute_thread.run(partial(self._compute_frame, window, sources))
                 except BaseException:
                     self.in_flight.release()
                     raise
@@ -221,24 +262,28 @@ class WindowEngine:
                 if self.trace is not None:
                     self.trace("computed", n)
 
-    def _restore_in_flight(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
-        failures = 0
-        while True:
-            try:
-                self._offsets.reset()
-                out = self._run_network(window, sources)
-                return self._to_host(window[self.model.center], out[0], self._offsets.frame_peak())
-            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
-                if not out_of_gpu_memory(e):
-                    raise
-                failures += 1
-                # The first OOM of a frame is retried at the same tiles: it may be transient (another
-                # process on the GPU, or this frame's failed attempt still held by the traceback).
-                # A second one shrinks them, for the rest of the clip (see _shrink_tiles).
-                if failures > 1 and not self._shrink_tiles():
-                    raise
-            # outside the except block: its traceback holds the failed attempt's tensors
-            torch.cuda.empty_cache()
+    def _compute_frame(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> PendingFrame:
+        """On the compute thread: the frame's network (retried on out-of-memory errors), its download queued."""
+        stream = torch.cuda.stream(self._compute_stream) if self._compute_stream is not None else nullcontext()
+        with torch.inference_mode(), device_scope(self.device), stream:
+            failures = 0
+            while True:
+                try:
+                    self._offsets.reset()
+                    self._nonfinite.zero_()
+                    out = self._run_network(window, sources)
+                    return self._to_host(window[self.model.center], out[0])
+                except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                    if not out_of_gpu_memory(e):
+                        raise
+                    failures += 1
+                    # The first OOM of a frame is retried at the same tiles: it may be transient (another
+                    # process on the GPU, or this frame's failed attempt still held by the traceback).
+                    # A second one shrinks them, for the rest of the clip (see _shrink_tiles).
+                    if failures > 1 and not self._shrink_tiles():
+                        raise
+                # outside the except block: its traceback holds the failed attempt's tensors
+                torch.cuda.empty_cache()
 
     def _run_network(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
         if not self.compiled:
@@ -254,30 +299,32 @@ class WindowEngine:
                         type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
             self._frame_features = self.model.frame_features
             self.model.compile_regions(False)
+            self._tile_networks.clear()
             self.compiled = False
             self.cache.clear()
             self._offsets.reset()
             return self._restore_tiles(window, sources)
 
-    def _to_host(self, n: int, out: torch.Tensor, peak: torch.Tensor | None) -> PendingFrame:
-        out = out.to(self.host_dtype)
+    def _to_host(self, n: int, out: torch.Tensor) -> PendingFrame:
+        """The result in the transfer type and the frame's checks, queued for download."""
+        out = out.to(self.transfer_dtype)
+        peak = self._offsets.frame_peak()
+        checks = torch.stack([peak if peak is not None else torch.full((), -1.0, device=self.device),
+                              self._nonfinite.float()])
         if self._download is None:
-            return PendingFrame(n, out, None, peak)
-        self._download.wait_stream(self._compute)
+            return PendingFrame(n, out, None, checks)
+        self._download.wait_stream(self._compute_stream)
         with torch.cuda.stream(self._download):
             host = host_buffer(out.shape, out.dtype, pinned=True)
             host.copy_(out, non_blocking=True)
-            peak_host = None
-            if peak is not None:
-                peak_host = host_buffer((), peak.dtype, pinned=True)
-                peak_host.copy_(peak, non_blocking=True)
+            checks_host = host_buffer(checks.shape, checks.dtype, pinned=True)
+            checks_host.copy_(checks, non_blocking=True)
             ready = torch.cuda.Event(blocking=True)  # write() sleeps rather than spins: cores stay free
             ready.record(self._download)
         # keep the allocator from reusing them (freed on the compute stream) before the copies end
         out.record_stream(self._download)
-        if peak is not None:
-            peak.record_stream(self._download)
-        return PendingFrame(n, host, ready, peak_host)
+        checks.record_stream(self._download)
+        return PendingFrame(n, host, ready, checks_host)
 
     def _shrink_tiles(self) -> bool:
         """After CUDA ran out of memory twice on one frame: halve the tiles (down to MIN_TILE); False if
@@ -300,20 +347,25 @@ class WindowEngine:
                     "features recomputed for each window", self.tile or "none", smaller[0], smaller[1],
                     self.tile_overlap)
         self._set_tiles(smaller, cached_windows=0)
+        self._tile_networks.clear()
         return True
 
     def write(self, pending: PendingFrame, output: PlaneViews) -> None:
-        """Copies a restored frame into the output frame's planes (waiting for its download on CUDA);
-        the frame is then no longer in flight."""
+        """Copies a restored frame into the output frame's planes (waiting for its download on CUDA),
+        converting to the clip's type as it copies; the frame is then no longer in flight."""
         try:
             if pending.ready is not None:
                 pending.ready.synchronize()
-            self._offsets.check(pending.frame, pending.offset_peak)
+            peak, nonfinite = pending.checks.tolist()
+            if nonfinite and not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                log.warning("Restore: the clip has NaN or infinite samples; they are replaced by 0 (NaN, -inf) "
+                            "and 1 (+inf) before restoration (reported once per filter)")
+            self._offsets.check(pending.frame, peak if peak >= 0 else None)
             *planes, stride = output
-            result = pending.host.numpy()
-            h, w = result.shape[1:]
+            h, w = pending.host.shape[1:]
             row = stride // self.sample_dtype.itemsize
-            for plane, values in zip(planes, result):
-                np.frombuffer(plane, dtype=self.sample_dtype).reshape(h, row)[:, :w] = values
+            for plane, values in zip(planes, pending.host):
+                torch.frombuffer(plane, dtype=self.host_dtype).view(h, row)[:, :w].copy_(values)
         finally:
             self.in_flight.release()

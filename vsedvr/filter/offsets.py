@@ -48,22 +48,22 @@ class OffsetWatch:
         self.peak.zero_()
 
     def frame_peak(self) -> torch.Tensor | None:
-        """This frame's peak (a copy: the next frame resets the watch), or None once stopped."""
-        return self.peak.clone() if self.active else None
+        """This frame's peak (0-d, on the device; the next frame resets the watch: copy it before), or
+        None once stopped."""
+        return self.peak if self.active else None
 
-    def check(self, frame: int, peak: torch.Tensor | None) -> None:
-        """Warns (once per filter) when ``peak``, a frame's :meth:`frame_peak` on the host, is too large."""
+    def check(self, frame: int, peak: float | None) -> None:
+        """Warns (once per filter) when ``peak``, a frame's :meth:`frame_peak` read on the host, is too large."""
         if peak is None:
             return
-        value = float(peak)
         with self._warn_lock:
-            if value <= OFFSET_WARNING or self.warned:
+            if peak <= OFFSET_WARNING or self.warned:
                 return
             self.warned = True
             log.warning("Restore: frame %d: the mean deformable offset reaches %.0f pixels (above %.0f): "
                         "alignment has failed, which usually means content unlike the model's training "
                         "data (the wrong model for this content?); reported once per filter",
-                        frame, value, OFFSET_WARNING)
+                        frame, peak, OFFSET_WARNING)
 
     def stop_if_warned(self) -> None:
         """Removes the hooks after the warning; call it where no network runs (the engine's lock)."""

@@ -19,7 +19,7 @@ from . import log
 from .engine import PlaneViews, WindowEngine
 from .options import ArgumentError, parse, tiling
 from .shutdown import watch_native_exit
-from .tiles import DEFAULT_TILE_OVERLAP, FRAMES_IN_FLIGHT, plan_for_device, reserve
+from .tiles import DEFAULT_TILE_OVERLAP, FRAMES_IN_FLIGHT, plan_for_device, reserve, tiled_reservation
 from .windows import PADDINGS
 
 __all__ = ["Restorer", "create", "trace", "watch_native_exit"]
@@ -128,6 +128,8 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         plan = plan_for_device(model, device, width, height, compute_dtype, tile_overlap or DEFAULT_TILE_OVERLAP)
         tile, tile_overlap, cached_windows = plan.tile, plan.tile_overlap, plan.cached_windows
         in_flight, reservation = plan.frames_in_flight, plan.reservation
+    elif device.type == "cuda":  # the user's tiles, taken as given, take their share of the budget too
+        reservation = tiled_reservation(model, width, height, tile, tile_overlap, compute_dtype)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
                           tile=tile, tile_overlap=tile_overlap, cached_windows=cached_windows,
                           compile=arguments.compile, frames_in_flight=in_flight)

@@ -221,23 +221,30 @@ class Tile:
     y0: int
     x1: int
     y1: int
-    rx0: int  # read region, the output region grown by the overlap and clipped to the frame
+    rx0: int  # read region: the output region grown by the overlap, slid inward at the frame's edges
     ry0: int
     rx1: int
     ry1: int
 
 
 def plan_tiles(width: int, height: int, tile: tuple[int, int] | None, overlap: int) -> list[Tile]:
-    """Tiles covering a width x height frame; one tile (the whole frame) when ``tile`` is None."""
+    """Tiles covering a width x height frame; one tile (the whole frame) when ``tile`` is None.
+
+    Every tile reads a region of the same size, the tile grown by ``overlap`` on each side (at most
+    the frame): at the frame's edges the region slides inward instead of being clipped, so edge
+    tiles read more context, not less, and the network sees one shape per clip (one set of cuDNN
+    plans, one compile, one CUDA graph), as fixed-shape engines tile.
+    """
     if tile is None:
         return [Tile(0, 0, width, height, 0, 0, width, height)]
     tw, th = min(tile[0], width), min(tile[1], height)
+    rw, rh = min(tw + 2 * overlap, width), min(th + 2 * overlap, height)
     tiles = []
     for y0 in range(0, height, th):
         for x0 in range(0, width, tw):
             x1, y1 = min(x0 + tw, width), min(y0 + th, height)
-            tiles.append(Tile(x0, y0, x1, y1, max(x0 - overlap, 0), max(y0 - overlap, 0),
-                              min(x1 + overlap, width), min(y1 + overlap, height)))
+            rx0, ry0 = min(max(x0 - overlap, 0), width - rw), min(max(y0 - overlap, 0), height - rh)
+            tiles.append(Tile(x0, y0, x1, y1, rx0, ry0, rx0 + rw, ry0 + rh))
     return tiles
 
 
@@ -260,6 +267,20 @@ class DevicePlan:
     cached_windows: int
     frames_in_flight: int
     reservation: int  # bytes the filter will allocate beyond its weights (see :func:`reserve`)
+
+
+def tiled_reservation(model: torch.nn.Module, width: int, height: int, tile: tuple[int, int], overlap: int,
+                      compute_dtype: torch.dtype, cached_windows: int = 2,
+                      frames_in_flight: int = FRAMES_IN_FLIGHT) -> int:
+    """Bytes a Restore with these tiles will allocate beyond its weights (the estimate of its peak less
+    the weights): what a Restore given ``tile=`` reserves, so that the next planned one sees it."""
+    size = NetworkSize.of(model)
+    tiles = plan_tiles(width, height, tile, overlap)
+    multiple = getattr(model, "size_multiple", 4)
+    read = (_ceil_to(tiles[0].rx1 - tiles[0].rx0, multiple), _ceil_to(tiles[0].ry1 - tiles[0].ry0, multiple))
+    peak = frame_peak_bytes(size, width, height, read, len(tiles), compute_dtype.itemsize, cached_windows,
+                            frames_in_flight)
+    return peak - size.parameters * compute_dtype.itemsize
 
 
 def plan_for_device(model: torch.nn.Module, device: torch.device, width: int, height: int,
