@@ -43,7 +43,8 @@ def test_plan_fits_one_run_and_eight_files() -> None:
     assert written <= set(names), written - set(names)
     by_name = {s[0]: s[3] for s in steps}
     # correctness at size first, on its own, with a timeout that prints every thread's stack
-    assert "-k frames_are_right_at_540x960" in by_name["correctness"]
+    assert "frames_are_right_at_540x960 or test_gpu_" in by_name["correctness"]
+    assert "tests/test_deform_triton.py" in by_name["correctness"]  # the Triton DCN at 540x960
     assert "not frames_are_right_at_540x960" in by_name["test_cuda"]
     assert all("--timeout-method=thread" in by_name[s] for s in ("correctness", "test_cuda"))
     # steady throughput, vsedvr and the naive loop, both precisions, at both sizes
@@ -53,6 +54,7 @@ def test_plan_fits_one_run_and_eight_files() -> None:
     assert "--profile" in by_name["profile"] and "--size 540x960" in by_name["profile"]
     assert "--precision fp16" in by_name["profile"]
     assert "bench/bench_dcn.py" in by_name["dcn"] and "a_compile" in by_name["compile"]
+    assert "--device cuda --size 540x960" in by_name["dcn"]
 
 
 @pytest.mark.slow(reason="builds the wheels and runs every step of the GPU check on the CPU (minutes)")
