@@ -313,7 +313,7 @@ def tree_digest(paths: list[Path]) -> str:
 
 def ensure_requirements() -> None:
     digest = tree_digest([DEV_REQUIREMENTS])
-    if stamp_ok("requirements", digest) and venv_ok("import torch, torchvision, numpy, vsutil, pytest, imageio_ffmpeg"):
+    if stamp_ok("requirements", digest) and venv_ok("import torch, torchvision, numpy, pytest, imageio_ffmpeg"):
         return
     log("installing PyTorch, ffmpeg and the test tools (PyTorch is about 5.5 GB installed)")
     pip("install", "-q", "-r", DEV_REQUIREMENTS)
