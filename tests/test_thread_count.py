@@ -60,7 +60,7 @@ def test_network_output_is_the_same_at_1_to_4_threads(name: str) -> None:
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason='three vspipe renders of edvr_demo; the network-level test above keeps the promise in make test')
 def test_vspipe_frames_are_the_same_at_any_thread_count(tmp_path: Path, vs_env: dict[str, str],
                                                         vspipe: str) -> None:
     """The user's plain vspipe (its default threads) against one thread, as a render worker runs."""
