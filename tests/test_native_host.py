@@ -60,6 +60,8 @@ def _script(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow(reason="twelve host runs of EDVR at 96x64 (minutes); make test keeps one host exit with frames in "
+                         "flight (test_host_that_frees_its_core_at_exit_still_exits_within_the_bound)")
 @pytest.mark.parametrize("how", ["exit", "exit-thread"])
 def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, tmp_path: Path,
                                                            vs_env: dict[str, str], how: str) -> None:
@@ -78,6 +80,7 @@ def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, 
     assert not crashes, f"{len(crashes)} of {len(results)} runs: {crashes}"
 
 
+@pytest.mark.slow(reason="the host exits while inductor compiles (tens of seconds)")
 def test_vsscript_host_exits_cleanly_while_compiling(vsscript_host: Path, tmp_path: Path,
                                                       vs_env: dict[str, str]) -> None:
     """compile=True under a VSScript host: the host exits while inductor compiles the first frame
@@ -103,6 +106,7 @@ def _restores(count: int, length: int) -> str:
         """)
 
 
+@pytest.mark.slow(reason="vsedit's teardown at three moments, with 1 and 3 Restores: six host runs (minutes)")
 @pytest.mark.parametrize("restores", [1, 3])
 def test_vsedit_closed_during_playback_exits_cleanly(vsscript_host: Path, tmp_path: Path, vs_env: dict[str, str],
                                                       restores: int) -> None:
@@ -123,6 +127,7 @@ def test_vsedit_closed_during_playback_exits_cleanly(vsscript_host: Path, tmp_pa
     assert not outcomes, "\n".join(outcomes)
 
 
+@pytest.mark.slow(reason="waits for the 10 s exit bound by design, after three Restores start")
 def test_exit_waits_once_for_all_restores(vsscript_host: Path, tmp_path: Path, vs_env: dict[str, str]) -> None:
     """A frame that does not stop holds the exit for the promised bound (10 s) once, not once per
     Restore created plus twice (was 50 s with 3 Restores), and the exit status stays 0."""
@@ -178,6 +183,8 @@ def test_host_that_frees_its_core_at_exit_still_exits_within_the_bound(vsscript_
     assert took < 15, f"exit took {took:.1f} s after main returned"
 
 
+@pytest.mark.slow(reason="two host runs of two EDVR Restores at 48x32 (about a minute on a shared machine); "
+                         "test_thread_count keeps thread-count independence in make test")
 def test_two_restores_at_once_equal_one_after_the_other(vsscript_host: Path, tmp_path: Path,
                                                          vs_env: dict[str, str]) -> None:
     """Two Restores rendering together in one host give the frames each gives alone: neither

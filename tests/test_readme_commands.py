@@ -161,7 +161,13 @@ def test_commands_are_found_and_few_are_not_run() -> None:
         assert c.text.startswith(("vspipe", "make", "python", "vsedvr")), c  # the header rule caught prose
 
 
-@pytest.mark.parametrize("block", README_BLOCKS, ids=[b[0].where for b in README_BLOCKS])
+STARTS_RAY = pytest.mark.slow(reason="starts a local Ray cluster (vsedvr render --ray, after a --workers render): "
+                                     "tens of seconds; tests/test_render.py renders through the local pool in make test")
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, id=b[0].where,
+                                                marks=STARTS_RAY if any("--ray" in c.text for c in b) else ())
+                                   for b in README_BLOCKS])
 def test_readme_block_works_as_written(block: list[Command], demo: subprocess.CompletedProcess[str],
                                        shell_env: dict[str, str]) -> None:
     runnable = [c for c in block if not c.needs]
