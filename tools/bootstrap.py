@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Create or update ``.venv`` with a real VapourSynth R81, PyTorch and vsedvr.
 
-Run by both README commands (``make demo``, ``make test``). Idempotent: every step checks
+Run by README's commands (``make demo``, ``make test``, ``make test-all``). Idempotent: every step checks
 whether its result is already in place and skips itself, so a second run takes seconds and
 downloads nothing.
 

@@ -10,7 +10,7 @@
 #
 # GPU_CHECK_CPU=1 runs the same steps here on the CPU with tiny sizes and this checkout's .venv
 # (no install: the .whl set is only checked), so that `prepare` and `run` are exercised end to end by
-# `make test` before a GPU machine ever runs them (tests/test_gpu_check.py).
+# `make test-all` before a GPU machine ever runs them (tests/test_gpu_check.py).
 #
 # The machine it is written for returns at most 8 files from $OUT and runs one command for at most
 # 600 s, out of about 15 minutes of device time in all (its start included, a minute or more). So
