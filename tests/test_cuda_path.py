@@ -87,6 +87,8 @@ def fresh_dynamo(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCapture
 
 # --------------------------------------------------------------------------- 1. compile guards
 
+@pytest.mark.slow(reason="inductor compiles every tile shape on the CPU (minutes on 2 cores); "
+                         "test_filter's compiled-equals-uncompiled test keeps compile=True in make test")
 @pytest.mark.parametrize(("tile", "shapes"), [(None, 1), ((16, 16), 1)], ids=["untiled", "tiled"])
 def test_compiled_regions_compile_once_per_tile_shape(fresh_dynamo: pytest.LogCaptureFixture,
                                                       tile: tuple[int, int] | None, shapes: int) -> None:

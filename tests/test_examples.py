@@ -76,7 +76,12 @@ def test_default_model_is_a_zoo_model_of_the_right_task(name: str) -> None:
     assert MODELS[default.group(1)].scale == SCALE[name]
 
 
-@pytest.mark.parametrize("name", sorted(SCALE))
+README_RENDERS_IT = pytest.mark.slow(reason="README's commands render sr_yuv_source.vpy through vspipe in make test "
+                                            "(tests/test_readme_commands.py), from the checkout and from demo-output/")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=README_RENDERS_IT) if n == "sr_yuv_source.vpy" else n
+                                  for n in sorted(SCALE)])
 def test_example_renders_through_vspipe(name: str, tiny_checkpoint: Path, tiny_deblur_checkpoint: Path,
                                         vspipe: str, vs_env: dict[str, str]) -> None:
     model = checkpoint_for(name, tiny_checkpoint, tiny_deblur_checkpoint)
@@ -158,7 +163,7 @@ def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo.vpy", "sr_yuv_source.vpy"])
+@pytest.mark.parametrize("name", ["demo.vpy", pytest.param("sr_yuv_source.vpy", marks=README_RENDERS_IT)])
 def test_relative_src_is_taken_from_where_vspipe_runs(name: str, small_video: Path, tiny_checkpoint: Path,
                                                       vspipe: str, vs_env: dict[str, str]) -> None:
     """From a shell in the video's folder, ``-a src=input.mp4`` (and a relative checkpoint) work."""

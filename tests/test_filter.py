@@ -270,6 +270,9 @@ def test_error_inside_python_becomes_a_frame_error(tiny_checkpoint: Path, source
     assert np.asarray(out.get_frame(3)[0]).shape == (4 * H, 4 * W)  # the filter still works afterwards
 
 
+@pytest.mark.slow(reason="a Python process exits mid-render, also compiled (inductor compiles on the exit path: "
+                         "minutes on 2 cores); make test keeps exits with frames in flight through test_native_host's "
+                         "exit-free host and test_robustness's vspipe exits")
 @pytest.mark.parametrize("compile", [False, True])
 def test_exit_with_frames_in_flight(tmp_path: Path, tiny_checkpoint: Path, compile: bool) -> None:
     """The interpreter exits (and the core is freed) while requests are pending: no crash, no hang,

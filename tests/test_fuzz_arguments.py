@@ -327,6 +327,8 @@ def test_unknown_argument_names_are_named(files: dict[str, str], name: str) -> N
     assert named_parameter(str(err.value)) == name
 
 
+@pytest.mark.slow(reason=f"{IN_PROCESS_EXAMPLES} examples; the child-process test keeps the same property "
+                         f"({CHILD_EXAMPLES} examples) in make test")
 def test_fuzzed_arguments_in_process(files: dict[str, str], offline: None) -> None:
     tally = Tally()
     fuzz(files, source_clip(), tally, IN_PROCESS_EXAMPLES)

@@ -57,7 +57,8 @@ def test_plan_fits_one_run_and_eight_files() -> None:
     assert "--device cuda --size 540x960" in by_name["dcn"]
 
 
-@pytest.mark.slow(reason="builds the wheels and runs every step of the GPU check on the CPU (minutes)")
+@pytest.mark.slow(reason="gpu_check.sh's prepare and every step in CPU mode: wheels downloaded and built, the CUDA "
+                         "tests and benches run (minutes)")
 def test_prepare_and_run_end_to_end_in_cpu_mode(tmp_path: Path) -> None:
     """What the GPU machine will run, here: the wheels from `prepare` (checked, not installed: the
     VapourSynth wheel is for Python 3.12), every step on the CPU, every step's exit status 0."""

@@ -61,6 +61,8 @@ def _script(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow(reason="twelve host runs of EDVR at 96x64 (minutes); make test keeps one host exit with frames in "
+                         "flight (test_host_that_frees_its_core_at_exit_still_exits_within_the_bound)")
 @pytest.mark.parametrize("how", ["exit", "exit-thread"])
 def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, tmp_path: Path,
                                                            vs_env: dict[str, str], how: str) -> None:
@@ -79,6 +81,7 @@ def test_vsscript_host_exits_cleanly_with_frames_in_flight(vsscript_host: Path, 
     assert not crashes, f"{len(crashes)} of {len(results)} runs: {crashes}"
 
 
+@pytest.mark.slow(reason="the host exits while inductor compiles (tens of seconds)")
 def test_vsscript_host_exits_cleanly_while_compiling(vsscript_host: Path, tmp_path: Path,
                                                       vs_env: dict[str, str]) -> None:
     """compile=True under a VSScript host: the host exits while inductor compiles the first frame
@@ -104,6 +107,7 @@ def _restores(count: int, length: int) -> str:
         """)
 
 
+@pytest.mark.slow(reason="vsedit's teardown at three moments, with 1 and 3 Restores: six host runs (minutes)")
 @pytest.mark.parametrize("restores", [1, 3])
 def test_vsedit_closed_during_playback_exits_cleanly(vsscript_host: Path, tmp_path: Path, vs_env: dict[str, str],
                                                       restores: int) -> None:
@@ -307,6 +311,8 @@ def test_exit_from_a_thread_holding_the_gil_does_not_wait_for_frames(tmp_path: P
     assert took < 6, f"exit took {took:.1f} s after exit() was called"
 
 
+@pytest.mark.slow(reason="two host runs of two EDVR Restores at 48x32 (about a minute on a shared machine); "
+                         "test_thread_count keeps thread-count independence in make test")
 def test_two_restores_at_once_equal_one_after_the_other(vsscript_host: Path, tmp_path: Path,
                                                          vs_env: dict[str, str]) -> None:
     """Two Restores rendering together in one host give the frames each gives alone: neither

@@ -57,7 +57,7 @@ def command(where: str, text: str) -> Command:
     """One command; ``text`` without its trailing comment (what bash runs is the same)."""
     needs = NEEDS.search(text)
     text = re.sub(r"\s+#.*$", "", text)
-    if text == "make test":  # never recursively: it is this suite
+    if text in ("make test", "make test-all"):  # never recursively: they are this suite
         return Command(where, text, "this test suite itself")
     return Command(where, text, needs.group(1) if needs else None)
 
@@ -152,7 +152,8 @@ def check_video_outputs(cmd: Command, where: Path = ROOT) -> None:
 
 
 def test_commands_are_found_and_few_are_not_run() -> None:
-    assert any(c.text == "make demo" for c in ALL) and any(c.text == "make test" and c.needs for c in ALL)
+    assert any(c.text == "make demo" for c in ALL)
+    assert {c.text for c in ALL if c.needs and c.text.startswith("make test")} == {"make test", "make test-all"}
     assert len([c for c in ALL if c.text.startswith("vspipe")]) >= 4
     not_run = [c for c in ALL if c.needs]
     assert len(not_run) <= MAX_NOT_RUN, "\n".join(f"{c.where}: {c.text}" for c in not_run)
@@ -160,7 +161,13 @@ def test_commands_are_found_and_few_are_not_run() -> None:
         assert c.text.startswith(("vspipe", "make", "python", "vsedvr")), c  # the header rule caught prose
 
 
-@pytest.mark.parametrize("block", README_BLOCKS, ids=[b[0].where for b in README_BLOCKS])
+STARTS_RAY = pytest.mark.slow(reason="starts a local Ray cluster (vsedvr render --ray, after a --workers render): "
+                                     "tens of seconds; tests/test_render.py renders through the local pool in make test")
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, id=b[0].where,
+                                                marks=STARTS_RAY if any("--ray" in c.text for c in b) else ())
+                                   for b in README_BLOCKS])
 def test_readme_block_works_as_written(block: list[Command], demo: subprocess.CompletedProcess[str],
                                        shell_env: dict[str, str]) -> None:
     runnable = [c for c in block if not c.needs]

@@ -185,7 +185,7 @@ def ray_cluster():
 # ------------------------------------------------------------------------------ identical
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="EDVR through a local pool and through one vspipe: two full renders")
 def test_local_pool_identical_to_one_vspipe(edvr_script, vs_env, tmp_path):
     script, plain = edvr_script
     out = tmp_path / "out.mkv"
@@ -207,7 +207,7 @@ def test_local_pool_identical_to_one_vspipe(edvr_script, vs_env, tmp_path):
     assert attempts(work) == {0: 1, 1: 1, 2: 1}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="starts a local Ray cluster (tens of seconds) and renders EDVR twice")
 def test_ray_identical_with_a_worker_killed(ray_cluster, edvr_script, vs_env, tmp_path):
     """One Ray actor per CPU slot; the actor rendering frame 11 dies mid-segment, is replaced, and the
     segment is rendered again."""
@@ -230,7 +230,8 @@ def test_ray_identical_with_a_worker_killed(ray_cluster, edvr_script, vs_env, tm
 # ---------------------------------------------------------------------------------- faults
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a worker killed and its segment retried: several renders "
+                         "(test_colour_tags_from_the_frame_properties keeps a local-pool render in make test)")
 def test_worker_killed_mid_segment_is_retried(fast_script, vs_env, tmp_path):
     script, plain = fast_script
     out = tmp_path / "out.mkv"
@@ -495,7 +496,7 @@ def test_the_join_is_checked_by_packets_and_a_foreign_ffv1_segment_is_named(fast
     assert framemd5(out) == plain
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="renders, damages and renders again: several renders")
 def test_damaged_segment_files_are_rendered_again(fast_script, vs_env, tmp_path):
     script, plain = fast_script
     out = tmp_path / "out.mkv"
@@ -519,7 +520,7 @@ def test_damaged_segment_files_are_rendered_again(fast_script, vs_env, tmp_path)
     assert framemd5(out) == plain
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="three driver runs with slowed frames")
 def test_driver_interrupted_and_killed_then_resumed(fast_script, vs_env, tmp_path):
     """SIGINT after segment 0, SIGKILL (no clean-up at all) after segment 1; the third run finishes."""
     script, plain = fast_script
@@ -564,7 +565,7 @@ def test_driver_interrupted_and_killed_then_resumed(fast_script, vs_env, tmp_pat
 # ---------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="two renders and a refused third")
 def test_changed_script_refuses_the_folder_until_fresh(fast_script, vs_env, tmp_path):
     script, plain = fast_script
     mine = tmp_path / "mine.vpy"
@@ -888,7 +889,7 @@ def test_colour_tags_from_the_frame_properties(fast_script, vs_env, tmp_path):
     assert "yuv420p(tv, bt709, progressive)" in stream_line(encoded), stream_line(encoded)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="EDVR at the default thread count in one vspipe against two workers: two full renders")
 def test_workers_identical_to_a_default_vspipe(edvr_script, vspipe, vs_env, tmp_path):
     """--workers 2 (1 torch thread each here) against one plain vspipe with PyTorch's default threads
     (failed before nets/stable.py: 14 of 14 frames differed by one 16-bit step)."""

@@ -26,7 +26,7 @@ pytest.importorskip("ray")
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 RAY = str(Path(sys.executable).parent / "ray")
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(reason="a real two-node Ray cluster (ray start twice, then a raylet killed): minutes")
 
 # 40 frames of noise averaged over a window. The fault comes with the script's arguments (a Ray
 # worker has its node's environment, not the driver's): -a kill=PID:MARKER kills that raylet (the

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bootstrap  # noqa: E402
 import build_wheels  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(reason="builds the manylinux wheel (auditwheel) and installs it into a fresh venv")
 
 
 def test_manylinux_wheel_installs_without_a_compiler_and_the_core_autoloads_it(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ WINDOWS_CORE_CACHE = ROOT / ".cache" / "windows"  # the downloaded wheel, kept b
 VS_RELEASE = 81
 MINGW = "x86_64-w64-mingw32-gcc"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(reason="cross-compiles the win_amd64 wheel and boots a wine prefix (a minute or more); "
+                                     "needs MinGW-w64 and wine")
 
 
 def _wine() -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Create or update ``.venv`` with a real VapourSynth R81, PyTorch and vsedvr.
 
-Run by both README commands (``make demo``, ``make test``). Idempotent: every step checks
+Run by README's commands (``make demo``, ``make test``, ``make test-all``). Idempotent: every step checks
 whether its result is already in place and skips itself, so a second run takes seconds and
 downloads nothing.
 
@@ -313,7 +313,7 @@ def tree_digest(paths: list[Path]) -> str:
 
 def ensure_requirements() -> None:
     digest = tree_digest([DEV_REQUIREMENTS])
-    if stamp_ok("requirements", digest) and venv_ok("import torch, torchvision, numpy, vsutil, pytest, imageio_ffmpeg"):
+    if stamp_ok("requirements", digest) and venv_ok("import torch, torchvision, numpy, pytest, imageio_ffmpeg"):
         return
     log("installing PyTorch, ffmpeg and the test tools (PyTorch is about 5.5 GB installed)")
     pip("install", "-q", "-r", DEV_REQUIREMENTS)

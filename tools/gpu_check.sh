@@ -3,7 +3,7 @@
 # machines have none). Three commands:
 #
 #   bash tools/gpu_check.sh prepare     here: wheels for the GPU machine's Python 3.12 into .whl/
-#                                       (VapourSynth R81, vsutil, vsedvr with its plugin)
+#                                       (VapourSynth R81, vsedvr with its plugin)
 #   bash tools/gpu_check.sh plan        here: the steps, their time limits and the files, nothing run
 #   bash tools/gpu_check.sh run         there, through the device tool:
 #                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=360)
@@ -11,7 +11,7 @@
 #
 # GPU_CHECK_CPU=1 runs the same steps here on the CPU with tiny sizes and this checkout's .venv
 # (no install: the .whl set is only checked), so that `prepare` and `run` are exercised end to end by
-# `make test` before a GPU machine ever runs them (tests/test_gpu_check.py).
+# `make test-all` before a GPU machine ever runs them (tests/test_gpu_check.py).
 #
 # The machine it is written for returns at most 8 files from $OUT and runs one command for at most
 # 600 s, out of about 15 minutes of device time in all (its start included, a minute or more). So
@@ -93,7 +93,7 @@ prepare() {
     rm -rf .whl && mkdir .whl
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl vapoursynth==81 vsutil pytest-timeout
+        -d .whl vapoursynth==81 pytest-timeout
     "$python" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
     ls -l .whl
 }
@@ -101,7 +101,7 @@ prepare() {
 check_wheels() {
     # what the install step relies on: VapourSynth's core, vsedvr's plugin beside it, the test plugin
     local wheel
-    for wheel in 'vapoursynth-81-*.whl' 'vsedvr-*.whl' 'vsutil-*.whl' 'pytest_timeout-*.whl'; do
+    for wheel in 'vapoursynth-81-*.whl' 'vsedvr-*.whl' 'pytest_timeout-*.whl'; do
         compgen -G ".whl/$wheel" > /dev/null || { echo "missing .whl/$wheel: run prepare"; return 1; }
     done
     "$PY" -m zipfile -l .whl/vsedvr-*.whl | grep 'vapoursynth/plugins/libvsedvr' > /dev/null \
