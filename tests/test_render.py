@@ -285,7 +285,11 @@ def test_stalled_workers_are_killed_and_their_segments_retried(fast_script, vs_e
     assert any("segment 1 (frames 10-19)" in line and "retrying" in line for line in stalled), proc.stderr
     assert any("segment 3 (frames 30-39)" in line and "retrying" in line for line in stalled), proc.stderr
     assert all(f"host {os.uname().nodename} (CPU)" in line for line in stalled)
-    assert attempts(tmp_path / "out.mkv.parts") == {0: 1, 1: 2, 2: 1, 3: 2}
+    tried = attempts(tmp_path / "out.mkv.parts")
+    assert tried[1] == 2 and tried[3] == 2, tried
+    # a segment the stopped worker had rendered but not yet checked (checks overlap the next
+    # segment) is rendered again: how many depends on the machine's load
+    assert tried[0] in (1, 2) and tried[2] in (1, 2), tried
     assert framemd5(out) == plain
 
 
