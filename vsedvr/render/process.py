@@ -18,6 +18,9 @@ from .tools import StderrFile, tail
 
 __all__ = ["WorkerProcess"]
 
+#: how long close() waits for a killed worker to end before it leaves it behind
+KILLED_WAIT = 10.0
+
 
 class WorkerProcess:
     """One worker process, killed as a group with the ffmpeg processes it starts."""
@@ -77,4 +80,8 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             pass
         self.kill()
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=KILLED_WAIT)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (a hung NFS mount, a GPU in error): leave it
+            print(f"vsedvr render: worker process {self.proc.pid} did not end {KILLED_WAIT:.0f} s after SIGKILL "
+                  "(stuck in the kernel?); not waiting for it", file=sys.stderr, flush=True)
