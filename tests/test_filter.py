@@ -146,27 +146,39 @@ def test_random_order_equals_sequential(tiny_checkpoint: Path, threads: int) -> 
 
 
 @pytest.mark.parametrize("threads", [8, 16])
-def test_in_order_rendering_encodes_each_frame_once_at_many_threads(tiny_checkpoint: Path, threads: int) -> None:
+def test_in_order_rendering_encodes_each_frame_once_at_many_threads(tiny_checkpoint: Path, threads: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Under fmParallel all threads wait for the network at once; the engine serves the lowest frame
-    first, so the feature cache (two windows) still encodes each input frame once (handed over in
-    arbitrary order: 185 encodings for 80 frames at 8 threads)."""
+    first, and the feature cache drops what the walk has left behind first, so past the first burst
+    of requests (which reach the network in any order) each input frame is encoded once. Handed over
+    in arbitrary order with a plain LRU, 80 frames at 8 threads took 185 encodings."""
     import gc
 
+    from test_cache import encodings
+    from vsedvr.filter import plugin
     from vsedvr.filter.engine import WindowEngine
 
     core = vs.core
     old = core.num_threads
     core.num_threads = threads
+    computed: list[int] = []
+    monkeypatch.setattr(plugin, "trace", lambda event, n: computed.append(n) if event == "compute" else None)
     try:
         clip = clips.moving_pattern(W, H, 60, seed=4)
         before = {id(o) for o in gc.get_objects() if type(o) is WindowEngine}
         out = vs.core.edvr.Restore(clip, model=str(tiny_checkpoint))
+        engine = next(o for o in gc.get_objects() if type(o) is WindowEngine and id(o) not in before)
+        encoded: list[int] = []
+        put = engine.cache.put
+        engine.cache.put = lambda key, item: (encoded.append(key[0]), put(key, item))
         for _ in out.frames():
             pass
-        engine = next(o for o in gc.get_objects() if type(o) is WindowEngine and id(o) not in before)
-        assert engine.cache.misses == 60, (engine.cache.hits, engine.cache.misses)
     finally:
         core.num_threads = old
+    assert sorted(set(encoded)) == list(range(60))
+    again = sorted({n for n in encoded if encoded.count(n) > 1})
+    assert all(n < threads + 2 for n in again), (again, computed)  # within the first burst's windows
+    assert len(encoded) == engine.cache.misses == encodings(computed), computed  # as tests/test_cache.py replays
 
 
 def test_frames_overlap_around_the_serial_network(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,6 +213,7 @@ class WindowEngine:
 
     def _restore_tiles(self, window: Sequence[int], sources: Sequence[PlaneViews]) -> torch.Tensor:
         s = self.model.scale
+        self.cache.start_window(window, window[self.model.center])
         frames: dict[int, torch.Tensor] = {}  # converted at most once per call, only on a cache miss
 
         def loader(i: int) -> Callable[[], torch.Tensor]:
