@@ -21,6 +21,9 @@ thread count for every variant:
   a_globalthreads  (only when asked for) a_python with the banded DCN's former thread handling
              (``torch.set_num_threads(1)`` process-wide around each call, restored after), the
              baseline for its per-thread replacement (issue 16): ratio a_python/a_globalthreads.
+  a_channelslast, a_graphs, a_fast  (only when asked for; CUDA) a_python with channels-last tensors
+             (``VSEDVR_CHANNELS_LAST=1``), with CUDA graphs (``VSEDVR_CUDA_GRAPHS=1``), with both:
+             the measurement that decides their defaults (vsedvr/filter/gpu.py); ratios over a_python.
 
 Each variant runs in its own subprocess (clean peak RSS via ``resource.getrusage``; on CUDA also
 peak VRAM, ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``); variants are
@@ -74,9 +77,14 @@ from bench_flops import count_flops
 VENV_BIN = Path(sys.executable).parent
 
 VARIANTS = ("a_vspipe", "a_python", "b_naive", "c_modify")
-OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile", "a_globalthreads", "a_cudnnsearch")
+OPTIONAL_VARIANTS = ("c_fastdcn", "a_compile", "a_globalthreads", "a_cudnnsearch", "a_channelslast", "a_graphs",
+                     "a_fast")
 #: The variants that time core.edvr.Restore through Python's frames()
-RESTORE_VARIANTS = ("a_python", "a_compile", "a_globalthreads", "a_cudnnsearch")
+RESTORE_VARIANTS = ("a_python", "a_compile", "a_globalthreads", "a_cudnnsearch", "a_channelslast", "a_graphs",
+                    "a_fast")
+#: The GPU fast paths' switches (vsedvr/filter/gpu.py) each of those variants turns on
+FAST_PATH_SWITCHES = {"a_channelslast": ("VSEDVR_CHANNELS_LAST",), "a_graphs": ("VSEDVR_CUDA_GRAPHS",),
+                      "a_fast": ("VSEDVR_CHANNELS_LAST", "VSEDVR_CUDA_GRAPHS")}
 LABELS = {
     "a_vspipe": "a  vsedvr Restore, vspipe",
     "a_python": "a  vsedvr Restore, Python frames()",
@@ -86,6 +94,9 @@ LABELS = {
     "a_compile": "a' vsedvr Restore(compile=True), Python frames()",
     "a_globalthreads": "a' vsedvr Restore, former global set_num_threads(1) in the DCN",
     "a_cudnnsearch": "a'' vsedvr Restore with cuDNN's per-shape search (cudnn.benchmark, not deterministic)",
+    "a_channelslast": "a' vsedvr Restore, channels-last tensors",
+    "a_graphs": "a' vsedvr Restore, CUDA graphs",
+    "a_fast": "a' vsedvr Restore, channels-last and CUDA graphs",
 }
 
 #: Warm-up frames of b_naive at most: it runs on one thread, one window at a time, so its first
@@ -217,6 +228,8 @@ def worker(variant: str, checkpoint: str, setup: Setup) -> dict[str, Any]:
     torch.set_num_threads(setup.threads)
     if variant == "a_cudnnsearch":  # what the engine did before its algorithms were made deterministic
         torch.backends.cudnn.benchmark = True
+    for name in ("VSEDVR_CHANNELS_LAST", "VSEDVR_CUDA_GRAPHS"):  # each variant's own, whatever the caller set
+        os.environ[name] = "1" if name in FAST_PATH_SWITCHES.get(variant, ()) else "0"
     compiled = variant == "a_compile"
     warmup = setup.warmup or int(compiled)  # a_compile's first frame compiles: never timed
     if variant == "b_naive":  # one thread, one window at a time: warm after its first frames
@@ -636,7 +649,7 @@ def _measure(model: str, checkpoint: Path, setup: Setup, variants: list[str], re
                        first_frame_seconds=statistics.median(firsts) if firsts else None,
                        load_seconds=statistics.median(r["load_seconds"] for r in runs[v]), runs=runs[v])
     ratios = {f"{a}/{b}": rows[a]["fps"] / rows[b]["fps"]
-              for a in ("a_vspipe", "a_python", "a_compile")
+              for a in ("a_vspipe", "a_python", "a_compile", "a_channelslast", "a_graphs", "a_fast")
               for b in ("b_naive", "c_modify", "c_fastdcn", "a_python", "a_globalthreads", "a_cudnnsearch")
               if a in rows and b in rows and a != b}
     return rows, ratios

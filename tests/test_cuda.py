@@ -458,3 +458,42 @@ def test_engine_computes_on_its_own_stream() -> None:
         assert engine._compute_stream is not None and engine._compute_stream != other
         streamed = render(engine, frames)
     assert np.array_equal(plain, streamed)
+
+
+@pytest.mark.parametrize("switches", [{"VSEDVR_CHANNELS_LAST": "1"}, {"VSEDVR_CUDA_GRAPHS": "1"},
+                                      {"VSEDVR_CHANNELS_LAST": "1", "VSEDVR_CUDA_GRAPHS": "1"}],
+                         ids=["channels_last", "graphs", "both"])
+@pytest.mark.parametrize("tile", [None, [64, 48]], ids=["whole", "tiled"])
+def test_fast_paths_give_the_same_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switches: dict,
+                                         tile: list[int] | None) -> None:
+    """Issue 32, items 2-3: EDVR-M fp16 with channels-last tensors and/or CUDA graphs against the plain
+    path, frames read in order and then 12 at once in a shuffled order. Graphs replay the kernels the
+    eager call ran: the same bytes. Channels-last lets cuDNN pick other kernels: fp16 rounding apart."""
+    import gc
+
+    from vsedvr.filter.engine import WindowEngine
+
+    checkpoint = str(_edvrm_checkpoint(tmp_path))
+    source = vs.core.resize.Point(clips.moving_pattern(160, 96, 12, seed=5), format=vs.RGBH)
+    options = dict(model=checkpoint, device="cuda", precision="fp16", tile=tile)
+    plain = frames_of(vs.core.edvr.Restore(source, **options))
+    for name, value in switches.items():
+        monkeypatch.setenv(name, value)
+    before = {id(o) for o in gc.get_objects() if type(o) is WindowEngine}
+    fast_clip = vs.core.edvr.Restore(source, **options)
+    engine = next(o for o in gc.get_objects() if type(o) is WindowEngine and id(o) not in before)
+    assert engine.channels_last == ("VSEDVR_CHANNELS_LAST" in switches)
+    assert engine.cuda_graphs == ("VSEDVR_CUDA_GRAPHS" in switches)
+    fast = frames_of(fast_clip)
+    order = list(range(12))
+    random.Random(7).shuffle(order)
+    futures = {n: fast_clip.get_frame_async(n) for n in order}
+    again = np.stack([np.stack([np.asarray(futures[n].result()[p]) for p in range(3)]) for n in range(12)])
+    assert np.array_equal(again.astype(np.float32), fast)
+    if engine.cuda_graphs:
+        graphed = [network.restore.__self__ for network in engine._tile_networks.values()]
+        assert graphed and all(g._restore_graph is not None and g._encode_graph is not None for g in graphed)
+    if "VSEDVR_CHANNELS_LAST" in switches:
+        assert psnr(fast, plain) >= 50.0, psnr(fast, plain)
+    else:
+        assert np.array_equal(fast, plain)

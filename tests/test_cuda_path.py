@@ -354,3 +354,42 @@ def test_half_results_travel_in_half_and_are_converted_as_they_are_written(dtype
     assert np.array_equal(out, pending.host.float().numpy())
     full = render(WindowEngine(tiny_model(), torch.device("cpu"), 24, 16, np.float32, torch.float32), frames, [2])[0]
     assert np.abs(out - full).max() < (2e-3 if dtype == torch.float16 else 2e-2)
+
+
+# --------------------------------------------------------------------------- issue 32: fast-path switches
+
+@pytest.mark.parametrize("tile", [None, (24, 16)], ids=["whole", "tiled"])
+def test_channels_last_engine_gives_the_frames_of_nchw(tile: tuple[int, int] | None) -> None:
+    """The channels-last layout (on CUDA, VSEDVR_CHANNELS_LAST=1) through crops, padding, the feature
+    cache, the network, tiles and the planar output, shown on the CPU: the frames of the NCHW engine."""
+    frames = random_frames(40, 28, 6)
+    overlap = 8 if tile else 0
+    plain = render(WindowEngine(tiny_model(), torch.device("cpu"), 40, 28, np.float32, torch.float32, tile=tile,
+                                tile_overlap=overlap), frames)
+    engine = WindowEngine(tiny_model(), torch.device("cpu"), 40, 28, np.float32, torch.float32, tile=tile,
+                          tile_overlap=overlap, channels_last=True)
+    assert engine.model.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
+    channels_last = render(engine, frames)
+    cached = next(iter(engine.cache._items.values()))
+    assert cached[0].is_contiguous(memory_format=torch.channels_last)  # the crop, and so its features
+    np.testing.assert_allclose(channels_last, plain, atol=2e-6, rtol=0)
+
+
+def test_graphs_are_refused_where_they_cannot_be_captured() -> None:
+    from vsedvr.filter.graphs import graphs_supported
+
+    assert "CUDA device" in graphs_supported(torch.device("cpu"), torch.float16)
+    engine = WindowEngine(tiny_model(), torch.device("cpu"), 24, 16, np.float32, torch.float32, cuda_graphs=True)
+    assert not engine.cuda_graphs  # and the frames are the eager ones
+    assert np.array_equal(render(engine, random_frames(24, 16, 3)),
+                          render(WindowEngine(tiny_model(), torch.device("cpu"), 24, 16, np.float32, torch.float32),
+                                 random_frames(24, 16, 3)))
+
+
+@pytest.mark.parametrize("name", ["VSEDVR_CHANNELS_LAST", "VSEDVR_CUDA_GRAPHS"])
+def test_a_bad_switch_names_the_variable(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "yes")
+    with pytest.raises(vs.Error, match=rf'{name} must be 0 or 1, got "yes"; `unset {name}` for the default'):
+        vs.core.edvr.Restore(clips.moving_pattern(16, 12, 3), model=str(tiny_checkpoint), device="cpu")
+    monkeypatch.setenv(name, "0")
+    assert vs.core.edvr.Restore(clips.moving_pattern(16, 12, 3), model=str(tiny_checkpoint), device="cpu").num_frames == 3

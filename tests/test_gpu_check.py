@@ -5,6 +5,7 @@ is left), checked through its dry run (`plan`), and runs end to end here in its 
 then every step with tiny sizes."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "gpu_check.sh"
 
 
-def _plan() -> tuple[int, list[tuple[str, ...]], int, list[str], str]:
-    done = subprocess.run(["bash", str(SCRIPT), "plan"], capture_output=True, text=True, timeout=30, check=True)
+def _plan(*which: str) -> tuple[int, list[tuple[str, ...]], int, list[str], str]:
+    done = subprocess.run(["bash", str(SCRIPT), "plan", *which], capture_output=True, text=True, timeout=30,
+                          check=True)
     lines = done.stdout.splitlines()
     budget = int(re.search(r"budget (\d+)s", lines[0]).group(1))
     steps = [re.match(r"step (\S+) limit (\d+s|left) -> (\S+)(?:: (.*))?$", line).groups()
@@ -57,6 +59,17 @@ def test_plan_fits_one_run_and_eight_files() -> None:
     assert "--device cuda --size 540x960" in by_name["dcn"]
 
 
+def test_second_call_measures_the_fast_paths_against_the_plain_path() -> None:
+    budget, steps, total, names, text = _plan("fastpaths")
+    assert total <= budget <= 300 and len(names) <= 8, text
+    assert [s[0] for s in steps] == ["install", "frames", "fast_small", "fast_large"], text
+    by_name = {s[0]: s[3] for s in steps}
+    assert "tests/test_cuda.py -k fast_paths" in by_name["frames"]
+    for step, size in (("fast_small", "180x320"), ("fast_large", "540x960")):
+        assert f"--size {size}" in by_name[step] and "--precision fp16" in by_name[step], by_name[step]
+        assert "--variants a_python,a_channelslast,a_graphs,a_fast" in by_name[step], by_name[step]
+
+
 @pytest.mark.slow(reason="gpu_check.sh's prepare and every step in CPU mode: wheels downloaded and built, the CUDA "
                          "tests and benches run (minutes)")
 def test_prepare_and_run_end_to_end_in_cpu_mode(tmp_path: Path) -> None:
@@ -79,3 +92,12 @@ def test_prepare_and_run_end_to_end_in_cpu_mode(tmp_path: Path) -> None:
     for name in ("04-bench_small.json", "05-bench_large.json", "06-profile.txt", "07-precision.log"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     assert "steady frames of Restore" in (tmp_path / "out" / "06-profile.txt").read_text()
+    # the second call, the fast paths: the same plumbing (on the CPU the switches change nothing)
+    fast = subprocess.run(["bash", str(SCRIPT), "run", "fastpaths"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200, env=dict(env, OUT=str(tmp_path / "fast")))
+    summary = (tmp_path / "fast" / "01-summary.txt").read_text()
+    assert fast.returncode == 0, summary
+    assert re.findall(r"=== (\S+): exit (\d+)", summary) == [("frames", "0"), ("fast_small", "0"), ("fast_large", "0")]
+    report = json.loads((tmp_path / "fast" / "03-fast_small.json").read_text())
+    rows = report["models"]["edvrm"]["precisions"]["fp32"]["variants"]
+    assert set(rows) == {"a_python", "a_channelslast", "a_graphs", "a_fast"}, rows

@@ -8,6 +8,10 @@
 #   bash tools/gpu_check.sh run         there, through the device tool:
 #                                       run(command="bash tools/gpu_check.sh run", carry=[".whl"], timeout_s=360)
 #                                       (the lease's files come back even if a step is cut short)
+#   bash tools/gpu_check.sh run fastpaths   there, the second call, once the first has passed: the fast
+#                                       paths that are off until measured (channels-last, CUDA graphs:
+#                                       vsedvr/filter/gpu.py), their frames and their speed against the
+#                                       plain path in one run (timeout_s=300)
 #
 # GPU_CHECK_CPU=1 runs the same steps here on the CPU with tiny sizes and this checkout's .venv
 # (no install: the .whl set is only checked), so that `prepare` and `run` are exercised end to end by
@@ -64,6 +68,16 @@ STEPS=(
 )
 FILES=(01-summary.txt 02-correctness.log 03-test_cuda.log 04-bench_small.json 05-bench_large.json 06-profile.txt
        07-precision.log 08-steps.log)
+FAST_VARIANTS=a_python,a_channelslast,a_graphs,a_fast
+FAST_STEPS=(
+    "frames|60|02-frames.log|$PYTEST -s tests/test_cuda.py -k fast_paths"
+    "fast_small|40|05-steps.log|$BENCH --precision $PROFILED --size $SMALL --variants $FAST_VARIANTS --json \$OUT/03-fast_small.json"
+    "fast_large|90|05-steps.log|$BENCH --precision $PROFILED --size $LARGE --variants $FAST_VARIANTS --json \$OUT/04-fast_large.json"
+)
+FAST_FILES=(01-summary.txt 02-frames.log 03-fast_small.json 04-fast_large.json 05-steps.log)
+if [ "${2:-}" = fastpaths ]; then
+    STEPS=("${FAST_STEPS[@]}") FILES=("${FAST_FILES[@]}") BUDGET=240
+fi
 
 plan() {
     local total=$INSTALL_LIMIT entry name limit output command
@@ -154,6 +168,6 @@ run() {
 case "${1:-}" in
     prepare) prepare ;;
     plan) plan ;;
-    run) run ;;
+    run) [ -z "${2:-}" ] || [ "$2" = fastpaths ] || { echo "usage: $0 run [fastpaths]" >&2; exit 2; }; run ;;
     *) echo "usage: $0 prepare|plan|run" >&2; exit 2 ;;
 esac

@@ -41,6 +41,7 @@ from .cache import FeatureCache
 from .compute import ComputeThread
 from .gate import FrameGate
 from .gpu import device_scope, host_buffer, out_of_gpu_memory
+from .graphs import GraphedTileNetwork, graphs_supported
 from .offsets import OffsetWatch
 from .tiles import DEFAULT_TILE_OVERLAP, FRAMES_IN_FLIGHT, plan_tiles, smaller_tiles
 
@@ -92,6 +93,10 @@ class WindowEngine:
             which keeps dynamo's tracing and guards (what decides recompiles) without inductor.
         frames_in_flight: frames between the start of their network (under the lock) and the end of
             :meth:`write` (``in_flight``); the memory plan counts their outputs.
+        channels_last: the model's weights and every frame in channels-last order (a layout; the
+            values are the same to float rounding).
+        cuda_graphs: replay each tile shape's network from CUDA graphs (:mod:`vsedvr.filter.graphs`)
+            where :func:`~vsedvr.filter.graphs.graphs_supported` allows it, eager elsewhere.
     """
 
     def __init__(self, model: EDVR, device: torch.device, width: int, height: int,
@@ -99,8 +104,20 @@ class WindowEngine:
                  tile: tuple[int, int] | None = None, tile_overlap: int = 0, cached_windows: int = 2,
                  compile: bool = False,
                  compile_backend: str | Callable[..., Any] = "inductor",
-                 frames_in_flight: int = FRAMES_IN_FLIGHT) -> None:
+                 frames_in_flight: int = FRAMES_IN_FLIGHT, channels_last: bool = False,
+                 cuda_graphs: bool = False) -> None:
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.channels_last = channels_last
+        self._graph_pool: Any = None
+        self.cuda_graphs = False
+        if cuda_graphs:
+            why_not = graphs_supported(device, compute_dtype)
+            if why_not is None:
+                self.cuda_graphs = True
+            else:
+                log.info("Restore: no CUDA graphs: %s", why_not)
         self.device = device
         self.width = width
         self.height = height
@@ -196,8 +213,20 @@ class WindowEngine:
         shape = tuple(crop.shape)
         network = self._tile_networks.get(shape)
         if network is None:
-            network = self._tile_networks[shape] = TileNetwork(self._frame_features, self.model.restore_window)
+            if self.cuda_graphs:
+                if self._graph_pool is None:
+                    self._graph_pool = torch.cuda.graph_pool_handle()
+                graphed = GraphedTileNetwork(self._frame_features, self.model.restore_window, self._graph_pool,
+                                             partial(self._graph_failed, shape))
+                network = TileNetwork(graphed.encode, graphed.restore)
+            else:
+                network = TileNetwork(self._frame_features, self.model.restore_window)
+            self._tile_networks[shape] = network
         return network
+
+    def _graph_failed(self, shape: tuple[int, ...], why: str) -> None:
+        log.warning("Restore: capturing the CUDA graph of the %dx%d tiles failed (%s); they run without one",
+                    shape[-1], shape[-2], why)
 
     def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
         """(padded input of tile t, its features) for input frame n, from the cache when present."""
@@ -207,6 +236,8 @@ class WindowEngine:
             tile = self.tiles[t]
             crop = load_frame()[..., tile.ry0:tile.ry1, tile.rx0:tile.rx1]
             crop = pad_to_multiple(crop, self.model.size_multiple)
+            if self.channels_last:
+                crop = crop.contiguous(memory_format=torch.channels_last)
             item = (crop, self._network_for(crop).encode(crop))
             self.cache.put((n, t), item)
         return item
@@ -308,7 +339,7 @@ class WindowEngine:
 
     def _to_host(self, n: int, out: torch.Tensor) -> PendingFrame:
         """The result in the transfer type and the frame's checks, queued for download."""
-        out = out.to(self.transfer_dtype)
+        out = out.to(self.transfer_dtype).contiguous()  # channels-last results too: the host planes are planar
         peak = self._offsets.frame_peak()
         checks = torch.stack([peak if peak is not None else torch.full((), -1.0, device=self.device),
                               self._nonfinite.float()])

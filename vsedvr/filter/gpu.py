@@ -3,13 +3,34 @@ buffers, free memory."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 
+from .options import ArgumentError
+
 log = logging.getLogger("vsedvr")
+
+#: Channels-last tensors through the network, and CUDA graphs of each tile shape (vsedvr/filter/graphs.py),
+#: on CUDA: off until measured on a GPU (``tools/gpu_check.sh``'s step ``fastpaths`` times each against
+#: the plain path and checks the frames); ``VSEDVR_CHANNELS_LAST=1`` / ``VSEDVR_CUDA_GRAPHS=1`` turn one on
+#: for a process, ``=0`` off.
+CHANNELS_LAST_BY_DEFAULT = False
+CUDA_GRAPHS_BY_DEFAULT = False
+
+
+def switch(name: str, default: bool) -> bool:
+    """An on/off environment variable (``0`` or ``1``; unset or empty: ``default``)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if value not in ("0", "1"):
+        raise ArgumentError(f'the environment variable {name} must be 0 or 1, got "{value}"; '
+                            f'`unset {name}` for the default')
+    return value == "1"
 
 #: What cuDNN, cuBLAS and raw CUDA calls say when they cannot allocate. CUBLAS_STATUS_NOT_INITIALIZED
 #: is cuBLAS failing to create its handle and workspace, which under memory pressure is what it

@@ -114,10 +114,12 @@ def largest_tensor_elements(net: NetworkSize, width: int, height: int) -> int:
 
 
 def frame_peak_bytes(net: NetworkSize, width: int, height: int, read: tuple[int, int], tiles: int,
-                     dtype_bytes: int, cached_windows: int, frames_in_flight: int = FRAMES_IN_FLIGHT) -> int:
+                     dtype_bytes: int, cached_windows: int, frames_in_flight: int = FRAMES_IN_FLIGHT,
+                     graphs: bool = False) -> int:
     """Estimated peak GPU memory (bytes) of one frame of width x height in tiles whose largest read
     region (input pixels, padded) is ``read``; ``dtype_bytes`` of the compute type; with the outputs
-    of ``frames_in_flight`` frames waiting for their download."""
+    of ``frames_in_flight`` frames waiting for their download; with CUDA graphs' own input and output
+    buffers (:mod:`vsedvr.filter.graphs`) when ``graphs``."""
     b, c, t, g = dtype_bytes, net.num_feat, net.num_frames, net.deformable_groups
     fp = _feature_pixels(net, *read)
     entries = cached_windows * t * tiles if cached_windows else t
@@ -127,6 +129,8 @@ def frame_peak_bytes(net: NetworkSize, width: int, height: int, read: tuple[int,
     # and the other frames in flight's copies
     outputs = 3 * out_scale * width * height * (b + (4 if b != 4 else 0) + 4 * (frames_in_flight - 1))
     lasting = net.parameters * b + cache + t * 3 * width * height * b + outputs
+    if graphs:  # a window of pyramids and crops and a crop (the graphs' inputs), a pyramid and a result
+        lasting += ((t + 2) * (int(c * fp * 1.3125) + 3 * read[0] * read[1]) + 3 * out_scale * read[0] * read[1]) * b
     dcn = 9 * c * fp * 4 + c * fp * 4 + ((c + 27 * g) * fp * 4 if b < 4 else 0)  # columns, output, fp32 copies
     align = 2 * t * c * fp * b + (8 * c + 36 * g) * fp * b + dcn
     fusion = 4 * t * c * fp * b + 4 * c * fp * b
@@ -160,7 +164,7 @@ def _candidates(width: int, height: int, overlap: int, multiple: int) -> list[tu
 
 
 def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, free_bytes: int,
-                overlap: int = DEFAULT_TILE_OVERLAP, multiple: int = 4) -> MemoryPlan:
+                overlap: int = DEFAULT_TILE_OVERLAP, multiple: int = 4, graphs: bool = False) -> MemoryPlan:
     """The fewest tiles (with the largest feature cache) whose estimated peak fits in
     ``FREE_FRACTION`` of ``free_bytes`` and whose tensors stay within 32-bit indexing.
 
@@ -178,7 +182,8 @@ def plan_memory(net: NetworkSize, width: int, height: int, dtype_bytes: int, fre
         for tile, read, count in candidates:
             for cached in levels:
                 for in_flight in (FRAMES_IN_FLIGHT, 1):
-                    peak = frame_peak_bytes(net, width, height, read, count, dtype_bytes, cached, in_flight)
+                    peak = frame_peak_bytes(net, width, height, read, count, dtype_bytes, cached, in_flight,
+                                            graphs)
                     last = MemoryPlan(tile, cached, peak, budget, in_flight)
                     if peak <= budget:
                         return last
@@ -271,7 +276,7 @@ class DevicePlan:
 
 def tiled_reservation(model: torch.nn.Module, width: int, height: int, tile: tuple[int, int], overlap: int,
                       compute_dtype: torch.dtype, cached_windows: int = 2,
-                      frames_in_flight: int = FRAMES_IN_FLIGHT) -> int:
+                      frames_in_flight: int = FRAMES_IN_FLIGHT, graphs: bool = False) -> int:
     """Bytes a Restore with these tiles will allocate beyond its weights (the estimate of its peak less
     the weights): what a Restore given ``tile=`` reserves, so that the next planned one sees it."""
     size = NetworkSize.of(model)
@@ -279,19 +284,19 @@ def tiled_reservation(model: torch.nn.Module, width: int, height: int, tile: tup
     multiple = getattr(model, "size_multiple", 4)
     read = (_ceil_to(tiles[0].rx1 - tiles[0].rx0, multiple), _ceil_to(tiles[0].ry1 - tiles[0].ry0, multiple))
     peak = frame_peak_bytes(size, width, height, read, len(tiles), compute_dtype.itemsize, cached_windows,
-                            frames_in_flight)
+                            frames_in_flight, graphs)
     return peak - size.parameters * compute_dtype.itemsize
 
 
 def plan_for_device(model: torch.nn.Module, device: torch.device, width: int, height: int,
-                    compute_dtype: torch.dtype, overlap: int = DEFAULT_TILE_OVERLAP) -> DevicePlan:
+                    compute_dtype: torch.dtype, overlap: int = DEFAULT_TILE_OVERLAP, graphs: bool = False) -> DevicePlan:
     """Tiles, cache and frames in flight for a Restore whose user gave no tile, from the device's free
     memory less what the other live Restores on it have reserved: Restore stays inside the GPU's memory
     before the first out-of-memory error."""
     # the plan takes FREE_FRACTION of what it is given: the others' reservations come out of that share
     free = max(0, free_cuda_memory(device) - int(reserved_bytes(device) / FREE_FRACTION))
     size = NetworkSize.of(model)
-    plan = plan_memory(size, width, height, compute_dtype.itemsize, free, overlap, model.size_multiple)
+    plan = plan_memory(size, width, height, compute_dtype.itemsize, free, overlap, model.size_multiple, graphs)
     reservation = plan.peak_bytes - size.parameters * compute_dtype.itemsize  # the weights are allocated
     if plan.tile is None:
         return DevicePlan(None, 0, plan.cached_windows, plan.frames_in_flight, reservation)
