@@ -343,12 +343,13 @@ def test_a_frame_reads_nothing_back_while_it_computes(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_results_travel_in_half_and_are_converted_as_they_are_written(dtype: torch.dtype) -> None:
     """A half-precision network's result was converted to fp32 on the device and downloaded in fp32
-    (99.5 MB a frame at 540p -> 4K, pinned buffers kept for the process). Now it travels in the
-    network's type (half the bytes) and write() converts it while copying into the RGBS frame."""
+    (99.5 MB a frame at 540p -> 4K, pinned buffers kept for the process). Now it travels in float16
+    (half the bytes; bfloat16 networks too: their float32 result would lose 3 more bits in bfloat16)
+    and write() converts it while copying into the RGBS frame."""
     engine = WindowEngine(tiny_model().to(dtype), torch.device("cpu"), 24, 16, np.float32, dtype)
     frames = random_frames(24, 16, 5)
     pending = engine.restore([0, 1, 2, 3, 4], [views(f) for f in frames])
-    assert pending.host.dtype == dtype
+    assert pending.host.dtype == torch.float16
     out = np.zeros((3, 64, 96), dtype=np.float32)
     engine.write(pending, [memoryview(p).cast("B") for p in out] + [96 * 4])
     assert np.array_equal(out, pending.host.float().numpy())
@@ -393,3 +394,24 @@ def test_a_bad_switch_names_the_variable(tiny_checkpoint: Path, monkeypatch: pyt
         vs.core.edvr.Restore(clips.moving_pattern(16, 12, 3), model=str(tiny_checkpoint), device="cpu")
     monkeypatch.setenv(name, "0")
     assert vs.core.edvr.Restore(clips.moving_pattern(16, 12, 3), model=str(tiny_checkpoint), device="cpu").num_frames == 3
+
+
+# --------------------------------------------------------------------------- the residual base in float32
+
+def test_half_precision_network_adds_the_base_of_the_unrounded_frame() -> None:
+    """A bfloat16 network (on the CPU here; on CUDA the same engine) whose last convolution gives 0:
+    the frame is the bilinear x4 of the clip's own samples, rounded once to float16 for the download
+    (2.4e-4 at most for samples in [0, 1]). Before, the centre crop went to the network in bfloat16 and
+    the result was downloaded in bfloat16: 8 bits, errors up to 2e-3 (banding in a 10-bit encode)."""
+    from vsedvr.nets.stable import upsample_bilinear
+
+    frames = random_frames(24, 16, 3)
+    model = tiny_model().to(torch.bfloat16)
+    with torch.no_grad():
+        model.conv_last.weight.zero_()
+        model.conv_last.bias.zero_()
+    engine = WindowEngine(model, torch.device("cpu"), 24, 16, np.float32, torch.bfloat16)
+    assert engine.transfer_dtype == torch.float16
+    out = render(engine, frames)
+    base = upsample_bilinear(torch.from_numpy(np.stack(frames)), 4).numpy()
+    assert np.abs(out - base).max() <= 2.5e-4, np.abs(out - base).max()

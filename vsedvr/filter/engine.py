@@ -141,8 +141,11 @@ class WindowEngine:
         self._offsets = OffsetWatch(model, device)
         #: whether an input frame of the current output frame had NaN or infinite samples (0-d, device)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        #: the type results are downloaded in: the clip's, or the network's half type where narrower
-        self.transfer_dtype = compute_dtype if compute_dtype.itemsize < self.host_dtype.itemsize else self.host_dtype
+        #: the type results are downloaded in: the clip's, or float16 for a half-precision network. The
+        #: result leaves the network in float32 (the residual base is added to the clip's own samples),
+        #: and bfloat16 would round it to 8 bits (1/256 near 1.0: banding in a 10-bit encode), float16
+        #: to 11; values near [0, 1] are far from float16's range limits.
+        self.transfer_dtype = torch.float16 if compute_dtype != torch.float32 else self.host_dtype
         shutdown.track(self.in_flight)
         self._frame_features: Callable[..., Any] = model.frame_features
         self._compile_errors: tuple[type[Exception], ...] = ()
@@ -184,7 +187,8 @@ class WindowEngine:
             self.cache = FeatureCache(self.model.num_frames)
 
     def frame_tensor(self, views: PlaneViews) -> torch.Tensor:
-        """(1, 3, H, W) tensor of one frame's planes on the device, in the compute dtype.
+        """(1, 3, H, W) tensor of one frame's planes on the device, in the clip's type (float32 for
+        RGBS, float16 for RGBH): the network gets a copy in its compute type, the residual base these.
 
         NaN and infinite samples are replaced on the device (NaN, -inf by 0, +inf by 1: one would
         spread through the convolutions into every output frame whose window holds it), and noted
@@ -206,7 +210,7 @@ class WindowEngine:
             on_device.record_stream(self._compute_stream)  # allocated on the upload stream, used on the compute one
         self._nonfinite.logical_or_(~torch.isfinite(on_device).all())
         torch.nan_to_num_(on_device, nan=0.0, posinf=1.0, neginf=0.0)
-        return on_device.to(self.compute_dtype)[None]
+        return on_device[None]
 
     def _network_for(self, crop: torch.Tensor) -> TileNetwork:
         """The tile network for crops of this shape (made at its first crop)."""
@@ -229,7 +233,10 @@ class WindowEngine:
                     shape[-1], shape[-2], why)
 
     def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
-        """(padded input of tile t, its features) for input frame n, from the cache when present."""
+        """(padded input of tile t in the clip's type, its features) for input frame n, from the cache
+        when present. A half-precision network gets the crop rounded to its type; the window's result
+        adds the bilinear base of the unrounded centre crop (in float32 by type promotion: a base
+        rounded to bfloat16 is 8 bits, to float16 11)."""
         item = self.cache.get((n, t))
         if item is None:
             shutdown.stop_if_exiting()  # a long frame stops between its parts, not only before it starts
@@ -238,7 +245,7 @@ class WindowEngine:
             crop = pad_to_multiple(crop, self.model.size_multiple)
             if self.channels_last:
                 crop = crop.contiguous(memory_format=torch.channels_last)
-            item = (crop, self._network_for(crop).encode(crop))
+            item = (crop, self._network_for(crop).encode(crop.to(self.compute_dtype)))
             self.cache.put((n, t), item)
         return item
 

@@ -385,7 +385,9 @@ class EDVR(nn.Module):
             center_frame: The window's centre frame, shape (N, num_in_ch, H, W).
 
         Returns:
-            Restored centre frame, shape (N, num_out_ch, scale * H, scale * W).
+            Restored centre frame, shape (N, num_out_ch, scale * H, scale * W), in float32 or wider:
+            the bilinear base of ``center_frame`` is added in float32 at least, so pass the centre
+            frame unrounded (a half-precision network takes it in any type).
 
         Raises:
             ValueError: If ``features`` does not hold ``num_frames`` pyramids.
@@ -408,11 +410,13 @@ class EDVR(nn.Module):
         out = _lrelu(F.pixel_shuffle(self.upconv2(out), 2))
         out = _lrelu(self.conv_hr(out))
         out = self.conv_last(out)
-        if self.hr_in:
-            base = center_frame
-        else:
-            base = upsample_bilinear(center_frame, 4)
-        return out + base
+        # the base and the sum in float32: in half precision the base alone rounds every output sample
+        # (bfloat16 to 1/256 near 1.0); a half-precision network's result is therefore float32
+        wide = torch.promote_types(torch.promote_types(out.dtype, center_frame.dtype), torch.float32)
+        base = center_frame.to(wide)
+        if not self.hr_in:
+            base = upsample_bilinear(base, 4)
+        return out.to(wide) + base
 
     def forward(self, x: Tensor) -> Tensor:
         """Restore the centre frame of each window; any H, W >= 1.
