@@ -123,7 +123,8 @@ def frame_peak_bytes(net: NetworkSize, width: int, height: int, read: tuple[int,
     b, c, t, g = dtype_bytes, net.num_feat, net.num_frames, net.deformable_groups
     fp = _feature_pixels(net, *read)
     entries = cached_windows * t * tiles if cached_windows else t
-    cache = entries * (int(c * fp * 1.3125) + 3 * read[0] * read[1]) * b  # pyramid (1 + 1/4 + 1/16) + crop
+    # pyramid (1 + 1/4 + 1/16) in the compute type, crop in the clip's (4 bytes at most)
+    cache = entries * (int(c * fp * 1.3125) * b + 3 * read[0] * read[1] * 4)
     out_scale = net.scale * net.scale
     # the output in the compute type, its copy in the clip's type (4 bytes at most; none when the same),
     # and the other frames in flight's copies
