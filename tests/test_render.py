@@ -243,7 +243,11 @@ def test_worker_killed_mid_segment_is_retried(fast_script, vs_env, tmp_path):
     assert "starting another" in proc.stderr  # the dead worker was replaced
     assert framemd5(out) == plain
     work = tmp_path / "out.mkv.parts"
-    assert attempts(work) == {0: 1, 1: 1, 2: 2, 3: 1}
+    tried = attempts(work)
+    assert tried[2] == 2 and tried[3] == 1, tried
+    # a segment the killed worker had rendered but not yet checked (checks overlap the next segment)
+    # is rendered again: how many depends on the machine's load (CI's run saw segment 0 twice)
+    assert tried[0] in (1, 2) and tried[1] in (1, 2), tried
     assert not list(work.glob("seg-*.mkv"))  # removed once the result was verified (no --keep)
 
 
