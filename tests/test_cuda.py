@@ -363,35 +363,17 @@ def test_two_processes_give_identical_frames(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- issue 22, items 2-8 on a GPU
 
-def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
+def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Item 2: EDVR-M fp16 at 540x960 with 16 VapourSynth threads: frames between restore() and the
     end of write() stay at the bound, and the peak VRAM stays under the plan's estimate."""
-    import threading
-
-    from vsedvr.filter.engine import WindowEngine
+    from inflight import FramesInFlight
     from vsedvr.filter.tiles import FRAMES_IN_FLIGHT, reserved_bytes
 
-    lock = threading.Lock()
-    live, peak = [0], [0]
-    run_network, write = WindowEngine._run_network, WindowEngine.write
-
-    def counted_network(self, window, sources):  # a frame's network starts: it holds GPU memory from here
-        with lock:
-            live[0] += 1
-            peak[0] = max(peak[0], live[0])
-        return run_network(self, window, sources)
-
-    def counted_write(self, pending, output):
-        if pending.ready is not None:
-            pending.ready.synchronize()
-        with lock:  # counted out before write() gives the slot back
-            live[0] -= 1
-        write(self, pending, output)
-
+    counter = FramesInFlight(lambda pending: pending.ready.synchronize() if pending.ready is not None else None)
+    counter.install(monkeypatch)
     core = vs.core
     old = core.num_threads
     core.num_threads = 16
-    WindowEngine._run_network, WindowEngine.write = counted_network, counted_write
     try:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -404,11 +386,10 @@ def test_frames_in_flight_and_vram_at_16_threads(tmp_path: Path) -> None:
         torch.cuda.synchronize()
         used = torch.cuda.max_memory_allocated() - base
     finally:
-        WindowEngine._run_network, WindowEngine.write = run_network, write
         core.num_threads = old
-    print(f"540x960 fp16, 16 threads: {peak[0]} frames in flight, peak {used / 2**30:.2f} GiB, "
+    print(f"540x960 fp16, 16 threads: {counter.peak} frames in flight, peak {used / 2**30:.2f} GiB, "
           f"reserved by the plan {planned / 2**30:.2f} GiB")
-    assert peak[0] <= FRAMES_IN_FLIGHT
+    assert counter.peak <= FRAMES_IN_FLIGHT
     assert used <= planned + 2**30
 
 

@@ -17,6 +17,7 @@ import torch
 import vapoursynth as vs
 
 import clips
+from inflight import FramesInFlight
 from vsedvr.filter import gpu, plugin, tiles
 from vsedvr.filter.engine import WindowEngine
 from vsedvr.filter.gate import MAX_PASSES
@@ -41,29 +42,13 @@ def test_frames_in_flight_are_bounded_at_16_threads(tiny_checkpoint: Path, threa
     end of write() stay at the bound. Before, the network ran on while finished frames piled up
     waiting for their downloads: up to 16, each holding a GPU output (6 GB for EDVR-M at 1080p) and
     a pinned buffer."""
-    lock = threading.Lock()
-    live, peak = [0], [0]
-    run_network, write = WindowEngine._run_network, WindowEngine.write
-
-    def counted_network(self, window, sources):  # a frame's network starts: it holds GPU memory from here
-        with lock:
-            live[0] += 1
-            peak[0] = max(peak[0], live[0])
-        return run_network(self, window, sources)
-
-    def slow_write(self, pending, output):
-        time.sleep(0.3)  # a download far slower than the (tiny) network
-        with lock:  # counted out before write() gives the slot back
-            live[0] -= 1
-        write(self, pending, output)
-
-    monkeypatch.setattr(WindowEngine, "_run_network", counted_network)
-    monkeypatch.setattr(WindowEngine, "write", slow_write)
+    # a download far slower than the (tiny) network
+    counter = FramesInFlight(lambda pending: time.sleep(0.3)).install(monkeypatch)
     clip = vs.core.edvr.Restore(clips.moving_pattern(32, 24, 40, seed=2), model=str(tiny_checkpoint))
     for fut in [clip.get_frame_async(n) for n in range(40)]:
         fut.result()
-    assert live[0] == 0
-    assert peak[0] == FRAMES_IN_FLIGHT, f"{peak[0]} frames in flight at 16 threads"
+    assert counter.live == 0
+    assert counter.peak == FRAMES_IN_FLIGHT, f"{counter.peak} frames in flight at 16 threads"
 
 
 def test_reversed_clip_is_not_starved(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
 /* A VapourSynth host with no Python, built for Linux (gcc) and for Windows (MinGW-w64, run under
-   wine) by tests/test_windows_plugin.py, so that both builds of the plugin report the same:
+   wine) by tests/test_windows_plugin.py, so that both builds of the plugin report the same, and by
+   tests/test_native_host.py (Restore's error in a host without Python):
    creates a core (which autoloads the plugins folder next to libvapoursynth), prints the edvr
    plugin's namespace and each function with its argument string, calls Restore on a BlankClip
    and prints the error, frees the core and prints what the core logged while it was freed.
