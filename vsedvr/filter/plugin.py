@@ -124,6 +124,8 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         precision = "fp16" if bits == 16 and device.type == "cuda" else "fp32"
     compute_dtype = HALF_TYPES.get(precision, torch.float32)
     model = model.to(compute_dtype)
+    if compute_dtype == torch.bfloat16:
+        model.offsets_in_float32()
     _initialise_torch(model, device, compute_dtype)  # first: the plan then sees what the libraries' handles took
     channels_last = switch("VSEDVR_CHANNELS_LAST", CHANNELS_LAST_BY_DEFAULT) and device.type == "cuda"
     cuda_graphs = (switch("VSEDVR_CUDA_GRAPHS", CUDA_GRAPHS_BY_DEFAULT)

@@ -100,7 +100,8 @@ class DCNPack(nn.Module):
         Returns:
             Output features, shape (N, C, H, W).
         """
-        offset_and_mask = self.conv_offset(offset_feat)
+        # in conv_offset's own type: float32 under a bfloat16 network (EDVR.offsets_in_float32)
+        offset_and_mask = self.conv_offset(offset_feat.to(self.conv_offset.weight.dtype))
         num_offsets = 2 * self.deformable_groups * _KERNEL_TAPS
         offset = offset_and_mask[:, :num_offsets]
         mask = torch.sigmoid(offset_and_mask[:, num_offsets:])

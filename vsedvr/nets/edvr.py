@@ -363,6 +363,16 @@ class EDVR(nn.Module):
         feat_l3 = _lrelu(self.conv_l3_2(_lrelu(self.conv_l3_1(feat_l2))))
         return feat_l1, feat_l2, feat_l3
 
+    def offsets_in_float32(self) -> EDVR:
+        """Keeps every deformable convolution's offset convolution in float32 (call it after
+        ``.to(torch.bfloat16)``): bfloat16's 8-bit mantissa holds a 30 px offset to 0.125 px and a
+        100 px one to 0.5 px, losing the sub-pixel alignment the deformable convolution computes in
+        float32. The offsets and masks are then float32; the features stay in the network's type."""
+        for module in self.modules():
+            if isinstance(module, DCNPack):
+                module.conv_offset.float()
+        return self
+
     def compile_regions(self, enable: bool = True, **options: Any) -> None:
         """``torch.compile`` the alignment, the fusion and the reconstruction in place (or undo it).
 
