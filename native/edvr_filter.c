@@ -35,7 +35,8 @@ typedef struct {
     Padding padding;
     int sceneChange;
     PyObject *restorer;  /* vsedvr.filter.plugin.Restorer */
-    PyObject *process;   /* restorer.process */
+    PyObject *process;   /* restorer.process: the network */
+    PyObject *write;     /* restorer.write: the result into the output frame */
 } RestoreData;
 
 static PyObject *planeViews(const VSFrame *f, int writable, const VSAPI *vsapi) {
@@ -62,9 +63,8 @@ static PyObject *planeViews(const VSFrame *f, int writable, const VSAPI *vsapi) 
     return tuple;
 }
 
-/* Runs restorer.process(n, window, sources, output) under the GIL; 0 and err on failure. */
-static int runPython(RestoreData *d, int n, const int *window, const VSFrame *const *frames, int lo,
-                     VSFrame *dst, char *err, size_t errSize, const VSAPI *vsapi) {
+/* Takes the GIL for one call of the restorer: 0 (err filled, nothing taken) when Python cannot run. */
+static int enterRestorer(int n, PyGILState_STATE *gil, char *err, size_t errSize) {
     if (!enterPython()) {
         snprintf(err, errSize, "the process is exiting; frame %d was not computed", n);
         return 0;
@@ -74,12 +74,27 @@ static int runPython(RestoreData *d, int n, const int *window, const VSFrame *co
         snprintf(err, errSize, "the Python interpreter is shutting down; frame %d was not computed", n);
         return 0;
     }
-    PyGILState_STATE gil = py.GILState_Ensure();
+    *gil = py.GILState_Ensure();
+    return 1;
+}
+
+static void leaveRestorer(PyGILState_STATE gil) {
+    py.GILState_Release(gil);
+    leavePython();
+    guardExitAfterFirstFrame();
+}
+
+/* Runs restorer.process(n, window, sources): the network, before the output frame exists (a frame
+   waiting for the network holds no output memory). 0 and err on failure. */
+static int runNetwork(RestoreData *d, int n, const int *window, const VSFrame *const *frames, int lo,
+                      char *err, size_t errSize, const VSAPI *vsapi) {
+    PyGILState_STATE gil;
+    if (!enterRestorer(n, &gil, err, errSize))
+        return 0;
     int ok = 0;
     PyObject *windowTuple = py.Tuple_New(d->t);
     PyObject *sources = py.Tuple_New(d->t); /* the planes of window[i] */
-    PyObject *output = planeViews(dst, 1, vsapi);
-    if (windowTuple && sources && output) {
+    if (windowTuple && sources) {
         ok = 1;
         for (int i = 0; i < d->t && ok; i++) {
             PyObject *views = planeViews(frames[window[i] - lo], 0, vsapi);
@@ -90,13 +105,12 @@ static int runPython(RestoreData *d, int n, const int *window, const VSFrame *co
         }
     }
     if (ok) {
-        PyObject *args = py.Tuple_New(4);
+        PyObject *args = py.Tuple_New(3);
         if (args) {
             py.Tuple_SetItem(args, 0, py.Long_FromLongLong(n));
             py.Tuple_SetItem(args, 1, windowTuple);
             py.Tuple_SetItem(args, 2, sources);
-            py.Tuple_SetItem(args, 3, output);
-            windowTuple = sources = output = NULL; /* stolen */
+            windowTuple = sources = NULL; /* stolen */
         }
         ok = pyCallChecked(d->process, args, NULL, err, errSize);
     } else {
@@ -104,10 +118,28 @@ static int runPython(RestoreData *d, int n, const int *window, const VSFrame *co
     }
     pyDecRef(windowTuple);
     pyDecRef(sources);
+    leaveRestorer(gil);
+    return ok;
+}
+
+/* Runs restorer.write(n, output) on the thread that ran runNetwork for n. 0 and err on failure. */
+static int runWrite(RestoreData *d, int n, VSFrame *dst, char *err, size_t errSize, const VSAPI *vsapi) {
+    PyGILState_STATE gil;
+    if (!enterRestorer(n, &gil, err, errSize))
+        return 0;
+    int ok = 0;
+    PyObject *output = planeViews(dst, 1, vsapi);
+    PyObject *args = output ? py.Tuple_New(2) : NULL;
+    if (args) {
+        py.Tuple_SetItem(args, 0, py.Long_FromLongLong(n));
+        py.Tuple_SetItem(args, 1, output);
+        output = NULL; /* stolen */
+        ok = pyCallChecked(d->write, args, NULL, err, errSize);
+    } else {
+        pyTakeError(err, errSize);
+    }
     pyDecRef(output);
-    py.GILState_Release(gil);
-    leavePython();
-    guardExitAfterFirstFrame();
+    leaveRestorer(gil);
     return ok;
 }
 
@@ -150,10 +182,13 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
         }
     }
 
-    const VSFrame *centre = frames[n - lo];
-    VSFrame *dst = vsapi->newVideoFrame(&d->vi.format, d->vi.width, d->vi.height, centre, core);
     char err[16384];
-    int ok = runPython(d, n, window, frames, lo, dst, err, sizeof err, vsapi);
+    VSFrame *dst = NULL;
+    int ok = runNetwork(d, n, window, frames, lo, err, sizeof err, vsapi);
+    if (ok) {
+        dst = vsapi->newVideoFrame(&d->vi.format, d->vi.width, d->vi.height, frames[n - lo], core);
+        ok = runWrite(d, n, dst, err, sizeof err, vsapi);
+    }
     if (parkIfExiting()) { /* the frame was stopped, or finished while the process began to exit */
         ok = 0;
         snprintf(err, sizeof err, "the process is exiting; frame %d was not computed", n);
@@ -164,7 +199,8 @@ static const VSFrame *VS_CC restoreGetFrame(int n, int activationReason, void *i
         char msg[16500];
         snprintf(msg, sizeof msg, FILTER_NAME ": frame %d: %s", n, err);
         vsapi->setFilterError(msg, frameCtx);
-        vsapi->freeFrame(dst);
+        if (dst)
+            vsapi->freeFrame(dst);
         return NULL;
     }
     return dst;
@@ -179,6 +215,7 @@ static void VS_CC restoreFree(void *instanceData, VSCore *core, const VSAPI *vsa
     if (d->restorer && pyUsable() && !*exitFlag()) {
         PyGILState_STATE gil = py.GILState_Ensure();
         pyDecRef(d->process);
+        pyDecRef(d->write);
         pyDecRef(d->restorer);
         py.GILState_Release(gil);
     }
@@ -281,7 +318,8 @@ static int createRestorer(RestoreData *d, const VSMap *in, const VSVideoInfo *vi
                    attrInt(result, "padding_index", &padding, err, errSize) &&
                    attrInt(result, "scenechange", &d->sceneChange, err, errSize)) {
             d->process = py.Object_GetAttrString(result, "process");
-            if (!d->process) {
+            d->write = d->process ? py.Object_GetAttrString(result, "write") : NULL;
+            if (!d->process || !d->write) {
                 pyTakeError(err, errSize);
             } else if (d->t < 1 || d->t > MAX_FRAMES || scale < 1 || padding < 0 || padding > PadCircle) {
                 snprintf(err, errSize, "the model's window (%d frames) or scale (%d) is not supported", d->t, scale);
@@ -296,9 +334,10 @@ static int createRestorer(RestoreData *d, const VSMap *in, const VSVideoInfo *vi
         }
         pyDecRef(errorText);
     }
-    if (!ok && d->process) {
+    if (!ok) {
         pyDecRef(d->process);
-        d->process = NULL;
+        pyDecRef(d->write);
+        d->process = d->write = NULL;
     }
     pyDecRef(result);
     pyDecRef(options);

@@ -276,3 +276,30 @@ def test_the_compute_thread_is_a_daemon_and_ends_with_its_engine(tiny_checkpoint
         assert not thread.is_alive()
     finally:
         gc.enable()
+
+
+def test_frames_waiting_for_the_network_hold_no_output_frame(tiny_checkpoint: Path, threads_16: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 31, item 5: the plugin allocates a frame's output only once its network has run
+    (Restorer.process, then Restorer.write). Before, each of the 16 threads waiting at the network's
+    lock held its output frame: 16 x 398 MB at 1080p -> 8K, counted against VapourSynth's cache.
+    VapourSynth's frame memory (``core.used_cache_size``; nothing is freed here: the futures keep
+    every result) when each frame's network starts, in output frames beyond those started: 15-16
+    before, under 1 after."""
+    width, height = 96, 64
+    frame_bytes = 3 * (4 * width) * (4 * height) * 4
+    started, beyond = [0], []
+    run_network = WindowEngine._run_network
+
+    def counted(engine, window, sources):
+        started[0] += 1
+        beyond.append(vs.core.used_cache_size / frame_bytes - started[0])
+        time.sleep(0.02)  # the other threads' frames arrive at the lock meanwhile
+        return run_network(engine, window, sources)
+
+    monkeypatch.setattr(WindowEngine, "_run_network", counted)
+    clip = vs.core.edvr.Restore(clips.moving_pattern(width, height, 24, seed=2), model=str(tiny_checkpoint))
+    futures = [clip.get_frame_async(n) for n in range(24)]
+    for fut in futures:
+        fut.result()
+    assert max(beyond) < 2, f"{max(beyond):.1f} output frames allocated beyond the frames whose network started"
