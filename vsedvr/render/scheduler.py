@@ -342,8 +342,11 @@ class Scheduler:
         if i in w.assigned:
             w.assigned.remove(i)
         w.last_sign = time.monotonic()
-        try:  # the worker saw it on its file system; the driver must see it on its own
+        try:  # the worker saw it (and its chunk) on its file system; the driver must see them on its own
             size = (Path(self.job["work_dir"]) / record["file"]).stat().st_size
+            if "chunk" in record and (Path(self.job["work_dir"]) / record["chunk"]["file"]).stat().st_size \
+                    != record["chunk"]["size"]:
+                size = -2
         except OSError:
             size = -1
         if size != record["size"]:
@@ -369,7 +372,8 @@ class Scheduler:
 
     def _check_here(self, rendered: dict[str, Any]) -> dict[str, Any]:
         """A dead worker's rendered segment, checked by the driver as the worker would have."""
-        return check_rendered(find_ffmpeg(self.job.get("ffmpeg")), rendered, segment_where(rendered["record"]))
+        return check_rendered(find_ffmpeg(self.job.get("ffmpeg")), rendered, segment_where(rendered["record"]),
+                              self.job.get("encode"))
 
     def close(self, wait: float = 30.0) -> None:
         self.closed = True
