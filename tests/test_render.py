@@ -535,7 +535,6 @@ def chunk_packets(work: Path) -> list[str]:
     return [p for chunk in sorted(work.glob("enc-*.mkv")) for p in packet_hashes(FFMPEG, chunk)[1]]
 
 
-@pytest.mark.slow(reason="a render of 4 segments on two workers, each encoded with libx264, and audio")
 def test_encode_runs_on_the_workers_and_the_join_copies_the_chunks(fast_script, vs_env, tmp_path):
     """--encode used to be one ffmpeg on the driver encoding the whole video after the last segment
     (the serial tail); now each worker encodes its segments, and the driver joins the chunks with
