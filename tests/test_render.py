@@ -626,6 +626,40 @@ def test_a_resume_reuses_the_encoded_chunks_and_a_new_encode_only_encodes(fast_s
     assert all(rec["chunk"]["args"][-1] == "40" for rec in manifest(work)["segments"].values())
 
 
+def test_a_chunk_with_other_codec_parameters_is_named_and_encoded_again(fast_script, vs_env, tmp_path):
+    """A chunk whose encoder chose other codec parameters (another x264 build on a node; here another
+    profile, recorded as such a worker would) would join with -c copy and decode wrongly: it is
+    named, and deleting it as the message says encodes it again."""
+    from vsedvr.render.tools import packet_hashes
+    from vsedvr.zoo.cache import sha256_file
+
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--keep", "--encode", "-c:v libx264 -crf 30")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    out.unlink()
+    chunk = work / "enc-00001.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(work / "seg-00001.mkv"), "-c:v", "libx264", "-crf", "30",
+                    "-profile:v", "high444", "-pix_fmt", "yuv444p", str(chunk)], check=True)
+    data = manifest(work)
+    extradata, packets = packet_hashes(FFMPEG, chunk)
+    data["segments"]["1"]["chunk"].update(size=chunk.stat().st_size, sha256=sha256_file(chunk), extradata=extradata,
+                                          packets=packets)
+    (work / "manifest.json").write_text(json.dumps(data))
+    refused = render_cli(*args, env=vs_env, timeout=120)
+    assert refused.returncode == 1
+    assert "the chunk of segment 1 (frames 20-39, encoded on " in refused.stderr, refused.stderr
+    assert "has other codec parameters than the chunk of segment 0" in refused.stderr
+    assert "delete enc-00001.mkv in the work folder" in refused.stderr
+    assert not list(work.glob("final.partial.*"))
+    chunk.unlink()  # as the message says
+    again = render_cli(*args, env=vs_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "segment 1 (frames 20-39): its chunk is missing; encoding it again" in again.stderr
+    assert packet_hashes(FFMPEG, out)[1] == chunk_packets(work) and len(chunk_packets(work)) == 40
+
+
 def test_encode_arguments_that_cannot_be_chunked_are_refused_with_a_fix(fast_script, vs_env, tmp_path):
     """Two-pass rate control needs the whole video in one encoder; trims and frame-rate changes
     would act on every segment; extra inputs and maps clash with vsedvr's own. Refused before
