@@ -237,12 +237,12 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
 
     ``encode``: ffmpeg arguments of the encode (empty: keep the lossless FFV1); each segment is
     encoded on its worker into a chunk, and the chunks are joined with ``-c copy`` (two-pass and
-    options that trim or retime are refused: :func:`.encode.check_encode`). ``audio``: a file whose audio is muxed in as it is; ``audio_output``: the
-    script's own audio output of that index instead (rendered on this machine, so it follows the
-    script's trims). ``rerender``: render again when the finish changed (``encode``, ``audio``,
-    ``output``, or the output moved) after the segments were deleted; without it that is refused,
-    naming the cost and the alternatives. ``env``: environment of the default pool's worker (None:
-    this process's).
+    options that trim or retime are refused: :func:`.encode.check_encode`). ``audio``: a file
+    whose audio is muxed in as it is; ``audio_output``: the script's own audio output of that
+    index instead (rendered on this machine, so it follows the script's trims). ``rerender``:
+    render again when the finish changed (``encode``, ``audio``, ``output``, or the output moved)
+    after the segments were deleted; without it that is refused, naming the cost and the
+    alternatives. ``env``: environment of the default pool's worker (None: this process's).
     The caller owns stdout: a Ray cluster's driver prints the cluster's error messages there
     (``vsedvr render`` points it at stderr).
     """
