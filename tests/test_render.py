@@ -660,6 +660,24 @@ def test_a_chunk_with_other_codec_parameters_is_named_and_encoded_again(fast_scr
     assert packet_hashes(FFMPEG, out)[1] == chunk_packets(work) and len(chunk_packets(work)) == 40
 
 
+def test_without_keep_the_chunks_go_and_a_changed_encode_is_refused(fast_script, vs_env, tmp_path):
+    """Without --keep the segments and their chunks are deleted once the result is verified; a new
+    --encode then has nothing to encode from and is refused with its cost, as before chunks."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20")
+    first = render_cli(*args, "--encode", "-c:v libx264 -crf 30", env=vs_env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert not list(work.glob("seg-*")) and not list(work.glob("enc-*")) and not list(work.glob(".*partial*"))
+    assert len(framemd5(out)) == 40
+    changed = render_cli(*args, "--encode", "-c:v libx264 -crf 40", env=vs_env, timeout=120)
+    assert changed.returncode == 1, changed.stderr
+    assert "the finish changed: --encode (-c:v libx264 -crf 30 -> -c:v libx264 -crf 40)" in changed.stderr
+    assert "would render all 40 frames again" in changed.stderr and "--rerender" in changed.stderr
+    assert attempts(work) == {0: 1, 1: 1}
+
+
 def test_encode_arguments_that_cannot_be_chunked_are_refused_with_a_fix(fast_script, vs_env, tmp_path):
     """Two-pass rate control needs the whole video in one encoder; trims and frame-rate changes
     would act on every segment; extra inputs and maps clash with vsedvr's own. Refused before
