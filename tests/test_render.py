@@ -515,11 +515,13 @@ def logging_ffmpeg(tmp_path: Path) -> tuple[str, Path]:
 
 
 def ffmpeg_runs(log: Path) -> list[tuple[str, str]]:
-    """(who launched it: "worker" or "driver", its arguments) for each ffmpeg in the log."""
+    """(who launched it: "worker", "driver", or "gone" for a parent killed as it started it, its
+    arguments) for each ffmpeg in the log."""
     runs = []
     for line in log.read_text().splitlines() if log.exists() else []:
         parent, args = line.split("|", 1)
-        runs.append(("worker" if "vsedvr.render.worker" in parent else "driver", args))
+        who = "worker" if "vsedvr.render.worker" in parent else "driver" if "-m vsedvr render" in parent else "gone"
+        runs.append((who, args))
     return runs
 
 
@@ -676,6 +678,28 @@ def test_without_keep_the_chunks_go_and_a_changed_encode_is_refused(fast_script,
     assert "the finish changed: --encode (-c:v libx264 -crf 30 -> -c:v libx264 -crf 40)" in changed.stderr
     assert "would render all 40 frames again" in changed.stderr and "--rerender" in changed.stderr
     assert attempts(work) == {0: 1, 1: 1}
+
+
+def test_a_worker_killed_while_it_encodes_leaves_the_encode_to_a_worker(fast_script, vs_env, tmp_path):
+    """The worker is killed as it starts segment 1 (frame 12 is first read there), while its thread
+    checks and encodes segment 0: the driver checks segment 0's file itself, as before, but leaves
+    its chunk to a worker (an encode in the driver's event loop would stall every worker's events)."""
+    from vsedvr.render.tools import packet_hashes
+
+    script, _ = fast_script
+    ffmpeg, log = logging_ffmpeg(tmp_path)
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_KILL=f"12:{tmp_path / 'killed'}")
+    proc = render_with(ffmpeg, str(script), "-o", str(out), "--workers", "1", "--segment", "10", "--keep",
+                       "--encode", "-c:v libx264 -crf 30", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "killed").exists() and "starting another" in proc.stderr, proc.stderr
+    encodes = [(who, a) for who, a in ffmpeg_runs(log) if "libx264" in a and "lavfi" not in a]
+    assert "driver" not in {who for who, _ in encodes}, encodes
+    data = manifest(work)
+    assert [len(data["segments"][str(i)]["chunk"]["packets"]) for i in range(4)] == [10] * 4
+    assert packet_hashes(FFMPEG, out)[1] == chunk_packets(work)
 
 
 def test_encode_arguments_that_cannot_be_chunked_are_refused_with_a_fix(fast_script, vs_env, tmp_path):
