@@ -702,6 +702,18 @@ def test_a_worker_killed_while_it_encodes_leaves_the_encode_to_a_worker(fast_scr
     assert packet_hashes(FFMPEG, out)[1] == chunk_packets(work)
 
 
+def test_an_encode_that_drops_frames_ends_the_render_naming_encode(fast_script, vs_env, tmp_path):
+    """A filter in --encode that changes the frame count (here fps=12 on 25 fps) would do it to every
+    segment: the first chunk counted short by its packets ends the render, naming --encode."""
+    script, _ = fast_script
+    proc = render_cli(str(script), "-o", str(tmp_path / "out.mkv"), "--workers", "1", "--segment", "20",
+                      "--encode", "-c:v libx264 -vf fps=12", env=vs_env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "--encode -c:v libx264 -vf fps=12 made 10 frames of the segment's 20" in proc.stderr, proc.stderr
+    assert "retrying" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.mkv").exists() and not list((tmp_path / "out.mkv.parts").glob(".*partial*"))
+
+
 def test_encode_arguments_that_cannot_be_chunked_are_refused_with_a_fix(fast_script, vs_env, tmp_path):
     """Two-pass rate control needs the whole video in one encoder; trims and frame-rate changes
     would act on every segment; extra inputs and maps clash with vsedvr's own. Refused before
