@@ -22,12 +22,20 @@ by repetition, 4 frames cycled, copied into each frame) through ``vspipe | ffmpe
 "joining" line to the end: the join, its frame-by-frame verification, the move and the output's
 SHA-256, all on the driver) per frame, and puts it into the paper table.
 
+``--encode ARGS``: the baseline becomes ``vspipe | ffmpeg ARGS`` and the renders get ``--encode ARGS``
+(encoded per segment on the workers, the chunks joined with ``-c copy``); the tail is then what is
+left after the last segment. ``--baseline-python PY``: also time ``vsedvr render --workers 1`` from
+another environment (e.g. the main branch's ``.venv/bin/python``), as ``render_1_base``, interleaved
+with the others: before and after in one run.
+
 Examples::
 
     nice python bench/bench_render.py                                    # 96 frames of 96x64, segments of 24
     python bench/bench_render.py --size 64x48 --frames 48 --segment 12 --json render.json
     python bench/bench_render.py --device cuda --model edvrm --size 180x320 --frames 600 --segment 200
     nice python bench/bench_render.py --noop --frames 24 --segment 12       # the 4K ceiling and the tail
+    nice python bench/bench_render.py --noop --frames 24 --segment 8 --encode "-c:v libx264 -preset veryfast -crf 18" \
+        --baseline-python ../main/.venv/bin/python                          # --encode, before and after
 """
 from __future__ import annotations
 
@@ -120,6 +128,10 @@ def main() -> None:
     p.add_argument("--noop", action="store_true",
                    help="the pipeline's ceiling: a 3840x2160 YUV420P10 clip without a model (--size, --model, "
                         "--device unused), vspipe and --workers 1, and the render's tail per frame")
+    p.add_argument("--encode", metavar="ARGS", help="ffmpeg arguments: the baseline pipes into ffmpeg ARGS, the "
+                   "renders get --encode ARGS")
+    p.add_argument("--baseline-python", metavar="PY", help="also time vsedvr render --workers 1 with this Python "
+                   "(another checkout's environment) as render_1_base")
     p.add_argument("--film-frames", type=int, default=170_000, help="paper table: frames of the film (default 170000)")
     p.add_argument("--gpu-frame-s", type=float, default=0.15,
                    help="paper table: seconds per frame on one GPU (default 0.15, an assumption: EDVR-M "
@@ -150,26 +162,29 @@ def main() -> None:
     ffmpeg = ffmpeg_exe()
     results: dict[str, object] = {"settings": {**vars(args), "json": str(args.json) if args.json else None,
                                                "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}}
-    worker_counts = (1,) if args.noop else (1, 2)
-    walls: dict[str, list[float]] = {"vspipe": [], **{f"render_{w}": [] for w in worker_counts}}
-    startups: dict[str, list[float]] = {f"render_{w}": [] for w in worker_counts}
-    tails: dict[str, list[float]] = {f"render_{w}": [] for w in worker_counts}
+    renders = [(f"render_{w}", sys.executable, w) for w in ((1,) if args.noop else (1, 2))]
+    if args.baseline_python:
+        renders.append(("render_1_base", args.baseline_python, 1))
+    walls: dict[str, list[float]] = {"vspipe": [], **{name: [] for name, _, _ in renders}}
+    startups: dict[str, list[float]] = {name: [] for name, _, _ in renders}
+    tails: dict[str, list[float]] = {name: [] for name, _, _ in renders}
     ffv1 = "-c:v ffv1 -level 3 -g 1 -slicecrc 1 -slices 4 -coder range_tab -context 0"  # the segments' settings
+    encode = ["--encode", args.encode] if args.encode else []
     for run in range(args.repeat):
         plain = tmp / f"plain_{run}.mkv"
         wall, _, _ = timed(f"{shlex.quote(vspipe)} -c y4m {shlex.quote(str(script))} - | {shlex.quote(ffmpeg)} -v error "
-                           f"-y -f yuv4mpegpipe -i - {ffv1} {shlex.quote(str(plain))}", env)
+                           f"-y -f yuv4mpegpipe -i - {args.encode or ffv1} {shlex.quote(str(plain))}", env)
         plain.unlink()
         walls["vspipe"].append(wall)
-        for workers in worker_counts:
-            out = tmp / f"render_{workers}_{run}.mkv"
-            wall, err, tail = timed([sys.executable, "-m", "vsedvr", "render", str(script), "-o", str(out), "--workers",
-                                     str(workers), "--segment", str(args.segment), "--ffmpeg", ffmpeg], env)
+        for name, python, workers in renders:
+            out = tmp / f"{name}_{run}.mkv"
+            wall, err, tail = timed([python, "-P", "-m", "vsedvr", "render", str(script), "-o", str(out), "--workers",
+                                     str(workers), "--segment", str(args.segment), "--ffmpeg", ffmpeg, *encode], env)
             out.unlink()
-            walls[f"render_{workers}"].append(wall)
-            tails[f"render_{workers}"].append(tail)
+            walls[name].append(wall)
+            tails[name].append(tail)
             m = re.search(r"evaluated the script in ([\d.]+) s", err)
-            startups[f"render_{workers}"].append(float(m.group(1)) if m else float("nan"))
+            startups[name].append(float(m.group(1)) if m else float("nan"))
     results["settings"]["load_avg_end"] = os.getloadavg()[0]  # type: ignore[index]
     base = statistics.median(walls["vspipe"])
     for name, ws in walls.items():
@@ -181,12 +196,14 @@ def main() -> None:
     print(f"{args.frames} frames {what}, segments of "
           f"{args.segment}, {os.cpu_count()} cores, load average {results['settings']['load_avg_start']:.1f} -> "  # type: ignore[index]
           f"{results['settings']['load_avg_end']:.1f}, {args.repeat} run(s) each (median)")  # type: ignore[index]
-    print(f"  {'variant':<10} {'wall s':>8} {'fps':>7} {'x vspipe':>9} {'tail s':>7}  worker start-up (s)")
+    if args.encode:
+        print(f"  --encode {args.encode} (the vspipe variant pipes into ffmpeg with these arguments)")
+    print(f"  {'variant':<14} {'wall s':>8} {'fps':>7} {'x vspipe':>9} {'tail s':>7}  worker start-up (s)")
     for name in walls:
         r = results[name]
         ups = ", ".join(f"{x:.1f}" for x in (r["startup_s"] or []))  # type: ignore[index]
         tail = f"{statistics.median(r['tail_s']):7.2f}" if r["tail_s"] else " " * 7  # type: ignore[index]
-        print(f"  {name:<10} {r['median_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f} {tail}  {ups}")  # type: ignore[index]
+        print(f"  {name:<14} {r['median_s']:8.2f} {r['fps_wall']:7.3f} {r['vs_vspipe']:9.2f} {tail}  {ups}")  # type: ignore[index]
     startup = max(x for ups in startups.values() for x in ups)
     # the tail per output frame, measured only at the output size it scales with (--noop: 4K)
     tail_frame_s = statistics.median(tails["render_1"]) / args.frames if args.noop else 0.0

@@ -504,6 +504,258 @@ def test_the_join_is_checked_by_packets_and_a_foreign_ffv1_segment_is_named(fast
     assert framemd5(out) == plain
 
 
+# ------------------------------------------------------- --encode per segment (issue 36, item 1)
+
+
+def logging_ffmpeg(tmp_path: Path) -> tuple[str, Path]:
+    """An ffmpeg that appends "PARENT'S COMMAND LINE|ITS ARGUMENTS" to a log for every run, then is
+    the real one: which process launched which encode."""
+    log = tmp_path / "ffmpeg.log"
+    wrapper = tmp_path / "ffmpeg-logged"
+    wrapper.write_text(f"#!/bin/sh\necho \"$(tr '\\0' ' ' < /proc/$PPID/cmdline)|$*\" >> {shlex.quote(str(log))}\n"
+                       f"exec {shlex.quote(FFMPEG)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper), log
+
+
+def ffmpeg_runs(log: Path) -> list[tuple[str, str]]:
+    """(who launched it: "worker", "driver", or "gone" for a parent killed as it started it, its
+    arguments) for each ffmpeg in the log."""
+    runs = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        parent, args = line.split("|", 1)
+        who = "worker" if "vsedvr.render.worker" in parent else "driver" if "-m vsedvr render" in parent else "gone"
+        runs.append((who, args))
+    return runs
+
+
+def render_with(ffmpeg: str, *args: str, env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*VSEDVR, "render", *args, "--ffmpeg", ffmpeg, "--progress-interval", "2"],
+                          env=env, capture_output=True, text=True, **kw)
+
+
+def chunk_packets(work: Path) -> list[str]:
+    """The packets of the chunks in the work folder, read from their files now, in segment order."""
+    from vsedvr.render.tools import packet_hashes
+
+    return [p for chunk in sorted(work.glob("enc-*.mkv")) for p in packet_hashes(FFMPEG, chunk)[1]]
+
+
+def test_encode_runs_on_the_workers_and_the_join_copies_the_chunks(fast_script, vs_env, tmp_path):
+    """--encode used to be one ffmpeg on the driver encoding the whole video after the last segment
+    (the serial tail); now each worker encodes its segments, and the driver joins the chunks with
+    -c copy, checked against the chunks' packets."""
+    from vsedvr.render.tools import packet_hashes
+
+    script, _ = fast_script
+    ffmpeg, log = logging_ffmpeg(tmp_path)
+    sine = tmp_path / "sine.mka"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1.6", "-c:a", "flac",
+                    str(sine)], check=True)
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    proc = render_with(ffmpeg, str(script), "-o", str(out), "--workers", "2", "--segment", "10", "--keep",
+                       "--audio", str(sine), "--encode", "-c:v libx264 -crf 30 -c:a aac -b:a 64k", env=vs_env,
+                       timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    runs = ffmpeg_runs(log)
+    encodes = [(who, args) for who, args in runs if "libx264" in args and "lavfi" not in args]
+    assert sorted(args.split(" -i ")[1].split()[0].rsplit("/", 1)[1] for _, args in encodes) == \
+        [f"seg-0000{i}.mkv" for i in range(4)], encodes  # one encode per segment, of its verified file
+    assert {who for who, _ in encodes} == {"worker"}, encodes  # none on the driver
+    joins = [args for who, args in runs if who == "driver" and "concat" in args]
+    assert len(joins) == 1 and "-c:v copy" in joins[0] and "libx264" not in joins[0], joins
+    assert "-c:a aac -b:a 64k" in joins[0]  # the audio options of --encode go to the join, where the audio is
+    assert "joining 4 chunks with audio with -c copy" in proc.stderr, proc.stderr
+
+    data = manifest(work)
+    chunks = [data["segments"][str(i)]["chunk"] for i in range(4)]
+    assert [len(c["packets"]) for c in chunks] == [10] * 4  # the frames, counted by packets
+    assert all(c["args"] == ["-c:v", "libx264", "-crf", "30"] for c in chunks)
+    assert data["final"]["verified"] == "packets"
+    assert packet_hashes(FFMPEG, out)[1] == [p for c in chunks for p in c["packets"]] == chunk_packets(work)
+    decoded = [h for chunk in sorted(work.glob("enc-*.mkv")) for h in framemd5(chunk)]
+    assert len(decoded) == 40 and framemd5(out) == decoded  # the result decodes to the chunks' frames
+    info = subprocess.run([FFMPEG, "-i", str(out)], capture_output=True, text=True).stderr
+    assert "Video: h264" in info and "Audio: aac" in info, info
+
+
+@pytest.mark.slow(reason="a render killed after two encoded segments, resumed, then encoded again: three renders")
+def test_a_resume_reuses_the_encoded_chunks_and_a_new_encode_only_encodes(fast_script, vs_env, tmp_path):
+    """The chunks verified before the driver was killed are joined as they are; a changed --encode
+    (the segments kept) encodes every segment again on the workers, renders none, and never joins a
+    chunk of the old arguments."""
+    from vsedvr.render.tools import packet_hashes
+
+    script, _ = fast_script
+    ffmpeg, log = logging_ffmpeg(tmp_path)
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = [str(script), "-o", str(out), "--workers", "1", "--segment", "10", "--keep"]
+    cmd = [*VSEDVR, "render", *args, "--encode", "-c:v libx264 -crf 30", "--ffmpeg", ffmpeg]
+    proc = subprocess.Popen(cmd, env=dict(vs_env, RENDER_TEST_SLEEP="0.15"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = manifest(work)["segments"] if (work / "manifest.json").exists() else {}
+        if "chunk" in done.get("1", {}):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.kill()
+    proc.wait(timeout=60)
+    kept = {i: (work / f"enc-0000{i}.mkv").stat() for i in (0, 1)}
+    log.unlink()
+
+    resumed = subprocess.run(cmd, env=vs_env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 already verified" in resumed.stderr, resumed.stderr
+    assert {i: n for i, n in attempts(work).items() if i < 2} == {0: 1, 1: 1}
+    for i, st in kept.items():  # the same files, not encoded again
+        now = (work / f"enc-0000{i}.mkv").stat()
+        assert (now.st_ino, now.st_mtime_ns, now.st_size) == (st.st_ino, st.st_mtime_ns, st.st_size)
+    encoded = sorted(a.split(" -i ")[1].split()[0].rsplit("/", 1)[1] for _, a in ffmpeg_runs(log)
+                     if "libx264" in a and "lavfi" not in a)
+    assert encoded == ["seg-00002.mkv", "seg-00003.mkv"], encoded
+    old = packet_hashes(FFMPEG, out)[1]
+    assert old == chunk_packets(work) and len(old) == 40
+
+    before = attempts(work)
+    again = render_with(ffmpeg, *args, "--encode", "-c:v libx264 -crf 40", env=vs_env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "0 to render, 4 to encode" in again.stderr, again.stderr
+    assert "its chunk was encoded with other --encode arguments (-c:v libx264 -crf 30); encoding it again" \
+        in again.stderr
+    assert attempts(work) == before  # no segment rendered again
+    new = packet_hashes(FFMPEG, out)[1]
+    assert new == chunk_packets(work) and len(new) == 40 and new != old
+    assert all(rec["chunk"]["args"][-1] == "40" for rec in manifest(work)["segments"].values())
+
+
+def test_a_chunk_with_other_codec_parameters_is_named_and_encoded_again(fast_script, vs_env, tmp_path):
+    """A chunk whose encoder chose other codec parameters (another x264 build on a node; here another
+    profile, recorded as such a worker would) would join with -c copy and decode wrongly: it is
+    named, and deleting it as the message says encodes it again."""
+    from vsedvr.render.tools import packet_hashes
+    from vsedvr.zoo.cache import sha256_file
+
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20", "--keep", "--encode", "-c:v libx264 -crf 30")
+    assert render_cli(*args, env=vs_env, timeout=120).returncode == 0
+    out.unlink()
+    chunk = work / "enc-00001.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(work / "seg-00001.mkv"), "-c:v", "libx264", "-crf", "30",
+                    "-profile:v", "high444", "-pix_fmt", "yuv444p", str(chunk)], check=True)
+    data = manifest(work)
+    extradata, packets = packet_hashes(FFMPEG, chunk)
+    data["segments"]["1"]["chunk"].update(size=chunk.stat().st_size, sha256=sha256_file(chunk), extradata=extradata,
+                                          packets=packets)
+    (work / "manifest.json").write_text(json.dumps(data))
+    refused = render_cli(*args, env=vs_env, timeout=120)
+    assert refused.returncode == 1
+    assert "the chunk of segment 1 (frames 20-39, encoded on " in refused.stderr, refused.stderr
+    assert "has other codec parameters than the chunk of segment 0" in refused.stderr
+    assert "delete enc-00001.mkv in the work folder" in refused.stderr
+    assert not list(work.glob("final.partial.*"))
+    chunk.unlink()  # as the message says
+    again = render_cli(*args, env=vs_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "segment 1 (frames 20-39): its chunk is missing; encoding it again" in again.stderr
+    assert packet_hashes(FFMPEG, out)[1] == chunk_packets(work) and len(chunk_packets(work)) == 40
+
+
+def test_without_keep_the_chunks_go_and_a_changed_encode_is_refused(fast_script, vs_env, tmp_path):
+    """Without --keep the segments and their chunks are deleted once the result is verified; a new
+    --encode then has nothing to encode from and is refused with its cost, as before chunks."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    args = (str(script), "-o", str(out), "--workers", "1", "--segment", "20")
+    first = render_cli(*args, "--encode", "-c:v libx264 -crf 30", env=vs_env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert not list(work.glob("seg-*")) and not list(work.glob("enc-*")) and not list(work.glob(".*partial*"))
+    assert len(framemd5(out)) == 40
+    changed = render_cli(*args, "--encode", "-c:v libx264 -crf 40", env=vs_env, timeout=120)
+    assert changed.returncode == 1, changed.stderr
+    assert "the finish changed: --encode (-c:v libx264 -crf 30 -> -c:v libx264 -crf 40)" in changed.stderr
+    assert "would render all 40 frames again" in changed.stderr and "--rerender" in changed.stderr
+    assert attempts(work) == {0: 1, 1: 1}
+
+
+def test_a_worker_killed_while_it_encodes_leaves_the_encode_to_a_worker(fast_script, vs_env, tmp_path):
+    """The worker is killed as it starts segment 1 (frame 12 is first read there), while its thread
+    checks and encodes segment 0: the driver checks segment 0's file itself, as before, but leaves
+    its chunk to a worker (an encode in the driver's event loop would stall every worker's events)."""
+    from vsedvr.render.tools import packet_hashes
+
+    script, _ = fast_script
+    ffmpeg, log = logging_ffmpeg(tmp_path)
+    out = tmp_path / "out.mkv"
+    work = tmp_path / "out.mkv.parts"
+    env = dict(vs_env, RENDER_TEST_KILL=f"12:{tmp_path / 'killed'}")
+    proc = render_with(ffmpeg, str(script), "-o", str(out), "--workers", "1", "--segment", "10", "--keep",
+                       "--encode", "-c:v libx264 -crf 30", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "killed").exists() and "starting another" in proc.stderr, proc.stderr
+    encodes = [(who, a) for who, a in ffmpeg_runs(log) if "libx264" in a and "lavfi" not in a]
+    assert "driver" not in {who for who, _ in encodes}, encodes
+    data = manifest(work)
+    assert [len(data["segments"][str(i)]["chunk"]["packets"]) for i in range(4)] == [10] * 4
+    assert packet_hashes(FFMPEG, out)[1] == chunk_packets(work)
+
+
+def test_an_encode_that_drops_frames_ends_the_render_naming_encode(fast_script, vs_env, tmp_path):
+    """A filter in --encode that changes the frame count (here fps=12 on 25 fps) would do it to every
+    segment: the first chunk counted short by its packets ends the render, naming --encode."""
+    script, _ = fast_script
+    proc = render_cli(str(script), "-o", str(tmp_path / "out.mkv"), "--workers", "1", "--segment", "20",
+                      "--encode", "-c:v libx264 -vf fps=12", env=vs_env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "--encode -c:v libx264 -vf fps=12 made 10 frames of the segment's 20" in proc.stderr, proc.stderr
+    assert "retrying" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.mkv").exists() and not list((tmp_path / "out.mkv.parts").glob(".*partial*"))
+
+
+def test_encode_arguments_that_cannot_be_chunked_are_refused_with_a_fix(fast_script, vs_env, tmp_path):
+    """Two-pass rate control needs the whole video in one encoder; trims and frame-rate changes
+    would act on every segment; extra inputs and maps clash with vsedvr's own. Refused before
+    anything starts, naming --encode and a fix."""
+    script, _ = fast_script
+    out = tmp_path / "out.mkv"
+    proc = render_cli(str(script), "-o", str(out), "--encode", "-c:v libx264 -b:v 1M -pass 1", env=vs_env,
+                      timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "--encode: -pass 1 is two-pass (or multi-pass) rate control" in proc.stderr
+    assert '--encode "-c:v libx265 -crf 18"' in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before any worker, folder or pass log
+
+    from vsedvr.render import RenderError
+    from vsedvr.render.encode import check_encode, chunk_spec, dry_encode, join_args
+
+    for args, says in ((["-c:v", "libx265", "-x265-params", "crf=18:pass=2"], "two-pass"),
+                       (["-c:v", "libx264", "-passlogfile", "x"], "two-pass"),
+                       (["-c:v", "libx264", "-flags", "+pass2"], "two-pass"),
+                       (["-c:v", "libx264", "-t", "10"], "trim in the script"),
+                       (["-c:v", "libx264", "-frames:v", "10"], "trim in the script"),
+                       (["-c:v", "libx264", "-r", "30"], "AssumeFPS"),
+                       (["-map", "0:v"], "maps the script's video")):
+        with pytest.raises(RenderError, match=f"^--encode: .*{says}"):
+            check_encode(args)
+    check_encode(["-c:v", "libx265", "-crf", "18", "-x265-params", "keyint=48:log-level=error", "-pix_fmt",
+                  "yuv420p10le"])
+    encode = ["-c:v", "libx264", "-crf", "18", "-c:a", "aac", "-b:a", "192k", "-movflags", "+faststart"]
+    assert chunk_spec(encode, Path("film.mp4")) == {"args": ["-c:v", "libx264", "-crf", "18", "-movflags",
+                                                             "+faststart"], "suffix": ".mp4"}
+    assert join_args(encode) == ["-c:a", "aac", "-b:a", "192k", "-movflags", "+faststart"]
+    # an encoder ffmpeg does not have: said before any segment, not by every segment on every worker
+    with pytest.raises(RenderError, match="^--encode -c:v nosuchcodec: ffmpeg cannot encode with these arguments"):
+        dry_encode(FFMPEG, chunk_spec(["-c:v", "nosuchcodec"], out), 64, 48, tmp_path)
+    dry_encode(FFMPEG, chunk_spec(["-c:v", "libx264", "-crf", "30"], out), 64, 48, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow(reason="renders, damages and renders again: several renders")
 def test_damaged_segment_files_are_rendered_again(fast_script, vs_env, tmp_path):
     script, plain = fast_script

@@ -1,5 +1,6 @@
 """The driver of ``vsedvr render``: plan the segments, hand them to a pool, record what comes
-back, then join, encode, verify and move the result into place."""
+back (with ``--encode``, each segment's chunk, encoded on its worker), then join with ``-c copy``,
+verify packet by packet and move the result into place."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,8 @@ from ..zoo.cache import sha256_file
 from .ray_pool import RayPool
 from .process import WorkerProcess
 from .scheduler import LocalPool
-from .segment import FFV1_ARGS, segment_name
+from .encode import check_encode, chunk_spec, dry_encode, join_args
+from .segment import FFV1_ARGS
 from .tools import (RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference,
                     packet_hashes, tail)
 from .workdir import WorkDir
@@ -110,35 +112,31 @@ def _ffmpeg_run(cmd: list[str], work: Path, what: str) -> None:
         raise RenderError(f"{what} failed (ffmpeg exit status {proc.returncode}):\n{tail(proc.stderr)}")
 
 
-def _count_frames(ffmpeg: str, path: Path) -> int:
-    """The video packets of ``path`` (one per frame), counted without decoding them: a line of
-    ``framecrc`` (a cheap checksum of the packet as it is) per packet."""
-    proc = subprocess.run(ffmpeg_cmd(ffmpeg, "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"),
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RenderError(f"cannot read {path}:\n{tail(proc.stderr)}")
-    return sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
-
-
-def _check_join_packets(ffmpeg: str, partial: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """The lossless join holds exactly the verified segments' packets, in order, with the codec
-    parameters of each (a segment of an FFV1 encoder that chose other parameters would be joined
-    without error and stop decoding there): a pass over the packets, no decode."""
-    first = records[0]["extradata"]
-    for rec in records[1:]:
-        if rec["extradata"] != first:
+def _check_join_packets(ffmpeg: str, partial: Path, parts: Sequence[Mapping[str, Any]], what: str) -> None:
+    """The join holds exactly the verified parts' packets (``what``: "segment", the lossless FFV1
+    files, or "chunk", the ``--encode`` ones), in order, with the codec parameters of each (a part
+    from an encoder that chose other parameters would be joined without error and stop decoding
+    there, or decode wrongly): a pass over the packets, no decode. Each part is the record of its
+    file (``file``, ``extradata``, ``packets``) with its segment's ``index``, ``start``, ``end``,
+    ``host``."""
+    first = parts[0]["extradata"]
+    for part in parts[1:]:
+        if part["extradata"] != first:
             partial.unlink(missing_ok=True)
-            raise RenderError(f"segment {rec['index']} (frames {rec['start']}-{rec['end']}, rendered on "
-                              f"{rec.get('host', '?')}) has other FFV1 codec parameters than segment 0, so the "
-                              f"join would stop decoding there (another ffmpeg build on that node?); delete "
-                              f"{rec['file']} in the work folder and run the same command again to render it anew")
+            where = f"(frames {part['start']}-{part['end']}, {'rendered' if what == 'segment' else 'encoded'} on " \
+                    f"{part.get('host', '?')})"
+            raise RenderError(f"{'segment' if what == 'segment' else 'the chunk of segment'} {part['index']} {where} "
+                              f"has other {'FFV1 codec parameters' if what == 'segment' else 'codec parameters'} than "
+                              f"{'segment 0' if what == 'segment' else 'the chunk of segment 0'}, so the join would "
+                              f"stop decoding there (another ffmpeg or encoder build on that node?); delete "
+                              f"{part['file']} in the work folder and run the same command again to make it anew")
     extradata, packets = packet_hashes(ffmpeg, partial)
-    want = [p for rec in records for p in rec["packets"]]
+    want = [p for part in parts for p in part["packets"]]
     if extradata != first or packets != want:
         partial.unlink(missing_ok=True)
-        raise RenderError(f"the joined result differs from the verified segments at packet "
+        raise RenderError(f"the joined result differs from the verified {what}s at packet "
                           f"{first_difference(packets, want)} ({len(packets)} packets, {len(want)} expected"
-                          f"{'; other codec parameters' if extradata != first else ''}); the segments are kept")
+                          f"{'; other codec parameters' if extradata != first else ''}); the {what}s are kept")
 
 
 def _wait_audio(proc: WorkerProcess, ffmpeg: str, path: Path, output: Path, encode: Sequence[str], work: Path,
@@ -237,13 +235,14 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     (segments ``rendered`` and ``reused``, ``frames``, ``seconds``, ``startup_s`` of the first
     worker). Raises RenderError.
 
-    ``encode``: ffmpeg arguments of the final encode (empty: keep the lossless FFV1, verified
-    frame by frame). ``audio``: a file whose audio is muxed in as it is; ``audio_output``: the
-    script's own audio output of that index instead (rendered on this machine, so it follows the
-    script's trims). ``rerender``: render again when the finish changed (``encode``, ``audio``,
-    ``output``, or the output moved) after the segments were deleted; without it that is refused,
-    naming the cost and the alternatives. ``env``: environment of the default pool's worker (None:
-    this process's).
+    ``encode``: ffmpeg arguments of the encode (empty: keep the lossless FFV1); each segment is
+    encoded on its worker into a chunk, and the chunks are joined with ``-c copy`` (two-pass and
+    options that trim or retime are refused: :func:`.encode.check_encode`). ``audio``: a file
+    whose audio is muxed in as it is; ``audio_output``: the script's own audio output of that
+    index instead (rendered on this machine, so it follows the script's trims). ``rerender``:
+    render again when the finish changed (``encode``, ``audio``, ``output``, or the output moved)
+    after the segments were deleted; without it that is refused, naming the cost and the
+    alternatives. ``env``: environment of the default pool's worker (None: this process's).
     The caller owns stdout: a Ray cluster's driver prints the cluster's error messages there
     (``vsedvr render`` points it at stderr).
     """
@@ -258,6 +257,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
         raise RenderError(f"--audio {audio}: no such file")
     if not output.parent.is_dir():
         raise RenderError(f"the output's folder {output.parent} does not exist")
+    check_encode(encode)
     ffmpeg_exe = find_ffmpeg(ffmpeg)
     pool = pool if pool is not None else LocalPool([{}], env=env)
     work = WorkDir(Path(work_dir).resolve() if work_dir else output.with_name(output.name + ".parts"))
@@ -277,7 +277,7 @@ def render(script: str | os.PathLike, output: str | os.PathLike, *, args: Sequen
     # script once) while this process waits for the first
     pool.start({"script": str(script), "script_sha256": sha256_file(script), "args": list(args),
                 "output_index": output_index, "work_dir": str(work.path), "ffmpeg": ffmpeg,
-                "probe": work.write_probe()})
+                "probe": work.write_probe(), "encode": chunk_spec(encode, output) if encode else None})
     try:
         if audio_proc is not None:
             _wait_audio(audio_proc, ffmpeg_exe, Path(audio), output, encode, work.path, log)  # type: ignore[arg-type]
@@ -324,20 +324,35 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
                                               same_key=final.get("key") == finish_key))
         work.manifest.pop("final", None)
 
-    todo = []
+    spec = chunk_spec(encode, output) if encode else None
+    if spec is not None:  # before any segment: arguments ffmpeg refuses would fail every one of them
+        dry_encode(ffmpeg_exe, spec, int(info["Width"]), int(info["Height"]), work.path)
+    todo, to_encode = [], []
     for i in range(len(ranges)):
         problem = work.check_segment(i)
         if problem is None:
+            if spec is not None:  # a verified segment: its chunk, if it has one encoded with these arguments
+                chunk_problem = work.check_chunk(i, spec)
+                if chunk_problem is not None:
+                    if chunk_problem != "not encoded":
+                        log(f"segment {i} (frames {ranges[i][0]}-{ranges[i][1]}): {chunk_problem}; encoding it again")
+                    to_encode.append(i)
             continue
         if problem != "not rendered":
             log(f"segment {i} (frames {ranges[i][0]}-{ranges[i][1]}): {problem}; rendering it again")
         todo.append(i)
     log(f"{script.name}: {frames} frames {info.get('Width')}x{info.get('Height')} {info.get('Format Name')}, "
         f"{_count(len(ranges), 'segment')} of {segment} frames; {len(ranges) - len(todo)} already verified"
-        f"{' (resumed ' + str(work.path) + ')' if resumed else ''}; {len(todo)} to render on {pool.describe()} "
+        f"{' (resumed ' + str(work.path) + ')' if resumed else ''}; {len(todo)} to render"
+        f"{f', {len(to_encode)} to encode' if to_encode else ''} on {pool.describe()} "
         f"(the first evaluated the script in {startup_s:.1f} s)")
+    if spec is not None:
+        log(f"each segment is encoded on its worker with --encode {shlex.join(encode)} (chunks in "
+            f"{spec['suffix']}; joined with -c copy)")
 
-    tasks = [{"index": i, "start": ranges[i][0], "end": ranges[i][1]} for i in todo]
+    # a verified segment whose chunk is missing or stale is only encoded (on a worker, with its record)
+    tasks = [{"index": i, "start": ranges[i][0], "end": ranges[i][1]} for i in todo] + \
+        [{"index": i, "start": ranges[i][0], "end": ranges[i][1], "record": work.segment(i)} for i in to_encode]
     progress = Progress(work, ranges, todo, log, progress_interval)
     failures: dict[int, str] = {}
     warned_space = False
@@ -346,6 +361,8 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
             if event[0] == "done":
                 rec = event[2]
                 work.record_segment(rec)
+                if rec["index"] not in todo:  # only its chunk was encoded
+                    continue
                 progress.done.add(rec["index"])
                 progress.show(force=True)
                 if not warned_space:
@@ -378,41 +395,48 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
                           f"the others are kept: run the same command again to retry the failed ones. "
                           f"Last error: {failures[max(failures)]}")
 
-    # join (and encode) once, into a temporary name in the work folder, verified before the move
+    # join once, with -c copy (the segments, or with --encode their chunks), into a temporary name
+    # in the work folder, verified packet by packet before the move
     records = [work.manifest["segments"][str(i)] for i in range(len(ranges))]
     colours = {json.dumps(rec.get("colour", {}), sort_keys=True) for rec in records}
     if len(colours) > 1:
         log(f"warning: the segments' first frames carry different colour properties ({'; '.join(sorted(colours))}); "
             f"the result is tagged with the first segment's")
-    hashes = [h for rec in records for h in rec["hashes"]]
+    if spec is not None:
+        parts: list[Mapping[str, Any]] = [dict(rec["chunk"], index=rec["index"], start=rec["start"], end=rec["end"])
+                                          for rec in records]
+        stale = [p["index"] for p in parts if p["args"] != spec["args"] or p["suffix"] != spec["suffix"]]
+        if stale:  # cannot happen: check_chunk dropped them, and the workers encoded them again
+            raise RenderError(f"internal error: the chunks of segments {stale} were encoded with other arguments")
+    else:
+        parts = records
     concat = work.path / "concat.txt"
-    concat.write_text("".join(f"file '{segment_name(i)}'\n" for i in range(len(ranges))))
+    concat.write_text("".join(f"file '{part['file']}'\n" for part in parts))
     partial = work.path / f"final.partial{output.suffix or '.mkv'}"
-    cmd = ffmpeg_cmd(ffmpeg_exe, "-y", "-f", "concat", "-safe", "0", "-i", str(concat))
+    # -auto_convert 0: the packets as they are (by default the concat demuxer puts H.264's parameter
+    # sets into every keyframe of MP4-style chunks: decodable, but not the chunks' packets)
+    cmd = ffmpeg_cmd(ffmpeg_exe, "-y", "-f", "concat", "-safe", "0", "-auto_convert", "0", "-i", str(concat))
     if audio:
         cmd += ["-i", str(audio)]
     cmd += ["-map", "0:v:0"]
+    extra = join_args(encode)
     if audio:
         cmd += ["-map", "1:a"]
-        if not any(opt in encode for opt in _AUDIO_CODEC_OPTS):
+        if not any(opt in extra for opt in _AUDIO_CODEC_OPTS):
             cmd += ["-c:a", "copy"]
-    cmd += list(encode) if encode else ["-c:v", "copy"]
-    log(f"joining {_count(len(ranges), 'segment')}{' with audio' if audio else ''}"
-        f"{' and encoding: ' + shlex.join(encode) if encode else ' (lossless FFV1)'}")
+    cmd += ["-c:v", "copy", *extra]
+    what = "chunk" if spec is not None else "segment"
+    log(f"joining {_count(len(ranges), what)}{' with audio' if audio else ''} with -c copy"
+        f"{' (encoded on the workers: ' + shlex.join(encode) + ')' if encode else ' (lossless FFV1)'}")
     try:
         _ffmpeg_run(cmd + [str(partial)], work.path, "joining the segments")
     except RenderError:
         partial.unlink(missing_ok=True)  # on a full disk, the largest file there
         raise
-    if encode:
-        got = _count_frames(ffmpeg_exe, partial)
-        if got != frames:
-            partial.unlink(missing_ok=True)
-            raise RenderError(f"the encoded result has {got} frames, the script {frames}; "
-                              f"check the --encode arguments (frame rate or filters that drop frames)")
-    elif all("packets" in rec for rec in records):
-        _check_join_packets(ffmpeg_exe, partial, records)
+    if spec is not None or all("packets" in rec for rec in records):
+        _check_join_packets(ffmpeg_exe, partial, parts, what)
     else:  # segments recorded before packet hashes: decode the join and compare every frame
+        hashes = [h for rec in records for h in rec["hashes"]]
         got_hashes = decode_hashes(ffmpeg_exe, partial, records[0]["frame_size"])
         if got_hashes != hashes:
             partial.unlink(missing_ok=True)
@@ -420,14 +444,17 @@ def _render_with(pool: LocalPool | RayPool, work: WorkDir, script: Path, output:
                               f"{first_difference(got_hashes, hashes)} "
                               f"({len(got_hashes)} frames decoded, {frames} expected); the segments are kept")
     _move(partial, output)
-    work.record_file("final", output, key=finish_key, verified="packets" if not encode else "frame count",
+    work.record_file("final", output, key=finish_key, verified="packets",
                      output=str(output), encode=list(encode), audio=plan["audio"], segments_deleted=not keep)
     concat.unlink(missing_ok=True)
     if not keep:
-        for i in range(len(ranges)):
-            (work.path / segment_name(i)).unlink(missing_ok=True)
+        for rec in records:
+            (work.path / rec["file"]).unlink(missing_ok=True)
+            if "chunk" in rec:
+                (work.path / rec["chunk"]["file"]).unlink(missing_ok=True)
     seconds = time.monotonic() - t_start
-    log(f"wrote {output} ({frames} frames, {'lossless, verified frame by frame' if not encode else 'encoded'}) "
+    log(f"wrote {output} ({frames} frames, {'lossless, verified frame by frame' if not encode else 'encoded per segment'}"
+        f"; the join checked packet by packet) "
         f"in {_clock(seconds)}; {_count(len(todo), 'segment')} rendered, {len(ranges) - len(todo)} reused")
     return {"rendered": todo, "reused": [i for i in range(len(ranges)) if i not in todo], "frames": frames,
             "seconds": seconds, "work_dir": str(work.path), "startup_s": startup_s}

@@ -2,7 +2,9 @@
 over a pipe and through a Ray actor).
 
 To the worker (stdin): the job first (``script``, ``script_sha256``, ``args``, ``output_index``,
-``work_dir``, ``ffmpeg``, ``probe``: the name and token of the driver's probe file), then tasks (``index``, ``start``, ``end``), and ``{"stop": true}`` at the end (the
+``work_dir``, ``ffmpeg``, ``probe``: the name and token of the driver's probe file, ``encode``: the
+chunk encode of ``--encode`` or None), then tasks (``index``, ``start``, ``end``; with ``record``, a
+segment verified earlier that only needs its chunk encoded: no ``rendered`` then), and ``{"stop": true}`` at the end (the
 checks still running finish first). stdin closed without a stop: the worker kills itself and its
 ffmpeg processes.
 
@@ -13,7 +15,8 @@ From the worker (stdout), ``event`` and its fields:
   plugins, GPU model, frame 0's hash); or ``error`` ``message``: the worker cannot render there
   (the script fails, the work folder or the script is not the driver's; starting it again would
   not help);
-- per task: ``started`` ``index``; ``progress`` ``index`` ``frames`` (about every 0.5 s);
+- per task: ``started`` ``index``; ``progress`` ``index`` ``frames`` (about every 0.5 s; with
+  ``stage`` ``encode``: frames of its chunk encoded);
   ``rendered`` ``index`` ``record`` ``partial`` ``hashes`` (enough for the driver to check the file
   itself should the worker die); then ``done`` ``record`` (the manifest record) or ``failed``
   ``index`` ``message`` ``fatal``.

@@ -5,7 +5,8 @@ once a second. :class:`Pool` is what :class:`LocalPool` (worker processes on thi
 :class:`~.ray_pool.RayPool` (one actor per slot of a cluster) share.
 
 A worker that dies is replaced; the segment it was rendering counts as a failed attempt, and one it
-had rendered but not yet checked is checked here. What keeps a render from hanging or looping:
+had rendered but not yet checked is checked here (with ``--encode``, its chunk is then encoded by
+another worker). What keeps a render from hanging or looping:
 
 - a watchdog: a worker that sends no new frame (or no check result) for ``stall_timeout`` seconds
   (at least 20 times the median frame time seen) is killed, and its segment retried elsewhere;
@@ -312,10 +313,15 @@ class Scheduler:
             for i, done in rendered.items():  # its files are complete: checked here instead
                 try:
                     record = self._check_here(done)
-                    self.left.discard(i)
-                    yield ("done", self.by_index[i], record)
                 except SegmentFailed as e:
                     yield from self._fail(i, str(e))
+                    continue
+                if self.job.get("encode"):  # recorded, and its chunk encoded on a worker (not in this loop)
+                    self.by_index[i] = dict(self.by_index[i], record=record)
+                    self.pending.appendleft(i)
+                else:
+                    self.left.discard(i)
+                yield ("done", self.by_index[i], record)
         self._start_event(w, ev)
 
     def _on_started_run(self, w: WorkerState, ev: dict[str, Any]) -> Iterator[Event]:
@@ -342,8 +348,11 @@ class Scheduler:
         if i in w.assigned:
             w.assigned.remove(i)
         w.last_sign = time.monotonic()
-        try:  # the worker saw it on its file system; the driver must see it on its own
+        try:  # the worker saw it (and its chunk) on its file system; the driver must see them on its own
             size = (Path(self.job["work_dir"]) / record["file"]).stat().st_size
+            if "chunk" in record and (Path(self.job["work_dir"]) / record["chunk"]["file"]).stat().st_size \
+                    != record["chunk"]["size"]:
+                size = -2
         except OSError:
             size = -1
         if size != record["size"]:
@@ -368,7 +377,9 @@ class Scheduler:
         yield from self._fail(i, ev["message"], w)
 
     def _check_here(self, rendered: dict[str, Any]) -> dict[str, Any]:
-        """A dead worker's rendered segment, checked by the driver as the worker would have."""
+        """A dead worker's rendered segment, checked by the driver as the worker would have; not
+        encoded (``--encode``): an encode here would hold up this loop for minutes at 4K, and the
+        other workers' signs of life with it (the watchdog would kill them)."""
         return check_rendered(find_ffmpeg(self.job.get("ffmpeg")), rendered, segment_where(rendered["record"]))
 
     def close(self, wait: float = 30.0) -> None:

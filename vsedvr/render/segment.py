@@ -1,14 +1,16 @@
 """What every segment shares, wherever it is rendered: its file name, the FFV1 settings, and the
-check that the file decodes to exactly the frames VapourSynth wrote before it takes its name."""
+check that the file decodes to exactly the frames VapourSynth wrote before it takes its name (then,
+with ``--encode``, its chunk: :mod:`.encode`)."""
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
+from .encode import encode_chunk
 from .tools import RenderError, decode_hashes, first_difference, packet_hashes
 
 __all__ = ["FFV1_ARGS", "SegmentFailed", "check_rendered", "exit_text", "segment_name", "segment_where",
@@ -62,15 +64,25 @@ def verify_segment(ffmpeg: str, partial: Path, index: int, hashes: list[str], fr
     return final
 
 
-def check_rendered(ffmpeg: str, rendered: Mapping[str, Any], where: str) -> dict[str, Any]:
+def check_rendered(ffmpeg: str, rendered: Mapping[str, Any], where: str, encode: Mapping[str, Any] | None = None,
+                   on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
     """A worker's ``rendered`` event checked (:func:`verify_segment`): its manifest record, complete
     (file name, size, SHA-256, frame hashes, and its packets' hashes and extradata, which the
-    join is checked against). Done by the worker, or by the driver when the worker died before it
-    could."""
+    join is checked against). With ``encode`` (:func:`.encode.chunk_spec`) the segment is then
+    encoded into its chunk, recorded under ``chunk``; an ``encode_only`` event (a segment verified
+    earlier whose chunk is missing or stale) is only encoded. Done by the worker, or by the driver
+    when the worker died before it could."""
     record = dict(rendered["record"])
-    final = verify_segment(ffmpeg, Path(rendered["partial"]), int(record["index"]), rendered["hashes"],
-                           int(record["frame_size"]), where)
-    extradata, packets = packet_hashes(ffmpeg, final)  # what the join is checked against, packet by packet
-    record.update(file=final.name, size=final.stat().st_size, sha256=sha256_file(final), hashes=rendered["hashes"],
-                  extradata=extradata, packets=packets)
+    if rendered.get("encode_only"):
+        final = Path(rendered["path"])
+    else:
+        final = verify_segment(ffmpeg, Path(rendered["partial"]), int(record["index"]), rendered["hashes"],
+                               int(record["frame_size"]), where)
+        extradata, packets = packet_hashes(ffmpeg, final)  # what the join is checked against, packet by packet
+        record.update(file=final.name, size=final.stat().st_size, sha256=sha256_file(final),
+                      hashes=rendered["hashes"], extradata=extradata, packets=packets)
+    record.pop("chunk", None)
+    if encode:
+        record["chunk"] = encode_chunk(ffmpeg, final, int(record["index"]), int(record["end"]) - int(record["start"]) + 1,
+                                       encode, where, on_frames)
     return record

@@ -1,7 +1,8 @@
 """The work folder of one render: its plan, the manifest (replaced atomically), the segment files.
 
 Layout: ``manifest.json`` (plan, verified segments, final output), ``seg-NNNNN.mkv`` (verified
-segments), ``.seg-NNNNN.*.partial`` (attempts in progress or abandoned), ``attempts/NNNNN`` (one
+segments), ``enc-NNNNN.EXT`` (a segment encoded with ``--encode``, in the output's container),
+``.seg-NNNNN.*.partial`` and ``.enc-NNNNN.*.partial.EXT`` (attempts in progress or abandoned), ``attempts/NNNNN`` (one
 line per attempt), ``progress/NNNNN`` (frames done by the running attempt), ``final.partial.*``
 (the join, until it is verified and moved), ``.probe-*`` (the probe file workers must read),
 ``audio-N.w64`` (the script's audio output N), ``.lock`` (held by the driver that uses the folder).
@@ -155,14 +156,14 @@ class WorkDir:
     def remove_partials(self, join: bool = True) -> None:
         """Deletes the files of attempts in progress or abandoned: segments, and the join's unless
         ``join`` is False."""
-        for pattern in (".*.partial", "final.partial.*") if join else (".*.partial",):
+        for pattern in (".*.partial", ".*.partial.*", "final.partial.*") if join else (".*.partial", ".*.partial.*"):
             for stale in self.path.glob(pattern):
                 stale.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Deletes what vsedvr wrote here (and nothing else)."""
         self.remove_partials()
-        for pattern in ("seg-*.mkv", "joined.mkv", "concat.txt", MANIFEST):
+        for pattern in ("seg-*.mkv", "enc-*", "joined.mkv", "concat.txt", MANIFEST):
             for f in self.path.glob(pattern):
                 f.unlink(missing_ok=True)
         for sub in ("attempts", "progress"):
@@ -210,6 +211,28 @@ class WorkDir:
             problem = "file is corrupt (SHA-256 differs)"
         if problem:
             del self.manifest["segments"][str(index)]
+            path.unlink(missing_ok=True)
+            self.save()
+        return problem
+
+    def check_chunk(self, index: int, spec: dict[str, Any]) -> str | None:
+        """None if segment ``index`` has its chunk, encoded with ``spec`` (:func:`.encode.chunk_spec`),
+        on disk and intact; else what is wrong (the chunk record is dropped and its file deleted, so
+        a stale chunk is never joined). The segment itself must have been checked first."""
+        rec = self.segment(index)
+        chunk = rec.get("chunk") if rec is not None else None
+        if rec is None or chunk is None:
+            return "not encoded"
+        path = self.path / chunk["file"]
+        problem = None
+        if chunk.get("args") != spec["args"] or chunk.get("suffix") != spec["suffix"]:
+            problem = f"its chunk was encoded with other --encode arguments ({' '.join(chunk.get('args', []))})"
+        elif not path.is_file():
+            problem = "its chunk is missing"
+        elif path.stat().st_size != chunk["size"] or sha256_file(path) != chunk["sha256"]:
+            problem = "its chunk is damaged (size or SHA-256 differs)"
+        if problem:
+            del rec["chunk"]
             path.unlink(missing_ok=True)
             self.save()
         return problem

@@ -246,11 +246,27 @@ class Worker:
         self.send({"event": "failed", "index": index, "message": message, "fatal": fatal})
 
     def render(self, task: Mapping[str, Any]) -> None:
-        """Renders one segment into a partial file and queues its check; sends failed on an error."""
+        """Renders one segment into a partial file and queues its check (a task with the ``record``
+        of a segment verified earlier: queues only its encode, ``--encode``); sends failed on an error."""
         try:
-            self._render(task)
+            if task.get("record"):
+                self._encode_only(task)
+            else:
+                self._render(task)
         except Exception as e:  # noqa: BLE001 - whatever it is, the driver hears of it and goes on
             self.fail(int(task["index"]), e)
+
+    def _encode_only(self, task: Mapping[str, Any]) -> None:
+        """Encodes the chunk of a segment verified earlier, here (not in the check thread: the
+        worker gets its next task only when this one is done)."""
+        record = dict(task["record"])
+        index = int(record["index"])
+        self.send({"event": "started", "index": index})
+        item = {"record": record, "encode_only": True, "path": str(self.work / record["file"])}
+        done = check_rendered(self.ffmpeg, item, f"{segment_where(record)} on {self.where}", self.job.get("encode"),
+                              lambda frames: self.send({"event": "progress", "index": index, "frames": frames,
+                                                        "stage": "encode"}))
+        self.send({"event": "done", "record": done})
 
     def _render(self, task: Mapping[str, Any]) -> None:
         import vapoursynth as vs
@@ -331,13 +347,19 @@ class Worker:
 
     def check_loop(self) -> None:
         """Decodes each rendered segment and compares it with what VapourSynth wrote (while the
-        next segment renders), renames it and sends its record."""
+        next segment renders), renames it, encodes its chunk (``--encode``) and sends its record."""
         while True:
             item = self.checks.get()
             if item is None:
                 return
+            index = int(item["index"])
+
+            def encoding(frames: int, index: int = index) -> None:  # the watchdog's sign of life
+                self.send({"event": "progress", "index": index, "frames": frames, "stage": "encode"})
+
             try:
-                record = check_rendered(self.ffmpeg, item, f"{segment_where(item['record'])} on {self.where}")
+                record = check_rendered(self.ffmpeg, item, f"{segment_where(item['record'])} on {self.where}",
+                                        self.job.get("encode"), encoding)
                 self.send({"event": "done", "record": record})
             except Exception as e:  # noqa: BLE001 - an OSError too: this thread must go on checking
                 self.fail(int(item["index"]), e)
