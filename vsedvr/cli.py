@@ -425,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="segments and manifest; on a folder all nodes share for --ray (default: OUT.parts)")
     g.add_argument("--encode", metavar="ARGS",
-                   help="ffmpeg arguments of the final encode, one string, e.g. \"-c:v libx265 -crf 18\" "
-                        "(default: keep the lossless FFV1)")
+                   help="ffmpeg arguments of the encode, one string, e.g. \"-c:v libx265 -crf 18\": run on the "
+                        "workers per segment and joined with -c copy (two-pass refused; default: keep the "
+                        "lossless FFV1)")
     g.add_argument("--audio", metavar="FILE", help="a file whose audio streams are muxed into the result as they are")
     g.add_argument("--audio-output", type=int, metavar="N",
                    help="the script's own audio output N (audio.set_output(N)), muxed into the result: it follows "
