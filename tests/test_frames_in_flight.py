@@ -283,23 +283,25 @@ def test_frames_waiting_for_the_network_hold_no_output_frame(tiny_checkpoint: Pa
     """Issue 31, item 5: the plugin allocates a frame's output only once its network has run
     (Restorer.process, then Restorer.write). Before, each of the 16 threads waiting at the network's
     lock held its output frame: 16 x 398 MB at 1080p -> 8K, counted against VapourSynth's cache.
-    VapourSynth's frame memory (``core.used_cache_size``; nothing is freed here: the futures keep
-    every result) when each frame's network starts, in output frames beyond those started: 15-16
-    before, under 1 after."""
-    width, height = 96, 64
+    VapourSynth's frame memory (``core.used_cache_size``, less what the core held before and all
+    the input frames; nothing is freed here: the futures keep every result) when each frame's
+    network starts, in output frames beyond those started: up to 14 before, under 0 after."""
+    width, height, count = 104, 72, 24  # a frame size no other test uses: no pooled buffer of its size
     frame_bytes = 3 * (4 * width) * (4 * height) * 4
+    inputs_bytes = (count + 4) * 3 * width * height * 4  # every input frame, all held at once at most
     started, beyond = [0], []
     run_network = WindowEngine._run_network
 
     def counted(engine, window, sources):
         started[0] += 1
-        beyond.append(vs.core.used_cache_size / frame_bytes - started[0])
+        beyond.append((vs.core.used_cache_size - base - inputs_bytes) / frame_bytes - started[0])
         time.sleep(0.02)  # the other threads' frames arrive at the lock meanwhile
         return run_network(engine, window, sources)
 
     monkeypatch.setattr(WindowEngine, "_run_network", counted)
-    clip = vs.core.edvr.Restore(clips.moving_pattern(width, height, 24, seed=2), model=str(tiny_checkpoint))
-    futures = [clip.get_frame_async(n) for n in range(24)]
+    clip = vs.core.edvr.Restore(clips.moving_pattern(width, height, count, seed=2), model=str(tiny_checkpoint))
+    base = vs.core.used_cache_size  # the core's frame memory so far (other tests', pooled)
+    futures = [clip.get_frame_async(n) for n in range(count)]
     for fut in futures:
         fut.result()
     assert max(beyond) < 2, f"{max(beyond):.1f} output frames allocated beyond the frames whose network started"
