@@ -251,10 +251,16 @@ def test_memory_plan_against_a_real_frame(tmp_path: Path, width: int, height: in
     assert peak <= estimate <= 3 * peak
 
 
-def test_dropped_restore_frees_its_gpu_memory(tmp_path: Path) -> None:
-    """Item 4: the weights and the feature cache go when the node goes, without the cycle collector."""
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+def test_dropped_restore_frees_its_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, graphs: bool) -> None:
+    """Item 4: the weights and the feature cache go when the node goes, without the cycle collector;
+    with CUDA graphs (issue 32) their buffers and pool too (no tile network refers back to the engine)."""
     import gc
 
+    options = {}
+    if graphs:
+        monkeypatch.setenv("VSEDVR_CUDA_GRAPHS", "1")
+        options = {"precision": "fp16"}
     checkpoint = _edvrm_checkpoint(tmp_path)
     torch.cuda.synchronize()
     gc.collect()
@@ -265,8 +271,10 @@ def test_dropped_restore_frees_its_gpu_memory(tmp_path: Path) -> None:
     before = torch.cuda.memory_allocated()
     gc.disable()
     try:
-        clip = vs.core.edvr.Restore(clips.moving_pattern(320, 180, 5), model=str(checkpoint), device="cuda")
+        clip = vs.core.edvr.Restore(clips.moving_pattern(320, 180, 5), model=str(checkpoint), device="cuda",
+                                    **options)
         clip.get_frame(2)
+        clip.get_frame(3)  # with graphs: replayed
         held = torch.cuda.memory_allocated()
         del clip
         torch.cuda.synchronize()

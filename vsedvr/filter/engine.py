@@ -74,6 +74,11 @@ class TileNetwork:
     restore: Callable[[Sequence[Any], torch.Tensor], torch.Tensor]
 
 
+def _warn_graph_failed(shape: tuple[int, ...], why: str) -> None:
+    log.warning("Restore: capturing the CUDA graph of the %dx%d tiles failed (%s); they run without one",
+                shape[-1], shape[-2], why)
+
+
 class WindowEngine:
     """Runs an EDVR model on windows of VapourSynth frames.
 
@@ -220,17 +225,14 @@ class WindowEngine:
             if self.cuda_graphs:
                 if self._graph_pool is None:
                     self._graph_pool = torch.cuda.graph_pool_handle()
+                # the warning is a plain function: the engine's tile networks must not refer back to it
                 graphed = GraphedTileNetwork(self._frame_features, self.model.restore_window, self._graph_pool,
-                                             partial(self._graph_failed, shape))
+                                             partial(_warn_graph_failed, shape))
                 network = TileNetwork(graphed.encode, graphed.restore)
             else:
                 network = TileNetwork(self._frame_features, self.model.restore_window)
             self._tile_networks[shape] = network
         return network
-
-    def _graph_failed(self, shape: tuple[int, ...], why: str) -> None:
-        log.warning("Restore: capturing the CUDA graph of the %dx%d tiles failed (%s); they run without one",
-                    shape[-1], shape[-2], why)
 
     def _encode(self, n: int, t: int, load_frame: Callable[[], torch.Tensor]) -> tuple:
         """(padded input of tile t in the clip's type, its features) for input frame n, from the cache
