@@ -70,9 +70,9 @@ FILES=(01-summary.txt 02-correctness.log 03-test_cuda.log 04-bench_small.json 05
        07-precision.log 08-steps.log)
 FAST_VARIANTS=a_python,a_channelslast,a_graphs,a_fast
 FAST_STEPS=(
-    "frames|60|02-frames.log|$PYTEST -s tests/test_cuda.py -k fast_paths"
+    "frames|75|02-frames.log|$PYTEST -s tests/test_cuda.py -k fast_paths"
     "fast_small|40|05-steps.log|$BENCH --precision $PROFILED --size $SMALL --variants $FAST_VARIANTS --json \$OUT/03-fast_small.json"
-    "fast_large|90|05-steps.log|$BENCH --precision $PROFILED --size $LARGE --variants $FAST_VARIANTS --json \$OUT/04-fast_large.json"
+    "fast_large|80|05-steps.log|$BENCH --precision $PROFILED --size $LARGE --variants $FAST_VARIANTS --json \$OUT/04-fast_large.json"
 )
 FAST_FILES=(01-summary.txt 02-frames.log 03-fast_small.json 04-fast_large.json 05-steps.log)
 if [ "${2:-}" = fastpaths ]; then
