@@ -21,8 +21,8 @@ from .process import WorkerProcess
 from .scheduler import LocalPool
 from .encode import check_encode, chunk_spec, dry_encode, join_args
 from .segment import FFV1_ARGS
-from .tools import (RenderError, check_disk_full, decode_hashes, ffmpeg_cmd, find_ffmpeg, first_difference,
-                    packet_hashes, tail)
+from .tools import (RenderError, check_disk_full, decode_hashes, dry_run_ffmpeg, ffmpeg_cmd, find_ffmpeg,
+                    first_difference, packet_hashes, tail)
 from .workdir import WorkDir
 
 __all__ = ["DEFAULT_SEGMENT", "render"]
@@ -161,14 +161,10 @@ def _check_audio(ffmpeg: str, audio: Path, output: Path, encode: Sequence[str], 
     without audio, or a codec the container refuses, used to fail only at the join."""
     probe = work / f".audio-check{output.suffix or '.mkv'}"
     codec = [] if any(opt in encode for opt in _AUDIO_CODEC_OPTS) else ["-c:a", "copy"]
-    cmd = ffmpeg_cmd(ffmpeg, "-y", "-i", str(audio), "-map", "0:a", "-t", "0.1", *codec, str(probe))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    finally:
-        probe.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise RenderError(f"--audio {audio}: its audio cannot be muxed into {output.name} "
-                          f"({' '.join(tail(proc.stderr, 3).split()) or 'ffmpeg exit status ' + str(proc.returncode)}); "
+    failed = dry_run_ffmpeg(ffmpeg_cmd(ffmpeg, "-y", "-i", str(audio), "-map", "0:a", "-t", "0.1", *codec, str(probe)),
+                            probe)
+    if failed:
+        raise RenderError(f"--audio {audio}: its audio cannot be muxed into {output.name} ({failed}); "
                           f"give a file with an audio stream whose codec the output's container takes "
                           f"(MKV takes nearly all: -o {output.with_suffix('.mkv').name})")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..zoo.cache import sha256_file
-from .tools import RenderError, StderrFile, check_disk_full, ffmpeg_cmd, packet_hashes, tail
+from .tools import (RenderError, StderrFile, check_disk_full, dry_run_ffmpeg, ffmpeg_cmd, packet_hashes,
+                    tail)
 
 __all__ = ["check_encode", "chunk_name", "chunk_spec", "dry_encode", "encode_chunk", "join_args"]
 
@@ -111,17 +112,12 @@ def dry_encode(ffmpeg: str, spec: Mapping[str, Any], width: int, height: int, wo
     segment: an unknown encoder or option, or a container that refuses the codec, used to fail
     only at the end (now it would fail every segment on every worker)."""
     probe = work / f".encode-check{spec['suffix']}"
-    cmd = ffmpeg_cmd(ffmpeg, "-y", "-f", "lavfi", "-i", f"color=c=gray:s={width}x{height}:r=24", "-frames:v", "2",
-                     "-map", "0:v:0", *spec["args"], str(probe))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    finally:
-        probe.unlink(missing_ok=True)
-    if proc.returncode != 0:
+    failed = dry_run_ffmpeg(ffmpeg_cmd(ffmpeg, "-y", "-f", "lavfi", "-i", f"color=c=gray:s={width}x{height}:r=24",
+                                       "-frames:v", "2", "-map", "0:v:0", *spec["args"], str(probe)), probe)
+    if failed:
         raise RenderError(f"--encode {' '.join(spec['args'])}: ffmpeg cannot encode with these arguments into "
-                          f"{spec['suffix']} ({' '.join(tail(proc.stderr, 3).split()) or 'exit status ' + str(proc.returncode)}); "
-                          f"check the encoder's name and options (ffmpeg -h encoder=NAME), e.g. "
-                          f"--encode \"-c:v libx265 -crf 18\"")
+                          f"{spec['suffix']} ({failed}); check the encoder's name and options "
+                          f"(ffmpeg -h encoder=NAME), e.g. --encode \"-c:v libx265 -crf 18\"")
 
 
 def encode_chunk(ffmpeg: str, segment: Path, index: int, frames: int, spec: Mapping[str, Any], where: str,

@@ -57,6 +57,24 @@ def ffmpeg_cmd(ffmpeg: str, *args: str) -> list[str]:
     return [ffmpeg, "-nostdin", "-v", "error", *args]
 
 
+#: Longest a dry run of ffmpeg (two frames, a tenth of a second of audio) may take.
+DRY_RUN_TIMEOUT = 120
+
+
+def dry_run_ffmpeg(cmd: list[str], scratch: Path) -> str | None:
+    """Runs an ffmpeg command whose only output is ``scratch`` (removed after), within
+    ``DRY_RUN_TIMEOUT``: None if it succeeded, else why not (its last lines, or the timeout)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DRY_RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"ffmpeg took more than {DRY_RUN_TIMEOUT} s for a dry run"
+    finally:
+        scratch.unlink(missing_ok=True)
+    if proc.returncode == 0:
+        return None
+    return " ".join(tail(proc.stderr, 3).split()) or f"ffmpeg exit status {proc.returncode}"
+
+
 def first_difference(got: list[str], want: list[str]) -> int:
     """The first index at which two hash lists differ (the shorter one's length if one is a prefix)."""
     return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
