@@ -122,7 +122,7 @@ class WindowEngine:
             if why_not is None:
                 self.cuda_graphs = True
             else:
-                log.info("Restore: no CUDA graphs: %s", why_not)
+                log.warning("Restore: CUDA graphs were asked for (VSEDVR_CUDA_GRAPHS=1) but not used: %s", why_not)
         self.device = device
         self.width = width
         self.height = height

@@ -145,16 +145,16 @@ def _create(options: dict[str, Any], width: int, height: int, bits: int, num_fra
         model.offsets_in_float32()
     _initialise_torch(model, device, compute_dtype)  # first: the plan then sees what the libraries' handles took
     channels_last = switch("VSEDVR_CHANNELS_LAST", CHANNELS_LAST_BY_DEFAULT) and device.type == "cuda"
-    cuda_graphs = (switch("VSEDVR_CUDA_GRAPHS", CUDA_GRAPHS_BY_DEFAULT)
-                   and graphs_supported(device, compute_dtype) is None)
+    cuda_graphs = switch("VSEDVR_CUDA_GRAPHS", CUDA_GRAPHS_BY_DEFAULT)  # the engine says why where it cannot
+    plan_graphs = cuda_graphs and graphs_supported(device, compute_dtype) is None
     cached_windows, in_flight, reservation = 2, FRAMES_IN_FLIGHT, 0
     if device.type == "cuda" and tile is None:
         plan = plan_for_device(model, device, width, height, compute_dtype, tile_overlap or DEFAULT_TILE_OVERLAP,
-                               cuda_graphs)
+                               plan_graphs)
         tile, tile_overlap, cached_windows = plan.tile, plan.tile_overlap, plan.cached_windows
         in_flight, reservation = plan.frames_in_flight, plan.reservation
     elif device.type == "cuda":  # the user's tiles, taken as given, take their share of the budget too
-        reservation = tiled_reservation(model, width, height, tile, tile_overlap, compute_dtype, graphs=cuda_graphs)
+        reservation = tiled_reservation(model, width, height, tile, tile_overlap, compute_dtype, graphs=plan_graphs)
     engine = WindowEngine(model, device, width, height, np.float16 if bits == 16 else np.float32, compute_dtype,
                           tile=tile, tile_overlap=tile_overlap, cached_windows=cached_windows,
                           compile=arguments.compile, frames_in_flight=in_flight, channels_last=channels_last,
